@@ -1,0 +1,125 @@
+"""The one configuration object shared by every backend.
+
+Field names are exactly those of HuggingFace's ``config.json`` for BERT, so a config written by
+``transformers`` loads here and ours loads there. Defaults are BERT-Base's (Devlin et al., 2018, sec. 3).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from minibert.io import atomic_write_text
+
+# The activations BERT checkpoints name in config.json, mapped to the GELU form they mean.
+# "gelu" is the exact erf form the original TF code used; "gelu_new"/"gelu_tanh"/"gelu_pytorch_tanh"
+# are the tanh approximation (Hendrycks & Gimpel, 2016, eq. 2).
+GELU_FORMS = {"gelu": "none", "gelu_new": "tanh", "gelu_tanh": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+@dataclasses.dataclass
+class BertConfig:
+    """Hyper-parameters of a BERT model (HF ``config.json`` field names)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    num_labels: int = 2
+    classifier_dropout: float | None = None
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field when the configuration cannot describe a BERT."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}): each head gets hidden_size / num_attention_heads dims")
+        if self.hidden_act not in GELU_FORMS:
+            raise ValueError(f"BertConfig.hidden_act={self.hidden_act!r} is not supported; "
+                             f"use one of {sorted(GELU_FORMS)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {p!r}")
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"BertConfig.classifier_dropout must be in [0, 1) or None, "
+                             f"got {self.classifier_dropout!r}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"BertConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"BertConfig.pad_token_id={self.pad_token_id} is outside the vocabulary "
+                             f"(vocab_size={self.vocab_size})")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head: hidden_size / num_attention_heads."""
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def gelu_approximate(self) -> str:
+        """``"none"`` for the exact erf GELU, ``"tanh"`` for the tanh approximation."""
+        return GELU_FORMS[self.hidden_act]
+
+    # --- HF config.json -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The config as HF writes it (plus ``model_type`` so ``transformers.AutoConfig`` reads it)."""
+        d = dataclasses.asdict(self)
+        d["model_type"] = "bert"
+        d["position_embedding_type"] = "absolute"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BertConfig":
+        """Build from a config.json dictionary; unknown HF fields (``architectures``, ...) are ignored."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a BERT config must be a JSON object, got {type(d).__name__}")
+        if d.get("model_type", "bert") != "bert":
+            raise ValueError(f"config.json describes model_type={d['model_type']!r}, not 'bert'")
+        if d.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("only absolute position embeddings are supported "
+                             f"(config has {d['position_embedding_type']!r})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "num_labels" not in d and isinstance(d.get("id2label"), dict):
+            kwargs["num_labels"] = len(d["id2label"])
+        return cls(**kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> str:
+        """Write ``directory/config.json`` atomically; returns its path."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "config.json")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "BertConfig":
+        """Read ``config.json`` from a checkpoint directory (or the file itself)."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no BERT config at {path!r}: a checkpoint directory holds config.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a valid JSON config file: {e}") from e
+        return cls.from_dict(d)
