@@ -1,0 +1,115 @@
+"""Shared helpers for the benchmarks: timing, machine naming, and saving JSON + PNG results.
+
+Rules every benchmark follows (see DESIGN.md): compare implementations inside one run (the machines are
+shared and noisy), warm up first, report the median of several repeats, never assert a time in a test,
+and save ``benchmarks/results/<name>-<machine>.json`` plus a PNG plot.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from minibert.io import atomic_open, atomic_write_text  # noqa: E402
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def machine_name() -> str:
+    """A short, file-name-safe description of where this ran: ``cpu-2c`` or ``cuda-nvidia-h100``."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name(0).lower()
+            return "cuda-" + re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+    except ImportError:
+        pass
+    return f"cpu-{os.cpu_count()}c"
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on, stored in every results file."""
+    info = {"machine": machine_name(), "platform": platform.platform(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    try:
+        import numpy
+        info["numpy"] = numpy.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def time_fn(fn, *, warmup: int = 2, repeats: int = 7, sync=None, min_time: float = 0.0) -> dict:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones (more while under ``min_time``).
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before reading the clock, so asynchronous GPU
+    work is counted. Returns the median, min and all samples in seconds.
+    """
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    samples = []
+    start_all = time.perf_counter()
+    while len(samples) < repeats or time.perf_counter() - start_all < min_time:
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        samples.append(time.perf_counter() - t0)
+        if len(samples) >= 10 * repeats:
+            break
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "samples_s": samples}
+
+
+def results_path(name: str, ext: str, machine: str | None = None) -> str:
+    """``benchmarks/results/<name>-<machine>.<ext>``."""
+    return os.path.join(RESULTS_DIR, f"{name}-{machine or machine_name()}.{ext}")
+
+
+def save_json(name: str, payload: dict) -> str:
+    """Save ``payload`` (plus machine info) atomically as JSON; returns the path."""
+    payload = {"benchmark": name, "machine_info": machine_info(), **payload}
+    path = results_path(name, "json")
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def save_figure(fig, name: str) -> str:
+    """Save a matplotlib figure atomically as PNG; returns the path."""
+    path = results_path(name, "png")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str], formats: dict | None = None) -> None:
+    """Print ``rows`` as an aligned text table with the given ``columns`` (and per-column formats)."""
+    formats = formats or {}
+
+    def fmt(col, v):
+        if v is None:
+            return "-"
+        f = formats.get(col)
+        return format(v, f) if f else str(v)
+
+    cells = [[fmt(c, r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
