@@ -1,0 +1,703 @@
+"""The PyTorch BERT model: same weights, same numbers as HF ``transformers`` and our NumPy reference.
+
+Module and parameter names copy HuggingFace's BERT exactly (``bert.encoder.layer.0.attention.self.query``,
+``cls.predictions.bias``, ...), so ``state_dict()`` keys are HF's keys and checkpoints move between
+``transformers``, ``minibert.reference`` and this model with no renaming.
+
+Two things differ from a plain port, both for the project's contracts (DESIGN.md):
+
+* **Backends are a switch.** ``attn_implementation`` picks how attention is computed ("eager" matmul +
+  softmax, "sdpa" = ``F.scaled_dot_product_attention``, "fused" = our extension's flash-style kernel) and
+  ``gelu_implementation`` picks how the feed-forward activation is computed ("eager" or "fused" bias+GELU).
+  All give the same numbers; ``set_attn_implementation`` / ``set_gelu_implementation`` switch later.
+* **Dropout is reproducible.** Every dropout site draws its mask from the counter-based hash of
+  ``minibert.rng`` at a (seed, offset) fixed by ``minibert.reference.model``'s site numbering, so this model
+  and the NumPy reference drop exactly the same elements for the same ``dropout_seed``.
+
+Shapes: B = batch, S = sequence length, H = hidden size, A = attention heads, D = H / A, V = vocabulary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minibert import checkpoint, ops
+from minibert.config import BertConfig
+from minibert.reference.model import (EMBEDDINGS_LAYER, SITE_ATTENTION_OUTPUT, SITE_ATTENTION_PROBS,
+                                      SITE_EMBEDDINGS, SITE_FFN_OUTPUT, dropout_site_offset)
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
+GELU_IMPLEMENTATIONS = ("eager", "fused")
+IGNORE_INDEX = -100  # MLM label of a position that is not predicted (HF / PyTorch convention)
+
+
+def _resolve_implementation(requested: str, choices: tuple[str, ...], what: str) -> str:
+    """Validate a backend name; "fused" quietly means "eager" where the compiled extension is absent."""
+    if requested not in choices:
+        raise ValueError(f"{what}={requested!r} is not one of {choices}")
+    if requested == "fused" and not ops.is_available():
+        return "eager"  # ops.backend_info() says why the extension is missing
+    return requested
+
+
+# ------------------------------------------------------------------------------------------------------
+# Dropout: one object per forward pass says whether to drop and where each site's mask comes from.
+# ------------------------------------------------------------------------------------------------------
+class DropoutPlan:
+    """Counter-hash dropout for one forward pass.
+
+    ``seed`` is None when dropout is off (evaluation). A site is named by (layer, site) exactly as in
+    ``minibert.reference.model``: the embeddings are layer -1; each encoder layer has the attention
+    probabilities, the attention output and the feed-forward output. Each site owns a disjoint counter
+    range, so the same element of the same site is dropped here and in the NumPy reference.
+    """
+
+    def __init__(self, seed: int | None):
+        self.seed = seed
+
+    @property
+    def active(self) -> bool:
+        """True when this forward pass applies dropout."""
+        return self.seed is not None
+
+    def apply(self, x: torch.Tensor, p: float, layer: int, site: int) -> torch.Tensor:
+        """Inverted dropout of ``x`` with probability ``p`` at (layer, site); identity when inactive."""
+        if not self.active or p == 0.0:
+            return x
+        return ops.dropout(x, p, self.seed, dropout_site_offset(layer, site, x.numel()))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Attention backends. All take q, k, v: [B, A, S, D] and return [B, A, S, D].
+# ------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class AttentionMask:
+    """The key-padding mask of a batch, prepared once per forward pass and shared by every layer."""
+
+    keep: torch.Tensor        # [B, S] float 1 (attend) / 0 (padding): the form ops.attention takes
+    key_keep: torch.Tensor    # [B, 1, 1, S] bool: broadcasts over heads and query rows
+    has_keys: torch.Tensor    # [B, 1, 1, 1] bool: False for a sequence that is all padding
+
+    @classmethod
+    def from_attention_mask(cls, attention_mask: torch.Tensor) -> "AttentionMask":
+        """Build from the user's ``attention_mask [B, S]`` of 1 (keep) / 0 (pad)."""
+        key_keep = attention_mask.bool()[:, None, None, :]
+        return cls(keep=attention_mask.float(), key_keep=key_keep,
+                   has_keys=key_keep.any(dim=-1, keepdim=True))
+
+
+def _additive_mask(mask: AttentionMask, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, 1, S]: 0 where a key is kept, the most negative finite ``dtype`` number where it is padding.
+
+    A finite value rather than -inf: a row whose keys are all padding then gets a finite (uniform) softmax
+    instead of 0/0 = NaN, and the caller zeroes that row. exp(min - max) underflows to exactly 0, so a
+    padded key contributes nothing to any row that has a real key.
+    """
+    zeros = torch.zeros(mask.key_keep.shape, dtype=dtype, device=mask.key_keep.device)
+    return zeros.masked_fill(~mask.key_keep, torch.finfo(dtype).min)
+
+
+def eager_attention(q, k, v, mask: AttentionMask | None, scale: float, dropout_p: float,
+                    seed: int, offset: int) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v written out in plain tensor ops (the textbook form)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale          # [B, A, S, S]
+    if mask is not None:
+        scores = scores + _additive_mask(mask, scores.dtype)
+    probs = torch.softmax(scores, dim=-1)                          # attention_probs [B, A, S, S]
+    if mask is not None:
+        probs = probs * mask.has_keys                              # all-padding rows attend to nothing
+    if dropout_p > 0.0:
+        # Element (b, h, q, k) of [B, A, S, S] has flat index ((b*A + h)*S + q)*S + k: the rng contract.
+        probs = ops.dropout(probs, dropout_p, seed, offset)
+    return torch.matmul(probs, v)
+
+
+def sdpa_attention(q, k, v, mask: AttentionMask | None, scale: float) -> torch.Tensor:
+    """PyTorch's ``F.scaled_dot_product_attention`` (picks a flash / memory-efficient kernel on GPU).
+
+    It takes no dropout here: SDPA draws its dropout mask from torch's own RNG, which cannot reproduce
+    our counter-hash masks, so the model routes training-with-dropout through the eager path instead.
+    """
+    attn_mask = None if mask is None else _additive_mask(mask, q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    return out if mask is None else out * mask.has_keys
+
+
+def fused_attention(q, k, v, mask: AttentionMask | None, scale: float, dropout_p: float,
+                    seed: int, offset: int) -> torch.Tensor:
+    """Our extension's tiled online-softmax attention (``minibert.ops.attention``)."""
+    keep = None if mask is None else mask.keep.to(q.dtype)
+    return ops.attention(q, k, v, attention_mask=keep, scale=scale, dropout_p=dropout_p,
+                         seed=seed, offset=offset)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Layers (names and nesting exactly HF's, so state_dict keys match).
+# ------------------------------------------------------------------------------------------------------
+class BertEmbeddings(nn.Module):
+    """word + position + token-type embeddings, then LayerNorm and dropout: [B, S] ids -> [B, S, H]."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        # padding_idx as in HF: the pad row starts at zero and gets no gradient from the lookup.
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids, token_type_ids, position_ids, dropout: DropoutPlan) -> torch.Tensor:
+        embeddings = (self.word_embeddings(input_ids)
+                      + self.token_type_embeddings(token_type_ids)
+                      + self.position_embeddings(position_ids))             # [B, S, H]
+        embeddings = self.LayerNorm(embeddings)
+        return dropout.apply(embeddings, self.config.hidden_dropout_prob, EMBEDDINGS_LAYER, SITE_EMBEDDINGS)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention: project to q, k, v, attend per head, merge heads. [B,S,H] -> [B,S,H]."""
+
+    def __init__(self, config: BertConfig, layer_index: int, attn_implementation: str = "eager"):
+        super().__init__()
+        self.config = config
+        self.layer_index = layer_index
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scale = self.head_dim ** -0.5  # Vaswani et al. 2017: keeps q.k at unit variance
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attn_implementation = _resolve_implementation(attn_implementation, ATTN_IMPLEMENTATIONS,
+                                                           "attn_implementation")
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        return x.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # [B, A, S, D]
+
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
+        q = self._split_heads(self.query(hidden_states))
+        k = self._split_heads(self.key(hidden_states))
+        v = self._split_heads(self.value(hidden_states))
+        batch, _, seq, _ = q.shape
+        p = self.config.attention_probs_dropout_prob if dropout.active else 0.0
+        seed, offset = 0, 0
+        if p > 0.0:
+            seed = dropout.seed
+            offset = dropout_site_offset(self.layer_index, SITE_ATTENTION_PROBS,
+                                         batch * self.num_heads * seq * seq)
+
+        implementation = self.attn_implementation
+        if implementation == "sdpa" and p > 0.0:
+            implementation = "eager"  # see sdpa_attention: its dropout RNG is not ours
+        if implementation == "sdpa":
+            context = sdpa_attention(q, k, v, mask, self.scale)
+        elif implementation == "fused":
+            context = fused_attention(q, k, v, mask, self.scale, p, seed, offset)
+        else:
+            context = eager_attention(q, k, v, mask, self.scale, p, seed, offset)
+        return context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+
+
+class BertSelfOutput(nn.Module):
+    """Attention output projection, dropout, then the post-LN residual: LayerNorm(x + dropout(W a))."""
+
+    def __init__(self, config: BertConfig, layer_index: int):
+        super().__init__()
+        self.config = config
+        self.layer_index = layer_index
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, context, residual, dropout: DropoutPlan) -> torch.Tensor:
+        out = dropout.apply(self.dense(context), self.config.hidden_dropout_prob,
+                            self.layer_index, SITE_ATTENTION_OUTPUT)
+        return self.LayerNorm(out + residual)
+
+
+class BertAttention(nn.Module):
+    """Self-attention plus its output block (HF nests them as ``attention.self`` / ``attention.output``)."""
+
+    def __init__(self, config: BertConfig, layer_index: int, attn_implementation: str = "eager"):
+        super().__init__()
+        self.self = BertSelfAttention(config, layer_index, attn_implementation)
+        self.output = BertSelfOutput(config, layer_index)
+
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
+        return self.output(self.self(hidden_states, mask, dropout), hidden_states, dropout)
+
+
+def dense_gelu(dense: nn.Linear, x: torch.Tensor, approximate: str, implementation: str) -> torch.Tensor:
+    """GELU(dense(x)); the "fused" form does the matmul without bias and adds bias inside the GELU kernel."""
+    if implementation == "fused":
+        return ops.bias_gelu(F.linear(x, dense.weight), dense.bias, approximate=approximate)
+    return F.gelu(dense(x), approximate=approximate)
+
+
+class BertIntermediate(nn.Module):
+    """The feed-forward expansion with GELU: [B, S, H] -> [B, S, intermediate_size]."""
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__()
+        self.approximate = config.gelu_approximate
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.gelu_implementation = _resolve_implementation(gelu_implementation, GELU_IMPLEMENTATIONS,
+                                                           "gelu_implementation")
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return dense_gelu(self.dense, hidden_states, self.approximate, self.gelu_implementation)
+
+
+class BertOutput(nn.Module):
+    """Feed-forward contraction, dropout, post-LN residual: [B, S, I] -> [B, S, H]."""
+
+    def __init__(self, config: BertConfig, layer_index: int):
+        super().__init__()
+        self.config = config
+        self.layer_index = layer_index
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, intermediate, residual, dropout: DropoutPlan) -> torch.Tensor:
+        out = dropout.apply(self.dense(intermediate), self.config.hidden_dropout_prob,
+                            self.layer_index, SITE_FFN_OUTPUT)
+        return self.LayerNorm(out + residual)
+
+
+class BertLayer(nn.Module):
+    """One encoder layer: self-attention block, then feed-forward block, each with a residual + LayerNorm."""
+
+    def __init__(self, config: BertConfig, layer_index: int, attn_implementation: str = "eager",
+                 gelu_implementation: str = "eager"):
+        super().__init__()
+        self.attention = BertAttention(config, layer_index, attn_implementation)
+        self.intermediate = BertIntermediate(config, gelu_implementation)
+        self.output = BertOutput(config, layer_index)
+
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
+        attention_output = self.attention(hidden_states, mask, dropout)
+        return self.output(self.intermediate(attention_output), attention_output, dropout)
+
+
+class BertEncoder(nn.Module):
+    """``num_hidden_layers`` BertLayers applied in turn (``encoder.layer.{i}``)."""
+
+    def __init__(self, config: BertConfig, attn_implementation: str = "eager",
+                 gelu_implementation: str = "eager"):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config, i, attn_implementation, gelu_implementation)
+                                   for i in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, mask, dropout)
+        return hidden_states
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(h[CLS])): the sentence vector NSP and classifiers read. [B, S, H] -> [B, H]."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class BertPredictionHeadTransform(nn.Module):
+    """The MLM head's dense -> GELU -> LayerNorm before the vocabulary projection: [B,S,H] -> [B,S,H]."""
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__()
+        self.approximate = config.gelu_approximate
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gelu_implementation = _resolve_implementation(gelu_implementation, GELU_IMPLEMENTATIONS,
+                                                           "gelu_implementation")
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(dense_gelu(self.dense, hidden_states, self.approximate,
+                                         self.gelu_implementation))
+
+
+class BertLMPredictionHead(nn.Module):
+    """MLM logits: transform, then project onto the vocabulary with the TIED word-embedding matrix.
+
+    ``decoder.weight`` is the very Parameter ``bert.embeddings.word_embeddings.weight`` (Press & Wolf,
+    2017; BERT does this) and ``decoder.bias`` is the very Parameter ``bias``, as in HF: both keys appear in
+    ``state_dict()`` like HF's, while a saved checkpoint stores each tensor once. [B,S,H] -> [B,S,V].
+    """
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config, gelu_implementation)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)  # weight/bias replaced by ties
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
+class BertOnlyMLMHead(nn.Module):
+    """``cls`` of BertForMaskedLM: just the MLM head (``cls.predictions``)."""
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, gelu_implementation)
+
+
+class BertPreTrainingHeads(nn.Module):
+    """``cls`` of BertForPreTraining: MLM head (``cls.predictions``) + NSP head (``cls.seq_relationship``)."""
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, gelu_implementation)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)  # 0 = IsNext, 1 = random sentence
+
+
+class BertOnlyNSPHead(nn.Module):
+    """The NSP head alone (HF's ``BertForNextSentencePrediction.cls``): pooled [B, H] -> logits [B, 2]."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:
+        return self.seq_relationship(pooled_output)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class BertModelOutput:
+    """What a forward pass returns; fields a model does not compute are None."""
+
+    last_hidden_state: torch.Tensor                        # [B, S, H]
+    pooler_output: torch.Tensor | None = None              # [B, H]
+    prediction_logits: torch.Tensor | None = None          # [B, S, V]
+    seq_relationship_logits: torch.Tensor | None = None    # [B, 2]
+    loss: torch.Tensor | None = None                       # mlm_loss + nsp_loss (those given labels)
+    mlm_loss: torch.Tensor | None = None                   # mean CE over positions whose label != -100
+    nsp_loss: torch.Tensor | None = None                   # mean CE of the IsNext(0) / random(1) label
+
+
+def _check_ids(name: str, ids: torch.Tensor, shape, low: int, high: int, what_to_do: str,
+               ignore: int | None = None) -> None:
+    """Raise unless ``ids`` is an integer tensor of ``shape`` with values in [low, high) (or ``ignore``)."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers (torch.long), got dtype {ids.dtype}")
+    if tuple(ids.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(ids.shape)} but input_ids has shape {tuple(shape)}; "
+                         f"give one value per token")
+    if ignore is not None:
+        ids = ids.masked_fill(ids == ignore, low)
+    if ids.numel() and (int(ids.min()) < low or int(ids.max()) >= high):
+        raise ValueError(f"{name} has values in [{int(ids.min())}, {int(ids.max())}] but must lie in "
+                         f"[{low}, {high}): {what_to_do}")
+
+
+class BertPreTrainedModel(nn.Module):
+    """What every BERT model here shares: init, weight tying, backend switches, loading and saving."""
+
+    base_model_prefix = "bert"  # where the encoder sits in state_dict keys ("" for BertModel itself)
+    # Heads a checkpoint may carry that this class has no use for: dropped on load instead of an error,
+    # so e.g. a BertForPreTraining checkpoint loads into a BertModel.
+    unused_checkpoint_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if not isinstance(config, BertConfig):
+            raise TypeError(f"config must be a minibert.BertConfig, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+
+    # --- initialisation ---------------------------------------------------------------------------
+    def post_init(self) -> None:
+        """Initialise every weight as BERT / HF do, then tie the MLM decoder to the word embeddings."""
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Devlin et al.'s TF code: truncated normal(0.02); HF (and we) use a plain normal(0, range).
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if module.weight is self.get_input_embeddings().weight:
+                return  # a tied MLM decoder: its weight is the embedding table, initialised as one
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, BertLMPredictionHead):
+            nn.init.zeros_(module.bias)
+
+    def tie_weights(self) -> None:
+        """Make every MLM decoder use the word-embedding matrix and the head's own bias (no copies)."""
+        for module in self.modules():
+            if isinstance(module, BertLMPredictionHead):
+                module.decoder.weight = self.get_input_embeddings().weight
+                module.decoder.bias = module.bias
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The word-embedding table ``[V, H]``."""
+        base = getattr(self, self.base_model_prefix) if self.base_model_prefix else self
+        return base.embeddings.word_embeddings
+
+    # --- backends -----------------------------------------------------------------------------------
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """Switch every layer's attention to "eager", "sdpa" or "fused" (fused -> eager without extension)."""
+        resolved = _resolve_implementation(attn_implementation, ATTN_IMPLEMENTATIONS, "attn_implementation")
+        for module in self.modules():
+            if isinstance(module, BertSelfAttention):
+                module.attn_implementation = resolved
+
+    def set_gelu_implementation(self, gelu_implementation: str) -> None:
+        """Switch every GELU to "eager" or "fused" (bias+GELU kernel; eager where the extension is absent)."""
+        resolved = _resolve_implementation(gelu_implementation, GELU_IMPLEMENTATIONS, "gelu_implementation")
+        for module in self.modules():
+            if isinstance(module, (BertIntermediate, BertPredictionHeadTransform)):
+                module.gelu_implementation = resolved
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention backend actually in use."""
+        return next(m for m in self.modules() if isinstance(m, BertSelfAttention)).attn_implementation
+
+    @property
+    def gelu_implementation(self) -> str:
+        """The GELU backend actually in use."""
+        return next(m for m in self.modules() if isinstance(m, BertIntermediate)).gelu_implementation
+
+    # --- weights in and out -------------------------------------------------------------------------
+    def _tied_keys(self) -> set[str]:
+        return {name for name in self.state_dict() if ".predictions.decoder." in name}
+
+    def load_weights(self, state: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+        """Copy an HF-named state dict (NumPy arrays or tensors) into this model, checking every key.
+
+        Names are normalised first (``checkpoint.normalize_keys``: old ``gamma``/``beta``, missing or extra
+        ``bert.`` prefix, tied decoder copies, buffers). Raises ``ValueError`` listing missing keys,
+        unexpected keys or shape mismatches; heads this class does not have (``unused_checkpoint_prefixes``)
+        are dropped, so e.g. a pretraining checkpoint loads into a bare BertModel.
+        """
+        state = checkpoint.normalize_keys(dict(state))  # "bert."-prefixed, tied copies removed
+        if not self.base_model_prefix:
+            state = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith(self.unused_checkpoint_prefixes)}
+        own = self.state_dict()
+        tied = {name for name in own if ".predictions.decoder." in name}
+        missing = sorted(set(own) - tied - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint does not match {type(self).__name__}: missing keys {missing}, unexpected keys "
+                f"{unexpected}. Is it a BERT checkpoint with HF parameter names, saved for this model type?")
+        for key, value in state.items():
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise ValueError(
+                    f"checkpoint tensor {key!r} has shape {tuple(value.shape)} but this model's config "
+                    f"expects {tuple(own[key].shape)}: the checkpoint's config.json does not match its weights")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for key, value in state.items():
+                params[key].copy_(torch.as_tensor(value))
+        self.tie_weights()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, attn_implementation: str = "eager",
+                        gelu_implementation: str = "eager", dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu"):
+        """Load a checkpoint directory (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
+
+        Checkpoints written by ``transformers`` load unchanged. The model is returned in eval mode.
+        """
+        config = BertConfig.from_pretrained(directory)
+        model = cls(config, attn_implementation=attn_implementation, gelu_implementation=gelu_implementation)
+        model.load_weights(checkpoint.load_state_dict(directory))
+        return model.to(device=device, dtype=dtype).eval()
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (+ ``vocab.txt`` via ``tokenizer``) atomically.
+
+        Each file goes to a temporary name and is renamed, so an interrupted save never leaves a
+        half-written file. ``transformers.BertForPreTraining.from_pretrained(directory)`` reads the result.
+        """
+        os.makedirs(directory, exist_ok=True)
+        checkpoint.save_state_dict(self.state_dict(), directory)
+        self.config.save_pretrained(directory)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+
+    # --- inputs -------------------------------------------------------------------------------------
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids) -> None:
+        config = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a [batch, seq_len] tensor of token ids, got {shape}; "
+                             f"add a batch dimension with input_ids[None] for one sequence")
+        batch, seq = input_ids.shape
+        if seq > config.max_position_embeddings:
+            raise ValueError(f"sequence length {seq} exceeds max_position_embeddings="
+                             f"{config.max_position_embeddings}; truncate or split the input")
+        if batch == 0 or seq == 0:
+            raise ValueError(f"input_ids has an empty dimension {tuple(input_ids.shape)}")
+        _check_ids("input_ids", input_ids, (batch, seq), 0, config.vocab_size,
+                   f"ids must index the vocabulary (vocab_size={config.vocab_size}); was the tokenizer "
+                   f"built with a different vocabulary than the model?")
+        if token_type_ids is not None:
+            _check_ids("token_type_ids", token_type_ids, (batch, seq), 0, config.type_vocab_size,
+                       f"segment ids index type_vocab_size={config.type_vocab_size} embeddings")
+        if position_ids is not None:
+            _check_ids("position_ids", position_ids, (batch, seq), 0, config.max_position_embeddings,
+                       "positions index max_position_embeddings embeddings")
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (batch, seq):
+                shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else None
+                raise ValueError(f"attention_mask must have shape {(batch, seq)} like input_ids, got {shape}")
+            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+                raise ValueError("attention_mask must hold 1 (real token) or 0 (padding) only")
+
+
+class BertModel(BertPreTrainedModel):
+    """The BERT encoder: embeddings, ``num_hidden_layers`` layers and (optionally) the pooler.
+
+    Keys: ``embeddings.*``, ``encoder.layer.{i}.*``, ``pooler.*`` (HF's BertModel). Wrapped as ``bert`` in
+    the pretraining / MLM models.
+    """
+
+    base_model_prefix = ""
+    unused_checkpoint_prefixes = ("cls.",)
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, attn_implementation: str = "eager",
+                 gelu_implementation: str = "eager"):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config, attn_implementation, gelu_implementation)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        if not add_pooling_layer:
+            self.unused_checkpoint_prefixes = ("cls.", "pooler.")
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                dropout_seed: int | None = None) -> BertModelOutput:
+        """Encode ``input_ids [B, S]``; ``dropout_seed`` fixes the dropout masks in training mode.
+
+        In training mode with ``dropout_seed=None`` a seed is drawn from torch's RNG, so
+        ``torch.manual_seed`` makes runs reproducible. In eval mode there is no dropout.
+        """
+        self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        return self._encode(input_ids, attention_mask, token_type_ids, position_ids,
+                            self._dropout_plan(dropout_seed))
+
+    def _dropout_plan(self, dropout_seed: int | None) -> DropoutPlan:
+        if not self.training:
+            return DropoutPlan(None)
+        if dropout_seed is None:
+            dropout_seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        return DropoutPlan(int(dropout_seed))
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids,
+                dropout: DropoutPlan) -> BertModelOutput:
+        batch, seq = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        mask = None if attention_mask is None else AttentionMask.from_attention_mask(attention_mask)
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, dropout)
+        hidden = self.encoder(hidden, mask, dropout)                         # [B, S, H]
+        pooled = self.pooler(hidden) if self.pooler is not None else None    # [B, H]
+        return BertModelOutput(last_hidden_state=hidden, pooler_output=pooled)
+
+
+def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Mean cross-entropy over the positions whose label is not -100.
+
+    A batch with no predicted position has loss 0 and gradient 0 (as in ``minibert.reference.losses``),
+    not PyTorch's 0/0 = NaN, so one unlucky batch cannot poison a training run.
+    """
+    _check_ids("labels", labels, logits.shape[:2], 0, vocab_size,
+               "MLM labels are token ids of the original tokens, or -100 where nothing is predicted",
+               ignore=IGNORE_INDEX)
+    total = F.cross_entropy(logits.reshape(-1, vocab_size), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def _nsp_loss(logits: torch.Tensor, next_sentence_label: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the NSP labels (0 = B follows A, 1 = B is a random sentence)."""
+    _check_ids("next_sentence_label", next_sentence_label, logits.shape[:1], 0, 2,
+               "NSP labels are 0 (IsNext) or 1 (random sentence), one per sequence")
+    return F.cross_entropy(logits, next_sentence_label)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with both pretraining heads: masked-LM logits and next-sentence-prediction logits (+ losses)."""
+
+    def __init__(self, config: BertConfig, attn_implementation: str = "eager",
+                 gelu_implementation: str = "eager"):
+        super().__init__(config)
+        self.bert = BertModel(config, True, attn_implementation, gelu_implementation)
+        self.cls = BertPreTrainingHeads(config, gelu_implementation)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                next_sentence_label=None, dropout_seed: int | None = None) -> BertModelOutput:
+        """Run BERT on ``input_ids [B, S]`` and both heads.
+
+        ``labels [B, S]`` holds the original token id at masked positions and -100 elsewhere;
+        ``next_sentence_label [B]`` is 0 (IsNext) or 1 (random). ``loss`` = MLM loss + NSP loss over
+        whichever labels are given. ``dropout_seed``: see ``BertModel.forward``.
+        """
+        self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        out = self.bert._encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                self.bert._dropout_plan(dropout_seed))
+        out.prediction_logits = self.cls.predictions(out.last_hidden_state)          # [B, S, V]
+        out.seq_relationship_logits = self.cls.seq_relationship(out.pooler_output)   # [B, 2]
+        if labels is not None:
+            out.mlm_loss = _mlm_loss(out.prediction_logits, labels, self.config.vocab_size)
+        if next_sentence_label is not None:
+            out.nsp_loss = _nsp_loss(out.seq_relationship_logits, next_sentence_label)
+        losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
+        out.loss = sum(losses[1:], losses[0]) if losses else None
+        return out
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    """BERT with only the masked-LM head (no pooler, no NSP), as RoBERTa-style pretraining uses."""
+
+    unused_checkpoint_prefixes = ("cls.seq_relationship.", "bert.pooler.")
+
+    def __init__(self, config: BertConfig, attn_implementation: str = "eager",
+                 gelu_implementation: str = "eager"):
+        super().__init__(config)
+        self.bert = BertModel(config, False, attn_implementation, gelu_implementation)
+        self.cls = BertOnlyMLMHead(config, gelu_implementation)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                dropout_seed: int | None = None) -> BertModelOutput:
+        """Masked-LM logits ``[B, S, V]`` and, given ``labels`` (-100 = not predicted), the MLM loss."""
+        self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        out = self.bert._encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                self.bert._dropout_plan(dropout_seed))
+        out.prediction_logits = self.cls.predictions(out.last_hidden_state)
+        if labels is not None:
+            out.mlm_loss = out.loss = _mlm_loss(out.prediction_logits, labels, self.config.vocab_size)
+        return out
