@@ -1,0 +1,151 @@
+"""The ``minibert`` command line: one subcommand ("verb") per job.
+
+Each verb is two small functions: ``_add_<verb>(subparsers)`` declares its arguments and
+``_run_<verb>(args)`` does the work and returns the exit status. Adding a verb means writing those two
+and listing the first in ``VERBS``.
+
+User errors (a missing file, a corpus that is not UTF-8, a vocabulary size that cannot work) are printed
+as ``minibert: error: ...`` with exit status 2, like argparse's own usage errors, instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from minibert import corpus, vocab
+
+DEMO_SENTENCE = "The tokenizer splits unaffable words like tokenization into pieces."
+
+
+def _print_corpus_stats(stats: dict, label: str) -> None:
+    print(f"{label}: {stats['documents']:,} documents, {stats['sentences']:,} sentences, "
+          f"{stats['words']:,} words, {stats['megabytes']:.2f} MB")
+
+
+def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case: bool):
+    """Train a vocabulary (holding out every 10th document), print what happened, return the tokenizer."""
+    if corpus_spec == "builtin":
+        _print_corpus_stats(corpus.corpus_stats(corpus.builtin_documents()), "corpus (built-in)")
+    else:
+        _print_corpus_stats(corpus.corpus_stats(corpus.load_corpus(corpus_spec)), "corpus")
+    start = time.perf_counter()
+    tokenizer = vocab.train_vocab(corpus_spec, vocab_size, out_dir, do_lower_case=do_lower_case)
+    seconds = time.perf_counter() - start
+    print(f"trained a {len(tokenizer.vocab):,}-token WordPiece vocabulary in {seconds:.1f} s -> {out_dir}")
+    held_out = corpus.held_out_split(corpus.load_corpus(corpus_spec), held_out=True, every=vocab.HELD_OUT_EVERY)
+    stats = vocab.tokenization_stats(tokenizer.tokenize, held_out, do_lower_case=do_lower_case)
+    if stats["words"]:
+        print(f"held-out text (every {vocab.HELD_OUT_EVERY}th document): {stats['words']:,} words -> "
+              f"{stats['tokens']:,} tokens, {stats['tokens_per_word']:.3f} tokens/word, "
+              f"[UNK] rate {stats['unk_rate']:.4%}")
+    else:
+        print(f"held-out text: none (the corpus has fewer than {vocab.HELD_OUT_EVERY} documents)")
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------
+# train-vocab
+
+def _add_train_vocab(subparsers) -> None:
+    p = subparsers.add_parser("train-vocab", help="learn a WordPiece vocabulary from text",
+                              description="Learn a WordPiece vocabulary (likelihood criterion) from a corpus "
+                                          "in BERT format: one sentence per line, blank line between documents.")
+    p.add_argument("corpus", nargs="*", metavar="CORPUS",
+                   help="text files or folders of *.txt (default: the built-in corpus)")
+    p.add_argument("--vocab-size", type=int, default=vocab.DEFAULT_VOCAB_SIZE,
+                   help="number of tokens, special tokens included (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder to write vocab.txt and tokenizer_config.json to")
+    p.add_argument("--cased", action="store_true", help="keep upper case and accents (default: lower-case)")
+    p.set_defaults(run=_run_train_vocab)
+
+
+def _run_train_vocab(args) -> int:
+    _train_and_report(args.corpus or "builtin", args.vocab_size, args.out, do_lower_case=not args.cased)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# tokenize
+
+def _add_tokenize(subparsers) -> None:
+    p = subparsers.add_parser("tokenize", help="show, step by step, how a text is tokenized",
+                              description="Show every stage of BERT tokenization of a text (or a text pair).")
+    p.add_argument("text", help="the text to tokenize")
+    p.add_argument("--pair", help="a second text, for a [CLS] A [SEP] B [SEP] pair")
+    p.add_argument("--vocab", help="a folder with vocab.txt (default: the vocabulary trained on the "
+                                   "built-in corpus, trained and cached on first use)")
+    p.set_defaults(run=_run_tokenize)
+
+
+def _run_tokenize(args) -> int:
+    from minibert import tokenizer
+
+    argv = ["--vocab", args.vocab or vocab.default_vocab_dir(), args.text]
+    if args.pair is not None:
+        argv += ["--pair", args.pair]
+    return tokenizer.main(argv) or 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# corpus
+
+def _add_corpus(subparsers) -> None:
+    p = subparsers.add_parser("corpus", help="write the built-in corpus to a file in BERT format",
+                              description="Write the built-in corpus (Python's own documentation) as one "
+                                          "sentence per line, a blank line between documents.")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.set_defaults(run=_run_corpus)
+
+
+def _run_corpus(args) -> int:
+    stats = corpus.write_corpus(corpus.builtin_documents(), args.out)
+    _print_corpus_stats(stats, f"wrote {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# demo
+
+def _add_demo(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="train a vocabulary on the built-in corpus and tokenize a sentence",
+                              description="The main job (until pretraining exists): learn a WordPiece "
+                                          "vocabulary from Python's documentation, then tokenize a sentence.")
+    p.add_argument("--out", default="runs/vocab", help="folder for the vocabulary (default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, default=vocab.DEFAULT_VOCAB_SIZE,
+                   help="number of tokens (default: %(default)s)")
+    p.add_argument("--text", default=DEMO_SENTENCE, help="the sentence to tokenize")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from minibert import tokenizer
+
+    _train_and_report("builtin", args.vocab_size, args.out, do_lower_case=True)
+    print()
+    return tokenizer.main(["--vocab", args.out, args.text]) or 0
+
+
+# ----------------------------------------------------------------------------------------------------
+
+VERBS = [_add_train_vocab, _add_tokenize, _add_corpus, _add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every verb in ``VERBS``."""
+    parser = argparse.ArgumentParser(prog="minibert", description="BERT pretraining from scratch.")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for add_verb in VERBS:
+        add_verb(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``minibert VERB ...``; return the exit status (0 ok, 2 usage or input error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            UnicodeDecodeError) as e:
+        print(f"minibert: error: {e}", file=sys.stderr)
+        return 2
