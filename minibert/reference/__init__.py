@@ -1,0 +1,9 @@
+"""The readable NumPy BERT: every layer a forward plus a hand-written backward.
+
+* ``layers``: Linear, Embedding, LayerNorm, GELU, bias+GELU, softmax, dropout, scaled dot-product attention;
+* ``blocks``: BERT's sub-modules built from them (embeddings, self-attention, feed-forward, encoder layer,
+  pooler, MLM and NSP heads), parameters looked up by HF names;
+* ``model``: ``BertModel`` and ``BertForPreTraining`` (forward, backward, from/save_pretrained);
+* ``losses``, ``optim``, ``schedules``, ``train``: the pretraining step and loop;
+* ``gradcheck``: the central-difference checker every backward is tested with.
+"""
