@@ -45,9 +45,11 @@ _BULLET = re.compile(r"^(?:[*+•-]|\d+[.)]|\([a-z0-9]\)|[a-z][.)])\s+")
 _HEADING_RULE = re.compile(r"^([=\-*~^#\"'`+.])\1{2,}$")
 _CODE_LINE = re.compile(r"^(>>>|\.\.\.|\$ |%|@|#)|^(async def|def|class) \w+.*:$|^(from|import) [\w.]+|"
                         r"::=|->|\s=\s|[{}]")
-# reST inline markup, rewritten to its plain text: :role:`~mod.name` -> name, ``code`` -> code, *em* -> em.
+# reST inline markup, rewritten to the text Sphinx would show: :role:`~mod.name` -> name (the tilde keeps
+# the last component), :role:`title <target>` -> title, ``code`` -> code, *em* -> em.
 _REST_MARKUP = [
-    (re.compile(r":[a-zA-Z:]+:`~?(?:[^`<]*<)?([^`>]*)>?`"), r"\1"),
+    (re.compile(r":[a-zA-Z:]+:`~[\w.]*?(\w+)`"), r"\1"),
+    (re.compile(r":[a-zA-Z:]+:`([^`<]*?)\s*(?:<[^>]*>)?`"), r"\1"),
     (re.compile(r"`([^`<]+?)\s*<[^>]*>`_+"), r"\1"),
     (re.compile(r"``([^`]+)``"), r"\1"),
     (re.compile(r"`([^`]+)`_*"), r"\1"),
