@@ -1,0 +1,641 @@
+"""``minibert pretrain``: train a BERT from scratch on masked-LM + next-sentence prediction.
+
+The loop, in the order it happens:
+
+1. **Data.** Read the corpus, hold out every ``--held-out-every``-th document for evaluation *before*
+   any instance is built (so no sentence of the evaluation text is ever trained on), then build the
+   pretraining instances (``[CLS] A [SEP] B [SEP]`` with masks) once.
+2. **Model.** ``minibert.modeling.BertForPreTraining`` with ``torch.optim.AdamW`` (``--backend torch``),
+   or the NumPy reference with its hand-written backward and AdamW (``--backend numpy``) driven by the
+   very same loop: same batches, schedule, logging and checkpoints.
+3. **Steps.** Step ``s`` trains on a global batch and dropout seeds that are pure functions of
+   ``(--seed, s)`` (``minibert.step_batches``), with a linear warm-up then linear decay of the learning
+   rate, gradient clipping and weight decay on everything but biases and LayerNorm.
+4. **Watching.** A progress bar (loss, MLM / NSP accuracy, tokens/s); every step appended to
+   ``OUT/metrics.jsonl``; evaluation on the held-out documents every ``--eval-every`` steps; loss and
+   accuracy curves in ``OUT/curves.png``.
+5. **Checkpoints.** ``OUT/last`` every ``--save-every`` steps and at the end (``minibert.trainer_state``):
+   loads in ``transformers`` unchanged, and ``--resume`` continues it with the same loss trajectory.
+6. **Summary.** Final train / eval loss, MLM and NSP accuracy, and the *unigram baseline*: the MLM
+   accuracy of always guessing the most frequent masked token, the score to beat.
+
+Several processes: ``torchrun --nproc_per_node N -m minibert pretrain ...`` runs data parallel
+(DistributedDataParallel, gloo on CPU, nccl on GPU). Each rank trains on a disjoint part of every global
+batch (``global batch = --batch-size x N x --grad-accum``); rank 0 logs and saves.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from minibert import data, trainer_state
+from minibert.config import BertConfig
+from minibert.corpus import held_out_split, load_corpus
+from minibert.pretrain_backends import STAT_KEYS, TorchBackend, count_batch
+from minibert.step_batches import StepBatches, derived_seed
+
+# Defaults chosen so that, on the built-in corpus and 2 CPU cores, a 4-layer, 256-wide BERT trains in
+# about five minutes to an MLM accuracy far above the unigram baseline (README gives the figures).
+DEFAULT_MINUTES = 5.0
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_LR = 1e-3            # small BERTs tolerate far more than BERT-Base's 1e-4 (Turc et al., 2019)
+DEFAULT_WARMUP_RATIO = 0.06  # RoBERTa's 6%; BERT warmed up over 10k of 1M steps (1%)
+DEFAULT_WEIGHT_DECAY = 0.01  # Devlin et al., 2018, appendix A.2
+DEFAULT_DUPE_FACTOR = 5      # copies of the corpus with different masks; the original code used 10
+MAX_POSITION_EMBEDDINGS = 512  # as BERT-Base, so a checkpoint can later be fine-tuned on longer inputs
+FINAL_WINDOW = 20  # the summary's "final train loss" averages the last this-many steps
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+SUMMARY_FILE = "summary.json"
+
+# Arguments that shape the loss trajectory: a resumed run must use the same values, or it would not
+# continue the run it claims to continue. (--out, --resume, --device, --num-workers, --eval-every,
+# --save-every may change freely.)
+TRAJECTORY_ARGS = ("corpus", "held_out_every", "max_seq_length", "dupe_factor", "whole_word_mask",
+                   "dynamic_masking", "lr", "warmup_steps", "warmup_ratio", "weight_decay",
+                   "clip_grad_norm", "steps", "minutes", "seed", "backend", "dtype", "dropout")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``minibert pretrain``'s options to ``parser``."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--corpus", nargs="+", default=["builtin"],
+                   help="text files / folders (one sentence per line, blank line between documents), "
+                        "or 'builtin' (default): the Python documentation that ships with Python")
+    g.add_argument("--vocab", default=None, help="directory holding vocab.txt (default: minibert's bundled "
+                                                 "vocabulary, see `minibert vocab`)")
+    g.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default 128)")
+    g.add_argument("--dupe-factor", type=int, default=DEFAULT_DUPE_FACTOR,
+                   help=f"copies of the corpus, each with different masks (default {DEFAULT_DUPE_FACTOR})")
+    g.add_argument("--whole-word-mask", action="store_true", help="mask all pieces of a word together")
+    g.add_argument("--dynamic-masking", action="store_true",
+                   help="draw new masks every time a sequence is batched (RoBERTa) instead of once")
+    g.add_argument("--held-out-every", type=int, default=10,
+                   help="hold out every N-th document for evaluation (default 10: 10%%; 0 = no evaluation)")
+    g.add_argument("--num-workers", type=int, default=0, help="background processes building batches")
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--config", default=None, help="config.json to use instead of the size options below")
+    g.add_argument("--layers", type=int, default=4, help="encoder layers (default 4)")
+    g.add_argument("--hidden", type=int, default=256, help="hidden size (default 256)")
+    g.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    g.add_argument("--intermediate", type=int, default=1024, help="feed-forward size (default 1024)")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="override the config's hidden and attention dropout (default: config's, 0.1)")
+    g.add_argument("--init-from", default=None, help="start from this checkpoint's weights (and config)")
+
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"sequences per process per micro-step (default {DEFAULT_BATCH_SIZE})")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-steps accumulated per optimizer step")
+    g.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"peak learning rate (default {DEFAULT_LR})")
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
+    g.add_argument("--warmup-ratio", type=float, default=DEFAULT_WARMUP_RATIO,
+                   help=f"warm-up as a fraction of all steps, when --warmup-steps is not given "
+                        f"(default {DEFAULT_WARMUP_RATIO})")
+    g.add_argument("--weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY,
+                   help=f"AdamW weight decay, not applied to biases and LayerNorm (default {DEFAULT_WEIGHT_DECAY})")
+    g.add_argument("--clip-grad-norm", type=float, default=1.0, help="max global gradient norm (default 1.0)")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps to train")
+    g.add_argument("--minutes", type=float, default=None,
+                   help=f"time budget instead of --steps: the step count is planned from the measured speed "
+                        f"(default when neither is given: {DEFAULT_MINUTES:g})")
+    g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, masks and dropout")
+
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=os.path.join("runs", "pretrain"), help="output directory")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in OUT/last")
+    g.add_argument("--eval-every", type=int, default=100, help="evaluate every N steps (and at the end)")
+    g.add_argument("--save-every", type=int, default=200, help="checkpoint OUT/last every N steps (and at the end)")
+    g.add_argument("--keep-checkpoints", action="store_true", help="also keep a copy OUT/step-N of each checkpoint")
+    g.add_argument("--backend", choices=("torch", "numpy"), default="torch",
+                   help="torch (fast) or numpy (the readable reference, same loop)")
+    g.add_argument("--attn", choices=("eager", "sdpa", "fused"), default="fused",
+                   help="attention implementation of the torch model (default fused)")
+    g.add_argument("--gelu", choices=("eager", "fused"), default="fused",
+                   help="GELU implementation of the torch model (default fused)")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="parameter dtype (float64 for exact comparisons between backends)")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored, with a note, on CPU)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The stand-alone ``python -m minibert.pretrain`` parser."""
+    parser = argparse.ArgumentParser(prog="minibert pretrain", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def main(argv=None) -> dict:
+    """Parse ``argv`` and pretrain; returns the summary dictionary (also written to OUT/summary.json)."""
+    return run(build_parser().parse_args(argv))
+
+
+def _check_args(args, world_size: int) -> None:
+    positive = {"--max-seq-length": args.max_seq_length, "--batch-size": args.batch_size,
+                "--grad-accum": args.grad_accum, "--dupe-factor": args.dupe_factor}
+    for flag, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.steps is not None and args.minutes is not None:
+        raise ValueError("give --steps or --minutes, not both")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if args.minutes is not None and not args.minutes > 0:
+        raise ValueError(f"--minutes must be positive, got {args.minutes}")
+    if args.lr <= 0 or not math.isfinite(args.lr):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if not 0.0 <= args.warmup_ratio < 1.0:
+        raise ValueError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if args.held_out_every == 1 or args.held_out_every < 0:
+        raise ValueError("--held-out-every must be 0 (no evaluation) or at least 2")
+    if args.backend == "numpy" and world_size > 1:
+        raise ValueError("--backend numpy runs in one process; use --backend torch under torchrun")
+    if args.steps is None and args.minutes is None:
+        args.minutes = DEFAULT_MINUTES
+
+
+# ------------------------------------------------------------------------------------------------------
+# Processes and devices
+# ------------------------------------------------------------------------------------------------------
+def _setup_distributed(args) -> tuple[int, int, torch.device, bool]:
+    """(rank, world_size, device, created_group): join torchrun's process group when WORLD_SIZE > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if args.device is not None:
+        device = torch.device(args.device)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank if world_size > 1 else 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    created = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        created = True
+    return rank, world_size, device, created
+
+
+def _all_reduce(values: dict, world_size: int, device) -> dict:
+    """Sum each value over the ranks (a no-op for one process)."""
+    if world_size == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def _broadcast_int(value: int, world_size: int, device) -> int:
+    if world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, 0)
+    return int(t.item())
+
+
+# ------------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------------
+def _read_split(corpus, held_out_every: int) -> tuple[list, list]:
+    """(train documents, held-out documents); the split happens before any instance is built."""
+    spec = corpus[0] if len(corpus) == 1 else corpus
+    if held_out_every == 0:
+        return [list(d) for d in load_corpus(spec)], []
+    train = [list(d) for d in held_out_split(load_corpus(spec), False, held_out_every)]
+    held_out = [list(d) for d in held_out_split(load_corpus(spec), True, held_out_every)]
+    if not held_out:
+        raise ValueError(f"the corpus has fewer than {held_out_every} documents, so none is held out for "
+                         f"evaluation: lower --held-out-every, or pass --held-out-every 0 to skip evaluation")
+    return train, held_out
+
+
+def _fingerprint(documents: list) -> str:
+    """A hash of the training text, so --resume can refuse a corpus that changed under it."""
+    h = hashlib.sha256()
+    for doc in documents:
+        for sentence in doc:
+            h.update(sentence.encode("utf-8") + b"\n")
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _make_instances(documents, tokenizer, args, config, seed: int, dupe_factor: int, dynamic: bool) -> list:
+    return list(data.create_training_instances(
+        documents, tokenizer, max_seq_length=args.max_seq_length, dupe_factor=dupe_factor,
+        whole_word_mask=args.whole_word_mask, dynamic_masking=dynamic, seed=seed,
+        max_position_embeddings=config.max_position_embeddings))
+
+
+def _collate_all(instances, pad_id: int, max_seq_length: int, batch_size: int, masking=None,
+                 seed: int = 0) -> list[dict]:
+    """All ``instances`` as batches (masked now, with ``masking``, when they were made unmasked)."""
+    rng = random.Random(seed) if masking is not None else None
+    return [data.collate(instances[i:i + batch_size], pad_id, max_seq_length, masking=masking, rng=rng)
+            for i in range(0, len(instances), batch_size)]
+
+
+def _unigram_token(batches: list[dict]) -> int:
+    """The most frequent masked-label token: the unigram baseline always predicts it."""
+    labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
+    return int(np.bincount(labels).argmax())
+
+
+def _unigram_accuracy(batches: list[dict], token: int) -> float:
+    labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
+    return float((labels == token).mean())
+
+
+def _identity(x):
+    return x  # DataLoader must not turn our NumPy batches into tensors (the numpy backend wants arrays)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Model, backend and schedule
+# ------------------------------------------------------------------------------------------------------
+def _vocab_size(tokenizer) -> int:
+    return len(tokenizer.vocab)
+
+
+def _build_config(args, tokenizer, weights_dir: str | None) -> BertConfig:
+    if weights_dir is not None:
+        config = BertConfig.from_pretrained(weights_dir)
+        source = weights_dir
+    elif args.config is not None:
+        config = BertConfig.from_pretrained(args.config)
+        source = args.config
+    else:
+        config = BertConfig(vocab_size=_vocab_size(tokenizer), hidden_size=args.hidden,
+                            num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                            intermediate_size=args.intermediate,
+                            max_position_embeddings=max(MAX_POSITION_EMBEDDINGS, args.max_seq_length))
+        source = "the size options"
+    if args.dropout is not None and not args.resume:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = args.dropout
+        config.validate()
+    if config.vocab_size != _vocab_size(tokenizer):
+        raise ValueError(
+            f"vocabulary/config mismatch: the model config ({source}) has vocab_size={config.vocab_size} "
+            f"but the vocabulary has {_vocab_size(tokenizer)} tokens. Use the vocab.txt the config was made "
+            f"for (--vocab), or a config whose vocab_size matches it.")
+    if args.max_seq_length > config.max_position_embeddings:
+        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the config's "
+                         f"max_position_embeddings={config.max_position_embeddings}")
+    return config
+
+
+def _build_backend(args, config, device, world_size: int, weights_dir: str | None):
+    dtype = getattr(torch, args.dtype)
+    if args.backend == "numpy":
+        from minibert.pretrain_numpy import NumpyBackend
+        return NumpyBackend(config, dtype=np.dtype(args.dtype), seed=args.seed, weights_dir=weights_dir,
+                            lr=args.lr, weight_decay=args.weight_decay, clip_grad_norm=args.clip_grad_norm)
+    from minibert.modeling import BertForPreTraining
+    if weights_dir is not None:
+        model = BertForPreTraining.from_pretrained(weights_dir, attn_implementation=args.attn,
+                                                   gelu_implementation=args.gelu, dtype=dtype, device=device)
+    else:
+        torch.manual_seed(args.seed)  # every rank builds the same initial weights
+        model = BertForPreTraining(config, attn_implementation=args.attn, gelu_implementation=args.gelu)
+        model.to(device=device, dtype=dtype)
+    amp = args.amp and device.type == "cuda"
+    return TorchBackend(model, device=device, lr=args.lr, weight_decay=args.weight_decay,
+                        clip_grad_norm=args.clip_grad_norm, amp=amp, ddp=world_size > 1)
+
+
+def learning_rate(step: int, peak_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to ``peak_lr`` over ``warmup_steps``, then linear decay to 0 at ``total_steps``.
+
+    ``step`` counts from 0; step ``s`` uses ``peak * (s + 1) / warmup`` while warming up, so the first
+    step already moves the weights, and ``peak * (total - s) / (total - warmup)`` after (BERT's schedule).
+    """
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    return peak_lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def _metrics(stats: dict) -> dict:
+    """Per-token / per-example averages from summed statistics."""
+    mlm_loss = stats["mlm_loss_sum"] / max(stats["n_masked"], 1)
+    nsp_loss = stats["nsp_loss_sum"] / max(stats["n_examples"], 1)
+    return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
+            "mlm_acc": stats["mlm_correct"] / max(stats["n_masked"], 1),
+            "nsp_acc": stats["nsp_correct"] / max(stats["n_examples"], 1)}
+
+
+def evaluate(backend, batches: list[dict], rank: int, world_size: int, device) -> dict:
+    """Loss and accuracies on ``batches`` with dropout off, split over the ranks and summed."""
+    totals = dict.fromkeys(STAT_KEYS, 0.0)
+    for i in range(rank, len(batches), world_size):
+        for k, v in backend.evaluate(batches[i]).items():
+            totals[k] += v
+    return _metrics(_all_reduce(totals, world_size, device))
+
+
+def _plan_steps(backend, batches: StepBatches, eval_batches, args, world_size: int, device) -> int:
+    """Steps that fit in ``--minutes``: time two training steps (after one warm-up) and an evaluation.
+
+    The gradients of the timing steps are thrown away and nothing else changes (dropout seeds are
+    counter-based, the data order a function of the step), so a --minutes run that planned N steps
+    trains exactly as a --steps N run. Rank 0's plan is broadcast so all ranks agree.
+    """
+    micro = batches[0]
+    norm = _all_reduce({k: sum(count_batch(b)[k] for b in micro) for k in ("n_masked", "n_examples")},
+                       world_size, device)
+    seeds = [0] * len(micro)
+    backend.forward_backward(micro, norm, seeds)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        backend.forward_backward(micro, norm, seeds)
+    step_s = (time.perf_counter() - t0) / 2 * 1.1  # +10%: the optimizer step and batch building
+    backend.zero_grad()
+    eval_s = 0.0
+    if eval_batches:
+        t0 = time.perf_counter()
+        evaluate(backend, eval_batches, 0, 1, device)  # every rank alone: no collective, same estimate
+        eval_s = time.perf_counter() - t0
+    budget = args.minutes * 60.0
+    n_evals = budget / step_s / max(args.eval_every, 1)
+    steps = int((budget - eval_s * (n_evals + 1)) / step_s)
+    return _broadcast_int(max(1, steps), world_size, device)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Logging, curves and summary (rank 0 only)
+# ------------------------------------------------------------------------------------------------------
+def _read_metrics(path: str, up_to_step: int) -> list[dict]:
+    """Rows of a previous run's metrics.jsonl with step <= ``up_to_step`` (a torn last line is skipped)."""
+    rows = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the line an interrupted run was writing
+                if row.get("step", 0) <= up_to_step:
+                    rows.append(row)
+    return rows
+
+
+def _append_metrics(path: str, row: dict) -> None:
+    # One short line per append: it reaches the file whole or (on a crash mid-write) is skipped on read.
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def save_curves(rows: list[dict], path: str, baseline: float | None) -> None:
+    """Plot training (smoothed) and evaluation loss, MLM and NSP accuracy against the step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if r["split"] == "train"]
+    evals = [r for r in rows if r["split"] == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key, title in zip(axes, ("loss", "mlm_acc", "nsp_acc"), ("loss (MLM + NSP)", "MLM accuracy",
+                                                                      "NSP accuracy")):
+        if train:
+            steps = np.array([r["step"] for r in train])
+            values = np.array([r[key] for r in train])
+            window = max(1, len(values) // 50)
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smooth, label="train" + (f" ({window}-step mean)" if window > 1 else ""))
+        if evals:
+            ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label="held-out")
+        if key == "mlm_acc" and baseline is not None:
+            ax.axhline(baseline, color="gray", linestyle="--", label="unigram baseline")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    from minibert.io import atomic_open
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"\npretraining finished: {summary['steps']} steps in {summary['seconds'] / 60:.1f} min "
+          f"({summary['tokens_per_s']:.0f} tokens/s)")
+    print(f"  final train loss {summary['train_loss']:.3f}   MLM acc {summary['train_mlm_acc']:.3f}   "
+          f"NSP acc {summary['train_nsp_acc']:.3f}   (mean of the last {summary['final_window']} steps)")
+    if summary.get("eval_loss") is not None:
+        print(f"  held-out   loss {summary['eval_loss']:.3f}   MLM acc {summary['eval_mlm_acc']:.3f}   "
+              f"NSP acc {summary['eval_nsp_acc']:.3f}")
+    print(f"  unigram baseline MLM acc {summary['unigram_baseline_mlm_acc']:.3f} "
+          f"(always predicting {summary['unigram_token']!r})")
+    print(f"  checkpoint: {summary['checkpoint']}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------------
+def run(args) -> dict:
+    """Pretrain as ``args`` (from :func:`add_arguments`) say; returns the summary dictionary."""
+    rank, world_size, device, created_group = _setup_distributed(args)
+    try:
+        return _train(args, rank, world_size, device)
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _train(args, rank: int, world_size: int, device) -> dict:
+    from minibert.tokenizer import BertTokenizer
+    from minibert.vocab import default_vocab_dir
+
+    _check_args(args, world_size)
+    if args.amp and device.type != "cuda" and rank == 0:
+        print("note: --amp (bf16 autocast) only applies on CUDA; training in float32 on the CPU")
+    out = args.out
+    resume_dir = trainer_state.find_checkpoint(out) if args.resume else None
+    state = trainer_state.load_trainer_state(resume_dir) if resume_dir else None
+    weights_dir = resume_dir or args.init_from
+    tokenizer = BertTokenizer.from_pretrained(weights_dir or args.vocab or default_vocab_dir())
+    config = _build_config(args, tokenizer, weights_dir)
+
+    # -- data: hold out documents first, then build instances from each side separately --
+    train_docs, eval_docs = _read_split(args.corpus, args.held_out_every)
+    fingerprint = _fingerprint(train_docs)
+    instances = _make_instances(train_docs, tokenizer, args, config, args.seed, args.dupe_factor,
+                                args.dynamic_masking)
+    masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask)
+               if args.dynamic_masking else None)
+    pad_id = config.pad_token_id
+    # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
+    eval_batches = (_collate_all(_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False),
+                                 pad_id, args.max_seq_length, args.batch_size) if eval_docs else [])
+    train_label_batches = _collate_all(instances, pad_id, args.max_seq_length, 256, masking, args.seed)
+    unigram = _unigram_token(train_label_batches)
+    baseline = _unigram_accuracy(eval_batches or train_label_batches, unigram)
+    global_batch = args.batch_size * world_size * args.grad_accum
+    run_args = {k: getattr(args, k) for k in TRAJECTORY_ARGS}
+    run_args["global_batch_size"] = global_batch
+    run_args["corpus_fingerprint"] = fingerprint
+    if state is not None:
+        _check_same_run(state["args"], run_args)
+
+    backend = _build_backend(args, config, device, world_size, weights_dir)
+    start_step = 0
+    if state is not None:
+        backend.load_optimizer_state(state["optimizer"])
+        trainer_state.restore_rng_state(state["rng"])
+        start_step, total_steps = state["step"], state["total_steps"]
+    batches = StepBatches(instances, micro_batch_size=args.batch_size, grad_accum=args.grad_accum, rank=rank,
+                          world_size=world_size, seed=args.seed, pad_id=pad_id,
+                          max_seq_length=args.max_seq_length, num_steps=0, masking=masking)
+    if state is None:
+        total_steps = args.steps or _plan_steps(backend, batches, eval_batches, args, world_size, device)
+    batches.num_steps = total_steps
+    warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * total_steps)
+
+    metrics_path = os.path.join(out, METRICS_FILE)
+    rows: list[dict] = []
+    if rank == 0:
+        os.makedirs(out, exist_ok=True)
+        rows = _read_metrics(metrics_path, start_step) if state is not None else []
+        from minibert.io import atomic_write_text
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"pretraining a {config.num_hidden_layers}-layer, {config.hidden_size}-wide BERT "
+              f"({args.backend}, {device}, {world_size} process{'es' if world_size > 1 else ''}) on "
+              f"{len(instances)} instances from {len(train_docs)} documents; {len(eval_docs)} documents held "
+              f"out; global batch {global_batch}; {total_steps} steps"
+              + (f" planned for {args.minutes:g} min" if args.minutes and state is None else ""))
+
+    def save(step_done: int) -> str:
+        payload = {"step": step_done, "total_steps": total_steps, "optimizer": backend.optimizer_state(),
+                   "scheduler": {"kind": "linear_warmup_linear_decay", "peak_lr": args.lr,
+                                 "warmup_steps": warmup, "total_steps": total_steps},
+                   "rng": trainer_state.capture_rng_state(),
+                   "data": {"next_step": step_done, "n_instances": len(instances),
+                            "global_batch_size": global_batch, "corpus_fingerprint": fingerprint},
+                   "args": run_args}
+        path = ""
+        if rank == 0:
+            path = trainer_state.save_checkpoint(out, lambda d: backend.save_model(d, tokenizer), payload)
+            if args.keep_checkpoints:
+                trainer_state.copy_checkpoint(out, path, f"step-{step_done}")
+        return path
+
+    def log_eval(step_done: int) -> dict | None:
+        if not eval_batches:
+            return None
+        result = evaluate(backend, eval_batches, rank, world_size, device)
+        if rank == 0:
+            row = {"split": "eval", "step": step_done, **result}
+            rows.append(row)
+            _append_metrics(metrics_path, row)
+            save_curves(rows, os.path.join(out, CURVES_FILE), baseline)
+        return result
+
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start_step, total_steps),
+                                         num_workers=args.num_workers, collate_fn=_identity)
+    from tqdm import tqdm
+    t_start = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=start_step, disable=rank != 0 or args.quiet, dynamic_ncols=True,
+               mininterval=1.0, desc="pretrain")
+    deadline = time.perf_counter() + args.minutes * 60.0 if args.minutes and state is None else None
+    step_done = start_step
+    train_seconds = tokens_seen = 0.0
+    smooth: dict = {}
+    t_step = time.perf_counter()
+    for step, micro_batches in zip(range(start_step, total_steps), loader):
+        counts = {k: sum(count_batch(b)[k] for b in micro_batches) for k in ("n_masked", "n_examples")}
+        norm = _all_reduce(counts, world_size, device)
+        seeds = [derived_seed(args.seed, step, a, rank) for a in range(len(micro_batches))]
+        stats = backend.forward_backward(micro_batches, norm, seeds)
+        lr = learning_rate(step, args.lr, warmup, total_steps)
+        grad_norm = backend.optimizer_step(lr)
+        stats = _all_reduce(stats, world_size, device)
+        step_done = step + 1
+        seconds = time.perf_counter() - t_step  # includes waiting for this step's batch
+        train_seconds += seconds
+        tokens_seen += stats["n_tokens"]
+        row = {"split": "train", "step": step_done, **_metrics(stats), "lr": lr, "grad_norm": grad_norm,
+               "tokens_per_s": stats["n_tokens"] / seconds}
+        if rank == 0:
+            rows.append(row)
+            _append_metrics(metrics_path, row)
+            for k in ("loss", "mlm_acc", "nsp_acc", "tokens_per_s"):
+                smooth[k] = row[k] if k not in smooth else 0.9 * smooth[k] + 0.1 * row[k]
+            bar.set_postfix(loss=f"{smooth['loss']:.3f}", mlm=f"{smooth['mlm_acc']:.3f}",
+                            nsp=f"{smooth['nsp_acc']:.3f}", tok_s=f"{smooth['tokens_per_s']:.0f}",
+                            refresh=False)
+            bar.update(1)
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"the loss became {row['loss']} at step {step_done}; lower --lr "
+                                     f"(now {args.lr}) or raise --warmup-steps")
+        if args.eval_every and step_done % args.eval_every == 0 and step_done < total_steps:
+            log_eval(step_done)
+        if args.save_every and step_done % args.save_every == 0 and step_done < total_steps:
+            save(step_done)
+        if deadline is not None:
+            late = _all_reduce({"late": float(time.perf_counter() > deadline)}, world_size, device)["late"]
+            if late:
+                if rank == 0:
+                    bar.write(f"time budget of {args.minutes:g} min reached at step {step_done}")
+                break
+        t_step = time.perf_counter()
+    bar.close()
+    wall_seconds = time.perf_counter() - t_start
+
+    final_eval = log_eval(step_done)
+    path = save(step_done)
+    summary = {}
+    if rank == 0:
+        train_rows = [r for r in rows if r["split"] == "train"]
+        last = train_rows[-FINAL_WINDOW:]
+        summary = {
+            "steps": step_done, "seconds": wall_seconds, "train_seconds": train_seconds,
+            "tokens_per_s": tokens_seen / train_seconds if train_seconds else 0.0,
+            "final_window": len(last),
+            "train_loss": float(np.mean([r["loss"] for r in last])),
+            "train_mlm_acc": float(np.mean([r["mlm_acc"] for r in last])),
+            "train_nsp_acc": float(np.mean([r["nsp_acc"] for r in last])),
+            "eval_loss": final_eval["loss"] if final_eval else None,
+            "eval_mlm_acc": final_eval["mlm_acc"] if final_eval else None,
+            "eval_nsp_acc": final_eval["nsp_acc"] if final_eval else None,
+            "unigram_baseline_mlm_acc": baseline,
+            "unigram_token": tokenizer.convert_ids_to_tokens([unigram])[0],
+            "checkpoint": path, "global_batch_size": global_batch, "world_size": world_size,
+            "backend": args.backend, "device": str(device),
+        }
+        from minibert.io import atomic_write_text
+        atomic_write_text(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+        save_curves(rows, os.path.join(out, CURVES_FILE), baseline)
+        if not args.quiet:
+            _print_summary(summary)
+    return summary
+
+
+def _check_same_run(saved: dict, now: dict) -> None:
+    """Refuse to resume with settings that would change the loss trajectory."""
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+             if saved.get(k) != now.get(k)]
+    if diffs:
+        raise ValueError("--resume: these settings differ from the run being resumed, so it could not "
+                         "continue the same trajectory:\n  " + "\n  ".join(diffs)
+                         + "\nRepeat the original command line with --resume (or start a fresh --out).")
+
+
+if __name__ == "__main__":
+    main()

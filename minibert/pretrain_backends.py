@@ -1,0 +1,159 @@
+"""One optimizer step of MLM + NSP pretraining, for each backend the training loop can drive.
+
+Both backends expose the same four operations, so ``minibert.pretrain`` runs one loop for either:
+
+* ``forward_backward(micro_batches, norm, dropout_seeds)`` accumulates gradients of the step's loss and
+  returns the summed statistics (loss sums, correct predictions);
+* ``optimizer_step(lr)`` clips the gradient norm, applies AdamW and clears the gradients;
+* ``evaluate(batch)`` returns the same statistics without dropout or gradients;
+* ``save_model(directory, tokenizer)`` / ``optimizer_state`` / ``load_optimizer_state`` for checkpoints.
+
+The loss of a step is normalised by the *global* batch, not per micro-batch:
+
+    loss = sum(masked-token cross-entropies) / n_masked_global + sum(NSP cross-entropies) / n_examples_global
+
+which is the mean MLM loss plus the mean NSP loss over the whole global batch. Averaging per-micro-batch
+means instead would weight a masked token by how many others share its micro-batch, so splitting a batch
+over processes or accumulation steps would change the gradient; with global normalisation it does not.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# AdamW hyper-parameters of BERT pretraining (Devlin et al., 2018, appendix A.2).
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-6
+
+STAT_KEYS = ("mlm_loss_sum", "nsp_loss_sum", "mlm_correct", "n_masked", "nsp_correct", "n_examples",
+             "n_tokens")
+
+
+def is_decayed(name: str) -> bool:
+    """Weight decay applies to weight matrices and embeddings, not to biases or LayerNorm (BERT's rule)."""
+    return not (name.endswith("bias") or "LayerNorm" in name or name.endswith(("gamma", "beta")))
+
+
+def _torch_stats(prediction_logits, seq_relationship_logits, labels, next_sentence_label):
+    """Summed losses and correct counts of one micro-batch (tensors, so the losses keep their graph)."""
+    masked = labels != -100                                        # [b, S]
+    mlm_logits = prediction_logits[masked].float()                 # [M, V]
+    mlm_labels = labels[masked]                                    # [M]
+    nsp_logits = seq_relationship_logits.float()                   # [b, 2]
+    return {
+        "mlm_loss_sum": F.cross_entropy(mlm_logits, mlm_labels, reduction="sum"),
+        "nsp_loss_sum": F.cross_entropy(nsp_logits, next_sentence_label, reduction="sum"),
+        "mlm_correct": (mlm_logits.argmax(-1) == mlm_labels).sum(),
+        "nsp_correct": (nsp_logits.argmax(-1) == next_sentence_label).sum(),
+    }
+
+
+def count_batch(batch: dict) -> dict:
+    """The normalisers of one collated batch: masked tokens, examples, non-padding tokens."""
+    return {"n_masked": int((batch["labels"] != -100).sum()), "n_examples": int(len(batch["input_ids"])),
+            "n_tokens": int(batch["attention_mask"].sum())}
+
+
+class TorchBackend:
+    """Pretraining on ``minibert.modeling.BertForPreTraining`` with ``torch.optim.AdamW``.
+
+    ``ddp=True`` wraps the model in ``DistributedDataParallel`` (the process group must already exist):
+    gradients are averaged over ranks during the last micro-batch's backward.
+    """
+
+    def __init__(self, model, *, device, lr: float, weight_decay: float, clip_grad_norm: float,
+                 amp: bool = False, ddp: bool = False):
+        self.model = model
+        self.device = device
+        self.clip_grad_norm = clip_grad_norm
+        self.amp = amp
+        self.world_size = torch.distributed.get_world_size() if ddp else 1
+        if ddp:
+            ids = [device.index] if device.type == "cuda" else None
+            self.module = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        else:
+            self.module = model
+        named = list(model.named_parameters())
+        groups = [{"params": [p for n, p in named if is_decayed(n)], "weight_decay": weight_decay},
+                  {"params": [p for n, p in named if not is_decayed(n)], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: torch.as_tensor(v).to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _forward(self, module, batch: dict, dropout_seed):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], dropout_seed=dropout_seed)
+        return _torch_stats(out.prediction_logits, out.seq_relationship_logits, batch["labels"],
+                            batch["next_sentence_label"])
+
+    def forward_backward(self, micro_batches: list[dict], norm: dict, dropout_seeds: list[int]) -> dict:
+        """Accumulate the gradient of the step's loss over this rank's micro-batches; return summed stats.
+
+        ``norm`` holds the global ``n_masked`` and ``n_examples`` of the step (all ranks, all micro-batches).
+        """
+        self.module.train()
+        totals = dict.fromkeys(STAT_KEYS, 0.0)
+        for i, (batch, seed) in enumerate(zip(micro_batches, dropout_seeds)):
+            tensors = self._to_device(batch)
+            last = i == len(micro_batches) - 1
+            # DDP all-reduces gradients in backward; only the last micro-batch needs to (no_sync skips it).
+            sync = self.module.no_sync() if (self.world_size > 1 and not last) else _nullcontext()
+            with sync:
+                stats = self._forward(self.module, tensors, seed)
+                # DDP averages gradients over ranks, so each rank's share is scaled by world_size.
+                loss = (stats["mlm_loss_sum"] / max(norm["n_masked"], 1)
+                        + stats["nsp_loss_sum"] / norm["n_examples"]) * self.world_size
+                loss.backward()
+            _add(totals, stats, count_batch(batch))
+        return totals
+
+    def optimizer_step(self, lr: float) -> float:
+        """Clip the gradient norm, take one AdamW step at learning rate ``lr``; returns the pre-clip norm."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def zero_grad(self) -> None:
+        """Drop accumulated gradients (used after timing a step without applying it)."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict) -> dict:
+        """Summed statistics of ``batch`` with dropout off."""
+        self.model.eval()
+        totals = dict.fromkeys(STAT_KEYS, 0.0)
+        _add(totals, self._forward(self.model, self._to_device(batch), None), count_batch(batch))
+        return totals
+
+    def optimizer_state(self) -> dict:
+        """AdamW moments and step counts (tensors only, safe for ``torch.load(weights_only=True)``)."""
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Restore what :meth:`optimizer_state` returned."""
+        self.optimizer.load_state_dict(state)
+
+    def save_model(self, directory: str, tokenizer) -> None:
+        """config.json + model.safetensors + vocabulary, loadable by us and by ``transformers``."""
+        self.model.save_pretrained(directory, tokenizer=tokenizer)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _add(totals: dict, stats: dict, counts: dict) -> None:
+    for k, v in stats.items():
+        totals[k] += float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+    for k, v in counts.items():
+        totals[k] += v

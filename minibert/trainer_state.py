@@ -1,0 +1,124 @@
+"""Training checkpoints: one directory per checkpoint, written atomically, resumable exactly.
+
+A checkpoint directory holds what a user needs to *use* the model (``config.json``, ``model.safetensors``,
+``vocab.txt``, ``tokenizer_config.json``: it loads in ``transformers`` unchanged) plus what the trainer
+needs to *continue* (``trainer_state.pt``: optimizer and scheduler state, the step, the RNG states of
+python/numpy/torch and where the data stream stands).
+
+``trainer_state.pt`` is read back with ``torch.load(weights_only=True)``, which refuses to unpickle code,
+so it may only contain tensors, numbers, strings, lists, tuples and dicts: RNG states are stored as
+lists/tensors, never as generator objects.
+
+Why directories need care: ``os.replace`` swaps a *file* atomically, but it cannot replace a non-empty
+directory. So a checkpoint is written under ``OUT/.tmp-<random>``; only once it is complete is the old
+``OUT/last`` moved aside (``OUT/.old-<random>``) and the new one renamed into place. A crash between the
+two renames leaves no ``OUT/last`` but a complete ``.old-*`` directory, which :func:`find_checkpoint`
+recovers. At no moment is a half-written checkpoint called ``last``.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+
+TRAINER_STATE = "trainer_state.pt"
+LAST = "last"
+
+
+def capture_rng_state() -> dict:
+    """The global RNG states of python, numpy and torch (CPU and CUDA) in a ``weights_only``-safe form."""
+    version, mt_words, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [version, list(mt_words), gauss],
+        # ('MT19937', uint32[624] key, pos, has_gauss, cached_gaussian): the array becomes a tensor.
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    version, mt_words, gauss = state["python"]
+    random.setstate((version, tuple(mt_words), gauss))
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out_dir: str, write_model, trainer_state: dict, name: str = LAST) -> str:
+    """Write a checkpoint to ``out_dir/name`` atomically and return its path.
+
+    ``write_model(directory)`` writes the model files (config, weights, vocabulary) into a fresh
+    directory; ``trainer_state`` is saved beside them as ``trainer_state.pt``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=out_dir)
+    try:
+        write_model(tmp)
+        with open(os.path.join(tmp, TRAINER_STATE), "wb") as f:
+            torch.save(trainer_state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        final = os.path.join(out_dir, name)
+        old = None
+        if os.path.exists(final):
+            old = tempfile.mkdtemp(prefix=".old-", dir=out_dir)
+            os.rmdir(old)  # we only wanted a unique name; rename needs it absent
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def copy_checkpoint(out_dir: str, source: str, name: str) -> str:
+    """Copy the checkpoint directory ``source`` to ``out_dir/name`` (atomically, like a save)."""
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=out_dir)
+    os.rmdir(tmp)
+    shutil.copytree(source, tmp)
+    final = os.path.join(out_dir, name)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def find_checkpoint(out_dir: str) -> str:
+    """The directory ``--resume`` continues from: ``out_dir/last`` (or a complete ``.old-*`` left by a crash).
+
+    Raises ``FileNotFoundError`` with what to do when there is nothing to resume.
+    """
+    last = os.path.join(out_dir, LAST)
+    if os.path.isfile(os.path.join(last, TRAINER_STATE)):
+        return last
+    # A crash between the two renames of save_checkpoint: the previous checkpoint is complete under .old-*.
+    orphans = [d for d in glob.glob(os.path.join(out_dir, ".old-*"))
+               if os.path.isfile(os.path.join(d, TRAINER_STATE))]
+    if orphans:
+        recovered = max(orphans, key=os.path.getmtime)
+        os.replace(recovered, last)
+        return last
+    raise FileNotFoundError(
+        f"--resume: there is no checkpoint to resume in {out_dir!r} (expected {last}/{TRAINER_STATE}). "
+        f"Start a fresh run without --resume, or point --out at the directory of an earlier run.")
+
+
+def load_trainer_state(checkpoint_dir: str) -> dict:
+    """Read ``trainer_state.pt`` without executing any pickled code."""
+    path = os.path.join(checkpoint_dir, TRAINER_STATE)
+    return torch.load(path, map_location="cpu", weights_only=True)
