@@ -5,13 +5,15 @@ implementation fails one of them with probability ~6e-5, and the seeds are fixed
 Hand-derived cases drive the algorithm with a scripted "rng" whose every draw is written in the test.
 """
 import math
+import os
 import random
 
 import numpy as np
 import pytest
 
-from minibert.data import (IGNORE_INDEX, MaskingSpec, TrainingInstance, collate, create_training_instances,
-                           data_statistics, mask_tokens, truncate_seq_pair)
+from minibert.data import (IGNORE_INDEX, MaskingSpec, PretrainingShards, TrainingInstance, collate,
+                           create_training_instances, data_statistics, mask_tokens, truncate_seq_pair,
+                           write_shards)
 from minibert.data.instances import instances_from_document
 
 
@@ -407,3 +409,98 @@ def test_errors(tokenizer, corpus):
         create_training_instances(corpus, WordTokenizer([t for t in WORD_VOCAB if t != "[MASK]"]))
     with pytest.raises(ValueError, match="longer|more than max_seq_length"):
         collate([TrainingInstance([2, 5, 3, 6, 3], [0, 0, 0, 1, 1], False, [1], [5])], 0, max_seq_length=4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shards
+
+def _key(instance):
+    return (tuple(instance.tokens), tuple(instance.segment_ids), instance.is_random_next,
+            tuple(instance.masked_lm_positions), tuple(instance.masked_lm_labels))
+
+
+@pytest.fixture(scope="module")
+def shard_dir(static_instances, tokenizer, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("shards")
+    paths = write_shards(iter(static_instances), directory, tokenizer, instances_per_shard=37)
+    assert len(paths) == math.ceil(len(static_instances) / 37)
+    return directory
+
+
+def test_shards_round_trip(shard_dir, static_instances):
+    ds = PretrainingShards(shard_dir, shuffle=False)
+    assert len(ds) == len(static_instances)
+    assert list(ds) == static_instances
+    assert ds[5] == static_instances[5] and ds[-1] == static_instances[-1]
+    with np.load(os.path.join(shard_dir, "shard-00000.npz")) as npz:
+        assert npz["tokens"].dtype == np.int16 and npz["segment_ids"].dtype == np.int8
+    shuffled = list(PretrainingShards(shard_dir, shuffle=True, seed=1))
+    assert shuffled != static_instances
+    assert sorted(map(_key, shuffled)) == sorted(map(_key, static_instances))
+
+
+@pytest.mark.parametrize("world_size", [1, 3, 4])
+def test_rank_split_is_disjoint_and_complete(shard_dir, static_instances, world_size):
+    n = len(static_instances)
+    blocks = [list(PretrainingShards(shard_dir, shuffle=False, rank=r, world_size=world_size))
+              for r in range(world_size)]
+    assert sum(blocks, []) == static_instances  # contiguous, in order: disjoint and complete
+    assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+    # Shuffled ranks and their worker parts still partition the instances.
+    parts = []
+    for r in range(world_size):
+        ds = PretrainingShards(shard_dir, shuffle=True, seed=3, rank=r, world_size=world_size)
+        for w in range(2):
+            parts.extend(map(_key, ds.iter_part(w, 2)))
+    assert len(parts) == n and sorted(parts) == sorted(map(_key, static_instances))
+
+
+def test_dataloader_workers_partition(shard_dir, static_instances):
+    torch = pytest.importorskip("torch")
+    ds = PretrainingShards(shard_dir, shuffle=True, seed=4, rank=1, world_size=2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork")
+    seen = sorted(map(_key, loader))
+    assert seen == sorted(map(_key, static_instances[len(static_instances) // 2:]))
+
+
+def test_shards_dynamic_masking(shard_dir, static_instances, tokenizer, tmp_path):
+    ds = PretrainingShards(shard_dir, shuffle=False, dynamic_masking=True, seed=0)
+    epoch0 = list(ds)
+    assert [i.original_tokens() for i in epoch0] == [i.original_tokens() for i in static_instances]
+    assert epoch0 != static_instances
+    # Masks depend on (seed, epoch, instance), not on rank or order.
+    split = [list(PretrainingShards(shard_dir, shuffle=False, dynamic_masking=True, rank=r, world_size=2))
+             for r in range(2)]
+    assert split[0] + split[1] == epoch0
+    ds.set_epoch(1)
+    epoch1 = list(ds)
+    assert epoch1 != epoch0
+    stats = data_statistics(epoch1, tokenizer)
+    assert stats["special_masked"] == 0 and abs(stats["mask_fraction"] - 0.8) < 0.05
+    # Unmasked shards must be read with dynamic masking.
+    unmasked = create_training_instances(random_corpus(10, 0), tokenizer, max_seq_length=MAX_LEN,
+                                         dynamic_masking=True)
+    write_shards(unmasked, tmp_path / "dyn", tokenizer)
+    with pytest.raises(ValueError, match="dynamic_masking=True"):
+        PretrainingShards(tmp_path / "dyn")
+    assert all(i.masked_lm_positions for i in PretrainingShards(tmp_path / "dyn", dynamic_masking=True))
+
+
+def test_shard_errors(shard_dir, static_instances, tokenizer, tmp_path):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_shards(static_instances[:5], shard_dir, tokenizer)
+    write_shards(static_instances[:50], tmp_path / "a", tokenizer, instances_per_shard=10)
+    write_shards(static_instances[:7], tmp_path / "a", tokenizer, instances_per_shard=10, overwrite=True)
+    assert sorted(os.listdir(tmp_path / "a")) == ["index.json", "shard-00000.npz", "vocab.txt"]
+    assert list(PretrainingShards(tmp_path / "a", shuffle=False)) == static_instances[:7]
+    os.remove(tmp_path / "a" / "index.json")
+    with pytest.raises(FileNotFoundError, match="interrupted"):
+        PretrainingShards(tmp_path / "a")
+    with pytest.raises(ValueError, match="no instances"):
+        write_shards([], tmp_path / "b", tokenizer)
+    bad = TrainingInstance([2, 999, 3, 5, 3], [0, 0, 0, 1, 1], False, [1], [999])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        write_shards([bad], tmp_path / "c", tokenizer)
+    with pytest.raises(ValueError, match="rank"):
+        PretrainingShards(shard_dir, rank=2, world_size=2)

@@ -6,7 +6,9 @@ The pieces, one file each:
   :func:`truncate_seq_pair` (google-research/bert's ``create_pretraining_data.py``, streaming);
 * :mod:`~minibert.data.masking`: :func:`mask_tokens` and its :class:`MaskingSpec` (80/10/10, whole words);
 * :mod:`~minibert.data.batching`: :func:`collate` (padded ``[B, S]`` arrays, HF names), :func:`to_torch`;
-* :mod:`~minibert.data.statistics`: :func:`data_statistics` (masking rate, 80/10/10, NSP balance, ...).
+* :mod:`~minibert.data.statistics`: :func:`data_statistics` (masking rate, 80/10/10, NSP balance, ...);
+* :mod:`~minibert.data.shards`: :func:`write_shards` and :class:`PretrainingShards` (``.npz`` shards on
+  disk, read one at a time, split across DDP ranks and DataLoader workers, optional dynamic masking).
 
 ``python -m minibert.data`` shows instances and their statistics for the built-in corpus.
 """
@@ -15,10 +17,11 @@ from minibert.data.instances import (DEFAULT_DUPE_FACTOR, DEFAULT_MAX_SEQ_LENGTH
                                      TrainingInstance, create_training_instances, truncate_seq_pair)
 from minibert.data.masking import (DEFAULT_MASKED_LM_PROB, DEFAULT_MAX_PREDICTIONS_PER_SEQ, MaskingSpec,
                                    mask_tokens)
+from minibert.data.shards import PretrainingShards, write_shards
 from minibert.data.statistics import data_statistics
 
 __all__ = [
     "TrainingInstance", "create_training_instances", "truncate_seq_pair", "MaskingSpec", "mask_tokens",
-    "collate", "to_torch", "data_statistics", "IGNORE_INDEX", "DEFAULT_DUPE_FACTOR", "DEFAULT_MAX_SEQ_LENGTH",
+    "collate", "to_torch", "data_statistics", "write_shards", "PretrainingShards", "IGNORE_INDEX", "DEFAULT_DUPE_FACTOR", "DEFAULT_MAX_SEQ_LENGTH",
     "DEFAULT_SHORT_SEQ_PROB", "DEFAULT_MASKED_LM_PROB", "DEFAULT_MAX_PREDICTIONS_PER_SEQ",
 ]
