@@ -87,12 +87,19 @@ def test_builtin_corpus_is_prose_from_the_python_docs():
     sentences = [s for doc in documents for s in doc]
     assert all(s and "\n" not in s and s == s.strip() for s in sentences)
     assert not any(s.startswith((">>>", "...")) or "::=" in s or s.endswith("::") for s in sentences)
-    # The first documents are the pydoc topics in sorted order; every sentence of a topic document is a
-    # word-for-word piece of that topic's text (the splitter reorders and invents nothing).
-    topics = pydoc_data.topics.topics
-    for name, doc in zip(sorted(topics), documents):
-        flat = " ".join(topics[name].split())
-        assert all(s in flat for s in doc), name
+    # The first documents are the pydoc topics in sorted order (topics without prose give no document);
+    # every sentence of a topic document is a word-for-word piece of that topic's text, up to *emphasis*
+    # marks, bullets and footnote numbers: the splitter reorders and invents nothing.
+    def plain(text):
+        return " ".join(re.sub(r"\s*\[\d+\]|\*", "", text).split())
+
+    topics = [plain(pydoc_data.topics.topics[name]) for name in sorted(pydoc_data.topics.topics)]
+    t = 0
+    for doc in documents[:60]:
+        while t < len(topics) and not all(plain(s) in topics[t] for s in doc):
+            t += 1
+        assert t < len(topics), doc[:2]
+        t += 1
     # Stable across calls, and callers get their own copy.
     again = corpus.builtin_documents()
     assert again == documents and again is not documents
