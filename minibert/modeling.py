@@ -76,31 +76,30 @@ class DropoutPlan:
 # ------------------------------------------------------------------------------------------------------
 # Attention backends. All take q, k, v: [B, A, S, D] and return [B, A, S, D].
 # ------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
 class AttentionMask:
-    """The key-padding mask of a batch, prepared once per forward pass and shared by every layer."""
+    """The key-padding mask of a batch, prepared once per forward pass and shared by every layer.
 
-    keep: torch.Tensor        # [B, S] float 1 (attend) / 0 (padding): the form ops.attention takes
-    key_keep: torch.Tensor    # [B, 1, 1, S] bool: broadcasts over heads and query rows
-    has_keys: torch.Tensor    # [B, 1, 1, 1] bool: False for a sequence that is all padding
-
-    @classmethod
-    def from_attention_mask(cls, attention_mask: torch.Tensor) -> "AttentionMask":
-        """Build from the user's ``attention_mask [B, S]`` of 1 (keep) / 0 (pad)."""
-        key_keep = attention_mask.bool()[:, None, None, :]
-        return cls(keep=attention_mask.float(), key_keep=key_keep,
-                   has_keys=key_keep.any(dim=-1, keepdim=True))
-
-
-def _additive_mask(mask: AttentionMask, dtype: torch.dtype) -> torch.Tensor:
-    """[B, 1, 1, S]: 0 where a key is kept, the most negative finite ``dtype`` number where it is padding.
-
-    A finite value rather than -inf: a row whose keys are all padding then gets a finite (uniform) softmax
-    instead of 0/0 = NaN, and the caller zeroes that row. exp(min - max) underflows to exactly 0, so a
-    padded key contributes nothing to any row that has a real key.
+    Built from the user's ``attention_mask [B, S]`` of 1 (real token) / 0 (padding).
     """
-    zeros = torch.zeros(mask.key_keep.shape, dtype=dtype, device=mask.key_keep.device)
-    return zeros.masked_fill(~mask.key_keep, torch.finfo(dtype).min)
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.keep = attention_mask.float()                          # [B, S]: the form ops.attention takes
+        self.key_keep = attention_mask.bool()[:, None, None, :]     # [B, 1, 1, S]: broadcasts over A and S_q
+        self.has_keys = self.key_keep.any(dim=-1, keepdim=True)    # [B, 1, 1, 1]: False = all padding
+        self._additive: dict[torch.dtype, torch.Tensor] = {}
+
+    def additive(self, dtype: torch.dtype) -> torch.Tensor:
+        """[B, 1, 1, S]: 0 for a real key, the most negative finite ``dtype`` number for a padding key.
+
+        Finite rather than -inf: a row whose keys are all padding then gets a finite (uniform) softmax
+        instead of 0/0 = NaN, and the caller zeroes that row with ``has_keys``. exp(min - max) underflows
+        to exactly 0, so a padding key contributes nothing to a row that has a real key. Made once per
+        dtype and reused by every layer.
+        """
+        if dtype not in self._additive:
+            zeros = torch.zeros(self.key_keep.shape, dtype=dtype, device=self.key_keep.device)
+            self._additive[dtype] = zeros.masked_fill(~self.key_keep, torch.finfo(dtype).min)
+        return self._additive[dtype]
 
 
 def eager_attention(q, k, v, mask: AttentionMask | None, scale: float, dropout_p: float,
@@ -108,7 +107,7 @@ def eager_attention(q, k, v, mask: AttentionMask | None, scale: float, dropout_p
     """softmax(q k^T * scale + mask) v written out in plain tensor ops (the textbook form)."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale          # [B, A, S, S]
     if mask is not None:
-        scores = scores + _additive_mask(mask, scores.dtype)
+        scores = scores + mask.additive(scores.dtype)
     probs = torch.softmax(scores, dim=-1)                          # attention_probs [B, A, S, S]
     if mask is not None:
         probs = probs * mask.has_keys                              # all-padding rows attend to nothing
@@ -124,7 +123,7 @@ def sdpa_attention(q, k, v, mask: AttentionMask | None, scale: float) -> torch.T
     It takes no dropout here: SDPA draws its dropout mask from torch's own RNG, which cannot reproduce
     our counter-hash masks, so the model routes training-with-dropout through the eager path instead.
     """
-    attn_mask = None if mask is None else _additive_mask(mask, q.dtype)
+    attn_mask = None if mask is None else mask.additive(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     return out if mask is None else out * mask.has_keys
 
@@ -362,17 +361,6 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)  # 0 = IsNext, 1 = random sentence
 
 
-class BertOnlyNSPHead(nn.Module):
-    """The NSP head alone (HF's ``BertForNextSentencePrediction.cls``): pooled [B, H] -> logits [B, 2]."""
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
-
-    def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:
-        return self.seq_relationship(pooled_output)
-
-
 # ------------------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------------------
@@ -397,8 +385,8 @@ def _check_ids(name: str, ids: torch.Tensor, shape, low: int, high: int, what_to
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integers (torch.long), got dtype {ids.dtype}")
     if tuple(ids.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(ids.shape)} but input_ids has shape {tuple(shape)}; "
-                         f"give one value per token")
+        raise ValueError(f"{name} has shape {tuple(ids.shape)} but must have shape {tuple(shape)} "
+                         f"to match input_ids [batch, seq_len]")
     if ignore is not None:
         ids = ids.masked_fill(ids == ignore, low)
     if ids.numel() and (int(ids.min()) < low or int(ids.max()) >= high):
@@ -485,9 +473,6 @@ class BertPreTrainedModel(nn.Module):
         return next(m for m in self.modules() if isinstance(m, BertIntermediate)).gelu_implementation
 
     # --- weights in and out -------------------------------------------------------------------------
-    def _tied_keys(self) -> set[str]:
-        return {name for name in self.state_dict() if ".predictions.decoder." in name}
-
     def load_weights(self, state: Mapping[str, np.ndarray | torch.Tensor]) -> None:
         """Copy an HF-named state dict (NumPy arrays or tensors) into this model, checking every key.
 
@@ -619,7 +604,7 @@ class BertModel(BertPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:
             position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        mask = None if attention_mask is None else AttentionMask.from_attention_mask(attention_mask)
+        mask = None if attention_mask is None else AttentionMask(attention_mask)
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, dropout)
         hidden = self.encoder(hidden, mask, dropout)                         # [B, S, H]
         pooled = self.pooler(hidden) if self.pooler is not None else None    # [B, H]
@@ -675,7 +660,7 @@ class BertForPreTraining(BertPreTrainedModel):
         if next_sentence_label is not None:
             out.nsp_loss = _nsp_loss(out.seq_relationship_logits, next_sentence_label)
         losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
-        out.loss = sum(losses[1:], losses[0]) if losses else None
+        out.loss = sum(losses) if losses else None
         return out
 
 

@@ -148,7 +148,7 @@ def test_fused_attention_op_matches_eager_attention(dtype, tol):
     keep = torch.ones(2, 9)
     keep[0, 5:] = 0
     keep[1] = 0  # a sequence with no real token at all
-    mask = AttentionMask.from_attention_mask(keep)
+    mask = AttentionMask(keep)
     for p in (0.0, 0.2):
         want = eager_attention(q, k, v, mask, 8 ** -0.5, p, 11, 5)
         got = fused_attention(q, k, v, mask, 8 ** -0.5, p, 11, 5)
