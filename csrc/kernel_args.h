@@ -1,0 +1,23 @@
+// Plain argument structs shared by the CPU kernels, the CUDA kernels and the binding (no torch here).
+#pragma once
+#include <cstdint>
+
+namespace minibert {
+
+// q: [B, H, Sq, D], k/v: [B, H, Sk, D], all contiguous. key_mask: [B, Sk] bytes, 1 keep / 0 pad, or null.
+struct AttentionShape {
+  int64_t batch, heads, seq_q, seq_k, head_dim;
+};
+
+// Dropout: element `index` is kept iff dropout_bits(base, index) >= threshold, and kept values are
+// scaled by inv_keep = 1 / (1 - p). threshold == 0 means no dropout (p == 0).
+struct DropoutArgs {
+  uint32_t threshold;
+  uint64_t base;  // dropout_base(seed, offset) from dropout_hash.h
+  double inv_keep;
+};
+
+// Element types the CUDA kernels take through `const void*` (the binding maps torch dtypes onto these).
+enum class ScalarKind { kFloat32, kFloat16, kBFloat16 };
+
+}  // namespace minibert

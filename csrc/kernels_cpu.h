@@ -1,0 +1,59 @@
+// CPU kernels of minibert._C: raw pointers and sizes only (no torch headers), so each kernel can be
+// read, compiled and tested on its own. The binding (bindings.cpp) checks every argument first, then
+// splits the work into items and calls these from at::parallel_for.
+#pragma once
+#include <cstdint>
+
+#include "kernel_args.h"
+
+namespace minibert {
+
+// Query rows per work item of the CPU attention forward (the unit of parallelism with b and h).
+constexpr int64_t kCpuQueryTile = 64;
+
+// Forward for work items [item_begin, item_end), item = (b * H + h) * n_query_tiles + query_tile.
+// Writes out: [B, H, Sq, D] and lse: [B, H, Sq] (log-sum-exp of the scaled, masked scores; -inf for a
+// row whose keys are all padding, whose output is zeros).
+void attention_forward_cpu(const float* q, const float* k, const float* v, const uint8_t* key_mask,
+                           float* out, float* lse, const AttentionShape& shape, float scale,
+                           const DropoutArgs& dropout, int64_t item_begin, int64_t item_end);
+void attention_forward_cpu(const double* q, const double* k, const double* v, const uint8_t* key_mask,
+                           double* out, double* lse, const AttentionShape& shape, double scale,
+                           const DropoutArgs& dropout, int64_t item_begin, int64_t item_end);
+
+// Backward for (batch, head) pairs [bh_begin, bh_end): one pair owns its rows of dq, dk, dv, so pairs
+// run in parallel without races. grad_lse ([B, H, Sq]) may be null (lse not used downstream).
+void attention_backward_cpu(const float* grad_out, const float* q, const float* k, const float* v,
+                            const float* out, const float* lse, const float* grad_lse,
+                            const uint8_t* key_mask, float* dq, float* dk, float* dv,
+                            const AttentionShape& shape, float scale, const DropoutArgs& dropout,
+                            int64_t bh_begin, int64_t bh_end);
+void attention_backward_cpu(const double* grad_out, const double* q, const double* k, const double* v,
+                            const double* out, const double* lse, const double* grad_lse,
+                            const uint8_t* key_mask, double* dq, double* dk, double* dv,
+                            const AttentionShape& shape, double scale, const DropoutArgs& dropout,
+                            int64_t bh_begin, int64_t bh_end);
+
+// GELU on elements [begin, end): erf form 0.5 x (1 + erf(x / sqrt 2)), or the tanh approximation
+// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) when use_tanh. With bias (length n_cols, x viewed as
+// [rows, n_cols]) the input is x + bias, fused so x + bias is never written to memory.
+void gelu_forward_cpu(const float* x, const float* bias, float* y, int64_t n_cols, bool use_tanh,
+                      int64_t begin, int64_t end);
+void gelu_forward_cpu(const double* x, const double* bias, double* y, int64_t n_cols, bool use_tanh,
+                      int64_t begin, int64_t end);
+
+// dx = dy * gelu'(x + bias) for rows [row_begin, row_end) of [rows, n_cols]. When dbias_partial is not
+// null, the column sums of dx over these rows are ADDED to it (one partial per thread; the binding sums
+// the partials), so the bias gradient is reduced while dx is still in registers.
+void gelu_backward_cpu(const float* dy, const float* x, const float* bias, float* dx, float* dbias_partial,
+                       int64_t n_cols, bool use_tanh, int64_t row_begin, int64_t row_end);
+void gelu_backward_cpu(const double* dy, const double* x, const double* bias, double* dx,
+                       double* dbias_partial, int64_t n_cols, bool use_tanh, int64_t row_begin,
+                       int64_t row_end);
+
+// Hash dropout y = x * keep / (1 - p) on flat elements [begin, end) (index = flat C-order index).
+// Dropout is linear in x, so the same call with the same (seed, offset) is also its backward.
+void dropout_cpu(const float* x, float* y, const DropoutArgs& dropout, int64_t begin, int64_t end);
+void dropout_cpu(const double* x, double* y, const DropoutArgs& dropout, int64_t begin, int64_t end);
+
+}  // namespace minibert

@@ -1,0 +1,44 @@
+// CUDA kernels of minibert._C, as host-side launchers on raw pointers + sizes + a stream. No torch
+// headers: every .cu compiles with plain `nvcc -c`. Each launcher enqueues its kernels on `stream`
+// and returns cudaGetLastError(), which the binding turns into a clear Python exception.
+// Inputs are float32, float16 or bfloat16 (ScalarKind); all arithmetic accumulates in float32.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernel_args.h"
+
+namespace minibert {
+
+constexpr int64_t kCudaMaxHeadDim = 128;
+
+// out: like q; lse: float32 [B, H, Sq] (-inf for rows whose keys are all padding; their output is 0).
+cudaError_t attention_forward_cuda(ScalarKind kind, const void* q, const void* k, const void* v,
+                                   const uint8_t* key_mask, void* out, float* lse, const AttentionShape& shape,
+                                   float scale, const DropoutArgs& dropout, cudaStream_t stream);
+
+// dq_acc: float32 [B, H, Sq, D], ZEROED by the caller (key tiles add into it atomically; the caller
+// converts it to the input dtype). row_d: float32 [B, H, Sq] scratch for D = rowsum(dO * O) - grad_lse.
+// grad_lse may be null. dk, dv: like k, v, written directly (each block owns its keys).
+cudaError_t attention_backward_cuda(ScalarKind kind, const void* grad_out, const void* q, const void* k,
+                                    const void* v, const void* out, const float* lse, const float* grad_lse,
+                                    const uint8_t* key_mask, float* dq_acc, void* dk, void* dv, float* row_d,
+                                    const AttentionShape& shape, float scale, const DropoutArgs& dropout,
+                                    cudaStream_t stream);
+
+// y = gelu(x + bias) on n elements (x viewed as [n / n_cols, n_cols]); bias may be null.
+cudaError_t gelu_forward_cuda(ScalarKind kind, const void* x, const void* bias, void* y, int64_t n,
+                              int64_t n_cols, bool use_tanh, cudaStream_t stream);
+
+// dx = dy * gelu'(x + bias) on [rows, n_cols]. dbias_acc: float32 [n_cols], ZEROED by the caller, gets
+// the column sums of dx (or null when there is no bias).
+cudaError_t gelu_backward_cuda(ScalarKind kind, const void* dy, const void* x, const void* bias, void* dx,
+                               float* dbias_acc, int64_t rows, int64_t n_cols, bool use_tanh,
+                               cudaStream_t stream);
+
+// y = x * keep / (1 - p) on n elements, element index = flat index.
+cudaError_t dropout_cuda(ScalarKind kind, const void* x, void* y, int64_t n, const DropoutArgs& dropout,
+                         cudaStream_t stream);
+
+}  // namespace minibert
