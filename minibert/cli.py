@@ -32,7 +32,7 @@ def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case:
     start = time.perf_counter()
     tokenizer = vocab.train_vocab(corpus_spec, vocab_size, out_dir, do_lower_case=do_lower_case)
     seconds = time.perf_counter() - start
-    print(f"trained a {len(tokenizer.vocab):,}-token WordPiece vocabulary in {seconds:.1f} s -> {out_dir}")
+    print(f"trained a {len(tokenizer):,}-token WordPiece vocabulary in {seconds:.1f} s -> {out_dir}")
     held_out = corpus.held_out_split(corpus.load_corpus(corpus_spec), held_out=True, every=vocab.HELD_OUT_EVERY)
     stats = vocab.tokenization_stats(tokenizer.tokenize, held_out, do_lower_case=do_lower_case)
     if stats["words"]:
@@ -75,15 +75,18 @@ def _add_tokenize(subparsers) -> None:
     p.add_argument("--pair", help="a second text, for a [CLS] A [SEP] B [SEP] pair")
     p.add_argument("--vocab", help="a folder with vocab.txt (default: the vocabulary trained on the "
                                    "built-in corpus, trained and cached on first use)")
+    p.add_argument("--cased", action="store_true", help="keep case and accents (do_lower_case=False)")
     p.set_defaults(run=_run_tokenize)
 
 
 def _run_tokenize(args) -> int:
     from minibert import tokenizer
 
-    argv = ["--vocab", args.vocab or vocab.default_vocab_dir(), args.text]
+    argv = [args.text, "--vocab", args.vocab or vocab.default_vocab_dir()]
     if args.pair is not None:
         argv += ["--pair", args.pair]
+    if args.cased:
+        argv.append("--cased")
     return tokenizer.main(argv) or 0
 
 
@@ -123,7 +126,7 @@ def _run_demo(args) -> int:
 
     _train_and_report("builtin", args.vocab_size, args.out, do_lower_case=True)
     print()
-    return tokenizer.main(["--vocab", args.out, args.text]) or 0
+    return tokenizer.main([args.text, "--vocab", args.out]) or 0
 
 
 # ----------------------------------------------------------------------------------------------------
