@@ -686,3 +686,30 @@ class BertForMaskedLM(BertPreTrainedModel):
         if labels is not None:
             out.mlm_loss = out.loss = _mlm_loss(out.prediction_logits, labels, self.config.vocab_size)
         return out
+
+
+def _show_your_work() -> None:
+    """``python -m minibert.modeling``: run a tiny random BERT and print each stage's shape and backend."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=16)
+    model = BertForPreTraining(config, attn_implementation="fused", gelu_implementation="fused").eval()
+    input_ids = torch.randint(1, config.vocab_size, (2, 8))
+    attention_mask = torch.ones(2, 8, dtype=torch.long)
+    attention_mask[1, 5:] = 0  # the second sequence is 5 tokens + 3 padding
+    print(f"backends: attention={model.attn_implementation}, gelu={model.gelu_implementation} "
+          f"(ops: {ops.backend_info()})")
+    print("input_ids              ", tuple(input_ids.shape))
+    embeddings = model.bert.embeddings(input_ids, torch.zeros_like(input_ids),
+                                       torch.arange(8).expand(2, 8), DropoutPlan(None))
+    print("embeddings             ", tuple(embeddings.shape))
+    out = model(input_ids, attention_mask, labels=torch.where(torch.rand(2, 8) < 0.3, input_ids, -100),
+                next_sentence_label=torch.tensor([0, 1]))
+    for name in ("last_hidden_state", "pooler_output", "prediction_logits", "seq_relationship_logits"):
+        print(f"{name:<23}", tuple(getattr(out, name).shape))
+    print(f"loss = mlm {out.mlm_loss.item():.4f} + nsp {out.nsp_loss.item():.4f} = {out.loss.item():.4f} "
+          f"(untrained: about ln(V) = {np.log(config.vocab_size):.2f} + ln 2 = {np.log(2):.2f})")
+
+
+if __name__ == "__main__":
+    _show_your_work()

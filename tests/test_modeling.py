@@ -334,3 +334,10 @@ def test_load_weights_reports_missing_unexpected_and_misshapen_keys():
     other = make_model(seed=9)
     other.load_weights({k: v.numpy() for k, v in state.items()})  # NumPy arrays load too
     assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
+
+
+def test_show_your_work_entry_point_runs(capsys):
+    from minibert import modeling
+    modeling._show_your_work()  # what ``python -m minibert.modeling`` prints
+    printed = capsys.readouterr().out
+    assert "prediction_logits       (2, 8, 100)" in printed and "loss = mlm" in printed
