@@ -131,6 +131,10 @@ def test_other_hf_model_types_load_and_match(tmp_path, ours_cls, theirs_name):
         assert max_abs(mine.pooler_output, theirs.pooler_output) < 1e-4
     else:
         assert max_abs(mine.prediction_logits, theirs.logits) < 1e-4
+    ours.save_pretrained(tmp_path / "ours")  # and back: HF reads our file of this model type
+    back, info = getattr(transformers, theirs_name).from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert all(torch.equal(p, back.state_dict()[k]) for k, p in hf.state_dict().items())
 
 
 # --- the NumPy reference ---------------------------------------------------------------------------
