@@ -14,39 +14,20 @@ import pytest
 from minibert.data import (IGNORE_INDEX, MaskingSpec, PretrainingShards, TrainingInstance, collate,
                            create_training_instances, data_statistics, mask_tokens, truncate_seq_pair,
                            write_shards)
+from minibert.tokenizer import BertTokenizer
 from minibert.data.instances import instances_from_document
 
 
 # ----------------------------------------------------------------------------------------------------
-# A tiny tokenizer for the hand-made corpora: whitespace words, greedy longest-match WordPiece.
+# A tiny vocabulary for hand-made corpora, read by the real BertTokenizer.
 
-class WordTokenizer:
-    """Whitespace split + greedy WordPiece over a fixed vocabulary (enough for hand-made corpora)."""
-
-    def __init__(self, tokens):
-        self.vocab = {t: i for i, t in enumerate(tokens)}
-        self.all_special_ids = [self.vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-                                if t in self.vocab]
-
-    def tokenize(self, text):
-        pieces = []
-        for word in text.split():
-            start, out = 0, []
-            while start < len(word):
-                for end in range(len(word), start, -1):
-                    piece = word[start:end] if start == 0 else "##" + word[start:end]
-                    if piece in self.vocab:
-                        out.append(piece)
-                        start = end
-                        break
-                else:
-                    out = ["[UNK]"]
-                    break
-            pieces.extend(out)
-        return pieces
-
-    def convert_tokens_to_ids(self, tokens):
-        return [self.vocab[t] for t in tokens]
+def make_tokenizer(tokens, directory):
+    """A BertTokenizer over exactly ``tokens`` (written to ``directory/vocab.txt``)."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(tokens) + "\n")
+    return BertTokenizer(path)
 
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -57,8 +38,8 @@ WORD_VOCAB = SPECIALS + STEMS + SUFFIXES + [f"w{i}" for i in range(40)]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return WordTokenizer(WORD_VOCAB)
+def tokenizer(tmp_path_factory):
+    return make_tokenizer(WORD_VOCAB, tmp_path_factory.mktemp("vocab"))
 
 
 def random_corpus(num_docs, seed):
@@ -247,12 +228,11 @@ def test_whole_word_masking_statistics(corpus, tokenizer):
     assert 0.10 < stats["masking_rate"] <= 0.15 + 0.5 / mean_maskable
 
 
-def test_nsp_coin_is_fair():
+def test_nsp_coin_is_fair(tokenizer):
     # Two one-token sentences per document: each (document, pass) tosses exactly one coin, IsNext gives
     # one label-0 instance, NotNext gives two label-1 instances (the put-back sentence is alone).
-    tok = WordTokenizer(WORD_VOCAB)
     docs = [[f"w{i % 40}", f"w{(i + 1) % 40}"] for i in range(500)]
-    instances = list(create_training_instances(docs, tok, max_seq_length=16, dupe_factor=4, dynamic_masking=True,
+    instances = list(create_training_instances(docs, tokenizer, max_seq_length=16, dupe_factor=4, dynamic_masking=True,
                                                seed=11))
     tosses = 500 * 4
     is_next = sum(not i.is_random_next for i in instances)
@@ -261,13 +241,12 @@ def test_nsp_coin_is_fair():
 
 
 @pytest.mark.parametrize("short_seq_prob", [0.0, 0.1, 0.5])
-def test_short_seq_prob_fraction(short_seq_prob):
+def test_short_seq_prob_fraction(short_seq_prob, tokenizer):
     # 32 one-token sentences per document, max_num_tokens = 32. With the full target the first chunk is the
     # whole document, and an IsNext instance of exactly 32 tokens comes out with probability 1/2; a short
     # target (drawn with short_seq_prob, uniform in [2, 32]) reaches 32 only when it draws 32.
-    tok = WordTokenizer(WORD_VOCAB)
     docs = [[f"w{(d + s) % 40}" for s in range(32)] for d in range(400)]
-    instances = create_training_instances(docs, tok, max_seq_length=35, dupe_factor=10,
+    instances = create_training_instances(docs, tokenizer, max_seq_length=35, dupe_factor=10,
                                           short_seq_prob=short_seq_prob, dynamic_masking=True, seed=5)
     passes = 400 * 10
     full = 0
@@ -382,7 +361,7 @@ def test_to_torch(static_instances):
 # ----------------------------------------------------------------------------------------------------
 # Errors
 
-def test_errors(tokenizer, corpus):
+def test_errors(tokenizer, corpus, tmp_path):
     make = lambda docs=corpus, tok=tokenizer, **kw: list(create_training_instances(docs, tok, **kw))  # noqa: E731
     with pytest.raises(ValueError, match="empty"):
         make([])
@@ -406,7 +385,7 @@ def test_errors(tokenizer, corpus):
     with pytest.raises(ValueError, match="max_predictions_per_seq"):
         create_training_instances(corpus, tokenizer, max_predictions_per_seq=0)
     with pytest.raises(ValueError, match=r"\[MASK\]"):
-        create_training_instances(corpus, WordTokenizer([t for t in WORD_VOCAB if t != "[MASK]"]))
+        create_training_instances(corpus, make_tokenizer([t for t in WORD_VOCAB if t != "[MASK]"], tmp_path))
     with pytest.raises(ValueError, match="longer|more than max_seq_length"):
         collate([TrainingInstance([2, 5, 3, 6, 3], [0, 0, 0, 1, 1], False, [1], [5])], 0, max_seq_length=4)
 
@@ -504,3 +483,49 @@ def test_shard_errors(shard_dir, static_instances, tokenizer, tmp_path):
         write_shards([bad], tmp_path / "c", tokenizer)
     with pytest.raises(ValueError, match="rank"):
         PretrainingShards(shard_dir, rank=2, world_size=2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The built-in corpus with the default vocabulary (the real thing the pretraining CLI uses)
+
+@pytest.fixture(scope="module")
+def builtin():
+    from minibert.corpus import builtin_documents
+    from minibert.vocab import default_vocab_dir
+    return builtin_documents(), BertTokenizer.from_pretrained(default_vocab_dir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("whole_word_mask", [False, True])
+def test_builtin_corpus_statistics(builtin, whole_word_mask):
+    documents, tokenizer = builtin
+    instances = list(create_training_instances(documents, tokenizer, max_seq_length=128, dupe_factor=1,
+                                               whole_word_mask=whole_word_mask, seed=12345))
+    stats = data_statistics(instances, tokenizer)
+    n, m = stats["num_instances"], stats["num_predicted"]
+    assert n > 2000 and stats["max_length"] <= 128
+    mean_maskable = m / stats["masking_rate"] / n
+    if whole_word_mask:
+        assert stats["whole_word_fraction"] == 1.0
+        assert 0.15 - 1 / mean_maskable < stats["masking_rate"] <= 0.15 + 0.5 / mean_maskable
+    else:
+        assert stats["whole_word_fraction"] < 0.2
+        assert abs(stats["masking_rate"] - 0.15) <= 0.5 / mean_maskable
+    for name, p in (("mask_fraction", 0.8), ("random_fraction", 0.1), ("kept_fraction", 0.1)):
+        assert abs(stats[name] - p) < 4 * math.sqrt(p * (1 - p) / m), (name, stats[name])
+    assert stats["special_masked"] == 0
+    # NotNext share = 0.5 + 0.5 q, q = share of one-sentence chunks (always NotNext), which the instances do
+    # not reveal; so only the lower bound here (the coin itself: test_nsp_coin_is_fair).
+    assert stats["random_next_fraction"] > 0.5 - 4 * math.sqrt(0.25 / n)
+    assert stats["mean_length"] > 0.8 * 128  # chunks fill the sequence; short targets are 10% of documents
+
+
+@pytest.mark.slow
+def test_show_your_work_entry_point(builtin, capsys, tmp_path):
+    from minibert.data.__main__ import main
+    stats = main(["--max-documents", "80", "--max-seq-length", "64", "--show", "2", "--whole-word-mask",
+                  "--out", str(tmp_path / "shards")])
+    out = capsys.readouterr().out
+    assert "instance 1:" in out and "→" in out and "masking rate" in out
+    assert stats["whole_word_fraction"] == 1.0 and stats["max_length"] <= 64
+    assert len(PretrainingShards(tmp_path / "shards")) == stats["num_instances"]
