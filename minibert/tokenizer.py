@@ -22,10 +22,10 @@ generated strings and on every Unicode code point. The differences, for the reco
 
 * **Character tables.** The Rust ``tokenizers`` crate classifies punctuation (P*), non-spacing marks (Mn)
   and format characters (Cf) with Unicode 8.0 tables, while Python's ``unicodedata`` (3.11: Unicode 14)
-  knows later additions. Characters added since are ordinary letters to the fast tokenizer; the
-  ``_FAST_*`` tables below list exactly those code points so we agree with it. Unassigned code points
-  (Cn) are kept as letters, private-use (Co) are dropped. Lower-casing in Rust knows Unicode 16: the 55
-  characters assigned after Unicode 14 that have a lower-case form stay unchanged here.
+  knows later additions. Characters added since are ordinary letters to the fast tokenizer (and its NFD
+  leaves U+11938 whole); the ``_FAST_*`` tables below list exactly those code points so we agree with it. Unassigned code points
+  (Cn) are kept as letters, private-use (Co) are dropped. Lower-casing in Rust, on the contrary, knows
+  Unicode 16, so ``_NEWER_LOWERCASE`` adds the 55 capitals Python 3.11 does not know yet.
 * **CJK ranges.** Google's code splits ``U+2B820..U+2CEAF``; the fast tokenizer starts that block at
   ``U+2B920`` (a typo upstream), so ``U+2B820..U+2B91F`` stay inside words. We follow the fast one.
 * **Lower-casing is per character.** ``"ΑΣ".lower()`` is ``"ας"`` in Python (final sigma) but the fast
@@ -99,6 +99,12 @@ _FAST_NOT_PUNCT = _parse_ranges("""
     11C41-11C45 11C70-11C71 11EF7-11EF8 11FFF 12FF1-12FF2 16E97-16E9A 16FE2 1E95E-1E95F""")
 _FAST_EXTRA_PUNCT = _parse_ranges("166D 111C9")  # punctuation in Unicode 8.0, recategorised since
 _FAST_KEPT_FORMAT = _parse_ranges("890-891 8E2 110CD 13430-13438")  # Cf added after Unicode 8.0
+_FAST_NOT_DECOMPOSED = frozenset("\U00011938")  # its NFD decomposition came with Unicode 13.0
+# Capital letters added in Unicode 15-16 (unknown to Python 3.11) -> their lower case, as Rust maps them.
+_NEWER_LOWERCASE = {chr(cp): chr(cp + delta) for lo, hi, delta in (
+    (0x1C89, 0x1C89, 1), (0xA7CB, 0xA7CB, 0x264 - 0xA7CB), (0xA7CC, 0xA7CC, 1), (0xA7CE, 0xA7CE, 1),
+    (0xA7D2, 0xA7D2, 1), (0xA7D4, 0xA7D4, 1), (0xA7DA, 0xA7DA, 1), (0xA7DC, 0xA7DC, 0x19B - 0xA7DC),
+    (0x10D50, 0x10D65, 0x20), (0x16EA0, 0x16EB8, 0x1B)) for cp in range(lo, hi + 1)}
 
 # What one character of normalized text does in the pre-tokenizer.
 _WORD, _ISOLATED, _SPACE = 0, 1, 2
@@ -231,11 +237,13 @@ class BasicTokenizer:
         elif _is_whitespace(ch):
             entries = ((" ", _SPACE),)
         else:
-            chars = unicodedata.normalize("NFD", ch) if self.strip_accents else ch
+            chars = ch
+            if self.strip_accents and ch not in _FAST_NOT_DECOMPOSED:
+                chars = unicodedata.normalize("NFD", ch)
             if self.strip_accents:
                 chars = "".join(c for c in chars if not _is_nonspacing_mark(c))
             if self.do_lower_case:
-                chars = "".join(c.lower() for c in chars)  # per character: no final-sigma rule
+                chars = "".join(_NEWER_LOWERCASE.get(c) or c.lower() for c in chars)  # no final-sigma rule
             if self.tokenize_chinese_chars and _is_cjk(ch):
                 entries = tuple((c, _ISOLATED) for c in chars)
             else:
@@ -582,6 +590,8 @@ class BertTokenizer:
         """
         batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
+        if text_pair == "":
+            text_pair = None  # as in HF: a single empty pair is no pair (in a batch, "" stays a pair)
         if text_pair is None:
             pairs = [None] * len(texts)
         elif batched != isinstance(text_pair, (list, tuple)) or (batched and len(text_pair) != len(texts)):
