@@ -100,7 +100,9 @@ def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position():
     # embeddings gets no gradient from the lookup (only from the tied MLM decoder).
     config = BertConfig(**TINY)
     torch.manual_seed(6)
-    hf = transformers.BertForPreTraining._from_config(hf_config(config), attn_implementation="eager").double()
+    hf = transformers.BertForPreTraining(hf_config(config))
+    hf.set_attn_implementation("eager")
+    hf = hf.double()
     perturb_(hf, seed=7)
     ours = BertForPreTraining(config).double()
     ours.load_weights(hf.state_dict())
