@@ -1,0 +1,105 @@
+"""The ``minibert`` command line, run in-process and once as ``python -m minibert``."""
+import os
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+
+from minibert import corpus
+from minibert.cli import main
+from minibert.tokenizer import BasicTokenizer, BertTokenizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_corpus(path, n_docs=30):
+    rng = random.Random()
+    words = ("the model reads text and learns word pieces from sentences in documents while "
+             "tokenizers split unaffable words into smaller pieces").split()
+    documents = [[" ".join(rng.choices(words, k=rng.randint(5, 12))).capitalize() + "." for _ in range(4)]
+                 for _ in range(n_docs)]
+    corpus.write_corpus(documents, path)
+    return documents
+
+
+def test_train_vocab_then_tokenize(tmp_path, capsys):
+    documents = _write_corpus(tmp_path / "c.txt")
+    out = tmp_path / "vocab"
+    assert main(["train-vocab", str(tmp_path / "c.txt"), "--vocab-size", "90", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    stats = corpus.corpus_stats(documents)
+    assert f"corpus: 30 documents, 120 sentences, {stats['words']:,} words" in printed
+    assert "trained a 90-token WordPiece vocabulary" in printed
+    basic = BasicTokenizer()
+    held_out_words = sum(len(basic.tokenize(s)) for i in (9, 19, 29) for s in documents[i])
+    assert f"held-out text (every 10th document): {held_out_words:,} words" in printed
+    lines = (out / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 90 and lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+    assert main(["tokenize", "--vocab", str(out), "Tokenizers split words."]) == 0
+    printed = capsys.readouterr().out
+    tok = BertTokenizer.from_pretrained(out)
+    expected = tok("Tokenizers split words.")["input_ids"]
+    assert expected[0] == 2 and expected[-1] == 3  # [CLS] ... [SEP] in our compact layout
+    assert f"input_ids:      {expected}" in printed
+    assert f"word pieces:  {tok.tokenize('Tokenizers split words.')}" in printed
+
+
+def test_train_vocab_cased(tmp_path, capsys):
+    _write_corpus(tmp_path / "c.txt")
+    assert main(["train-vocab", str(tmp_path / "c.txt"), "--vocab-size", "100", "--out", str(tmp_path / "v"),
+                 "--cased"]) == 0
+    vocab = (tmp_path / "v" / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert "T" in vocab  # the capitalised first words keep their case
+    assert BertTokenizer.from_pretrained(tmp_path / "v").do_lower_case is False
+
+
+@pytest.mark.slow  # extracting the built-in corpus takes a few seconds
+def test_corpus_verb_writes_the_builtin_corpus(tmp_path, capsys):
+    path = tmp_path / "builtin.txt"
+    assert main(["corpus", "--out", str(path)]) == 0
+    stats = corpus.corpus_stats(corpus.read_documents(path))
+    assert stats == corpus.corpus_stats(corpus.builtin_documents())
+    assert capsys.readouterr().out.strip() == (
+        f"wrote {path}: {stats['documents']:,} documents, {stats['sentences']:,} sentences, "
+        f"{stats['words']:,} words, {stats['megabytes']:.2f} MB")
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda p: [str(p / "missing.txt")], "does not exist"),
+    (lambda p: (p / "bad.txt").write_bytes(b"Fine.\n\xff\xfe\n") and [str(p / "bad.txt")],
+     "not valid UTF-8 at byte offset 6"),
+    (lambda p: (p / "blank.txt").write_text("\n\n") and [str(p / "blank.txt")], "contains no text"),
+])
+def test_user_errors_are_one_line_with_status_2(tmp_path, capsys, make_input, message):
+    corpus_args = make_input(tmp_path)
+    assert main(["train-vocab", *corpus_args, "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minibert: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "v").exists()
+
+
+def test_vocab_size_too_small_is_a_user_error(tmp_path, capsys):
+    _write_corpus(tmp_path / "c.txt")
+    assert main(["train-vocab", str(tmp_path / "c.txt"), "--vocab-size", "10", "--out", str(tmp_path / "v")]) == 2
+    assert "vocab_size=10 cannot hold" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_python_dash_m_minibert_demo(tmp_path):
+    out = tmp_path / "vocab"
+    result = subprocess.run([sys.executable, "-m", "minibert", "demo", "--out", str(out), "--vocab-size", "2000",
+                             "--text", "Unaffable tokenizers!"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "corpus (built-in):" in result.stdout
+    assert "trained a 2,000-token WordPiece vocabulary" in result.stdout
+    tokens_per_word = float(re.search(r"([\d.]+) tokens/word", result.stdout).group(1))
+    assert 1.0 <= tokens_per_word < 6.0  # 3.1 at 2,000 tokens, 1.9 at 8,000 (see benchmarks/vocab.py)
+    ids = BertTokenizer.from_pretrained(out)("Unaffable tokenizers!")["input_ids"]
+    assert f"input_ids:      {ids}" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "minibert", "train-vocab", str(tmp_path / "nope"), "--out",
+                          str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("minibert: error: ") and "Traceback" not in bad.stderr
