@@ -84,9 +84,10 @@ class ScriptedRng:
 def test_truncate_seq_pair_by_hand():
     a, b = list("abcdef"), list("xyz")  # 6 + 3 = 9 tokens, limit 5: remove 4
     # Draws: <0.5 cuts the front, >=0.5 the back. The longer side is A until A == B in length; on a tie B.
-    rng = ScriptedRng([("random", 0.1), ("random", 0.9), ("random", 0.7), ("random", 0.2)])
+    rng = ScriptedRng([("random", 0.49), ("random", 0.9), ("random", 0.5), ("random", 0.2)])
     truncate_seq_pair(a, b, 5, rng)
-    # 1: A 6>3, front -> bcdef   2: A 5>3, back -> bcde   3: A 4>3, back -> bcd   4: tie 3=3 -> B, front -> yz
+    # 1: A 6>3, front -> bcdef   2: A 5>3, back -> bcde   3: A 4>3, back (0.5 is not < 0.5) -> bcd
+    # 4: tie 3=3 -> B, front -> yz
     assert a == list("bcd") and b == list("yz")
     assert not rng.script
 
@@ -416,6 +417,9 @@ def test_shards_round_trip(shard_dir, static_instances):
     shuffled = list(PretrainingShards(shard_dir, shuffle=True, seed=1))
     assert shuffled != static_instances
     assert sorted(map(_key, shuffled)) == sorted(map(_key, static_instances))
+    # Instances are shuffled within a shard, not only the shard order.
+    assert [_key(i) for i in shuffled[:37]] not in [list(map(_key, static_instances[k:k + 37]))
+                                                     for k in range(0, len(static_instances), 37)]
 
 
 @pytest.mark.parametrize("world_size", [1, 3, 4])
