@@ -209,10 +209,23 @@ def _docstrings(path: str) -> list[str]:
             tree = ast.parse(f.read(), filename=path)
     except (SyntaxError, UnicodeDecodeError, ValueError):
         return []  # e.g. lib2to3's deliberately broken test data: not prose anyway
-    nodes = [n for n in ast.walk(tree)
-             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
-    nodes.sort(key=lambda n: getattr(n, "lineno", 0))
+    nodes = sorted(_definitions(tree), key=lambda n: getattr(n, "lineno", 0))
     return [d for d in (ast.get_docstring(n) for n in nodes) if d]
+
+
+def _definitions(node: ast.AST) -> Iterator[ast.AST]:
+    """The module, classes and functions in ``node``, at any depth.
+
+    Definitions only ever sit in statement lists (bodies of modules, classes, functions, if/for/while/
+    with/try/match), so walking those and skipping expressions finds them all, several times faster
+    than ``ast.walk``.
+    """
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        yield node
+    for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+        for child in getattr(node, field, ()):
+            if isinstance(child, ast.AST):
+                yield from _definitions(child)
 
 
 @functools.lru_cache(maxsize=1)
