@@ -7,6 +7,7 @@ identical. A summary line reports the counts. A second test sweeps every Unicode
 normalizer and pre-tokenizer, which pins down the character tables in ``minibert/tokenizer.py``.
 """
 import random
+import unicodedata
 
 import pytest
 
@@ -175,7 +176,10 @@ def test_every_code_point_normalizes_and_splits_like_the_fast_tokenizer(name):
     from minibert.tokenizer import BasicTokenizer
     basic = BasicTokenizer(do_lower_case=lower, strip_accents=flags.get("strip_accents"))
     for block in range(0, 0x110000, 0x10000):
-        text = "".join(f"a{chr(c)}a " for c in range(block, block + 0x10000) if not 0xD800 <= c <= 0xDFFF)
+        # Planes 3-16 are mostly unassigned (or private use): their assigned code points and every 97th
+        # unassigned one are enough there, and keep this test a few seconds long.
+        text = "".join(f"a{chr(c)}a " for c in range(block, block + 0x10000) if not 0xD800 <= c <= 0xDFFF
+                       and (c < 0x30000 or c % 97 == 0 or unicodedata.category(chr(c)) != "Cn"))
         want = [t for t, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
         got = basic.tokenize(text)
         if got != want:
