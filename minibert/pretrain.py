@@ -40,7 +40,8 @@ import torch.distributed as dist
 from minibert import data, trainer_state
 from minibert.config import BertConfig
 from minibert.corpus import held_out_split, load_corpus
-from minibert.pretrain_backends import STAT_KEYS, TorchBackend, count_batch
+from minibert.pretrain_backends import STAT_KEYS, NumpyBackend, TorchBackend, count_batch
+from minibert.reference.schedules import linear_warmup_decay
 from minibert.step_batches import StepBatches, derived_seed
 
 # Defaults chosen so that, on the built-in corpus and 2 CPU cores, a 4-layer, 256-wide BERT trains in
@@ -304,7 +305,6 @@ def _build_config(args, tokenizer, weights_dir: str | None) -> BertConfig:
 def _build_backend(args, config, device, world_size: int, weights_dir: str | None):
     dtype = getattr(torch, args.dtype)
     if args.backend == "numpy":
-        from minibert.pretrain_numpy import NumpyBackend
         return NumpyBackend(config, dtype=np.dtype(args.dtype), seed=args.seed, weights_dir=weights_dir,
                             lr=args.lr, weight_decay=args.weight_decay, clip_grad_norm=args.clip_grad_norm)
     from minibert.modeling import BertForPreTraining
@@ -318,17 +318,6 @@ def _build_backend(args, config, device, world_size: int, weights_dir: str | Non
     amp = args.amp and device.type == "cuda"
     return TorchBackend(model, device=device, lr=args.lr, weight_decay=args.weight_decay,
                         clip_grad_norm=args.clip_grad_norm, amp=amp, ddp=world_size > 1)
-
-
-def learning_rate(step: int, peak_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to ``peak_lr`` over ``warmup_steps``, then linear decay to 0 at ``total_steps``.
-
-    ``step`` counts from 0; step ``s`` uses ``peak * (s + 1) / warmup`` while warming up, so the first
-    step already moves the weights, and ``peak * (total - s) / (total - warmup)`` after (BERT's schedule).
-    """
-    if step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
-    return peak_lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
 def _metrics(stats: dict) -> dict:
@@ -523,7 +512,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
 
     def save(step_done: int) -> str:
         payload = {"step": step_done, "total_steps": total_steps, "optimizer": backend.optimizer_state(),
-                   "scheduler": {"kind": "linear_warmup_linear_decay", "peak_lr": args.lr,
+                   "scheduler": {"kind": "linear_warmup_decay", "peak_lr": args.lr,
                                  "warmup_steps": warmup, "total_steps": total_steps},
                    "rng": trainer_state.capture_rng_state(),
                    "data": {"next_step": step_done, "n_instances": len(instances),
@@ -536,7 +525,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
                 trainer_state.copy_checkpoint(out, path, f"step-{step_done}")
         return path
 
-    def log_eval(step_done: int) -> dict | None:
+    def log_eval(step_done: int, plot: bool = True) -> dict | None:
         if not eval_batches:
             return None
         result = evaluate(backend, eval_batches, rank, world_size, device)
@@ -544,7 +533,8 @@ def _train(args, rank: int, world_size: int, device) -> dict:
             row = {"split": "eval", "step": step_done, **result}
             rows.append(row)
             _append_metrics(metrics_path, row)
-            save_curves(rows, os.path.join(out, CURVES_FILE), baseline)
+            if plot:
+                save_curves(rows, os.path.join(out, CURVES_FILE), baseline)
         return result
 
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start_step, total_steps),
@@ -563,7 +553,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
         norm = _all_reduce(counts, world_size, device)
         seeds = [derived_seed(args.seed, step, a, rank) for a in range(len(micro_batches))]
         stats = backend.forward_backward(micro_batches, norm, seeds)
-        lr = learning_rate(step, args.lr, warmup, total_steps)
+        lr = linear_warmup_decay(step, args.lr, warmup, total_steps)
         grad_norm = backend.optimizer_step(lr)
         stats = _all_reduce(stats, world_size, device)
         step_done = step + 1
@@ -598,7 +588,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
     bar.close()
     wall_seconds = time.perf_counter() - t_start
 
-    final_eval = log_eval(step_done)
+    final_eval = log_eval(step_done, plot=False)  # the curves are drawn once, below
     path = save(step_done)
     summary = {}
     if rank == 0:

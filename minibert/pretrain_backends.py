@@ -18,9 +18,16 @@ over processes or accumulation steps would change the gradient; with global norm
 """
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from minibert.reference import model as reference_model
+from minibert.reference import optim as reference_optim
+from minibert.reference.optim import decays
 
 # AdamW hyper-parameters of BERT pretraining (Devlin et al., 2018, appendix A.2).
 ADAM_BETAS = (0.9, 0.999)
@@ -30,23 +37,23 @@ STAT_KEYS = ("mlm_loss_sum", "nsp_loss_sum", "mlm_correct", "n_masked", "nsp_cor
              "n_tokens")
 
 
-def is_decayed(name: str) -> bool:
-    """Weight decay applies to weight matrices and embeddings, not to biases or LayerNorm (BERT's rule)."""
-    return not (name.endswith("bias") or "LayerNorm" in name or name.endswith(("gamma", "beta")))
-
-
 def _torch_stats(prediction_logits, seq_relationship_logits, labels, next_sentence_label):
     """Summed losses and correct counts of one micro-batch (tensors, so the losses keep their graph)."""
     masked = labels != -100                                        # [b, S]
-    mlm_logits = prediction_logits[masked].float()                 # [M, V]
+    mlm_logits = _at_least_float32(prediction_logits[masked])      # [M, V]
     mlm_labels = labels[masked]                                    # [M]
-    nsp_logits = seq_relationship_logits.float()                   # [b, 2]
+    nsp_logits = _at_least_float32(seq_relationship_logits)        # [b, 2]
     return {
         "mlm_loss_sum": F.cross_entropy(mlm_logits, mlm_labels, reduction="sum"),
         "nsp_loss_sum": F.cross_entropy(nsp_logits, next_sentence_label, reduction="sum"),
         "mlm_correct": (mlm_logits.argmax(-1) == mlm_labels).sum(),
         "nsp_correct": (nsp_logits.argmax(-1) == next_sentence_label).sum(),
     }
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    # Under bf16 autocast the logits are bf16; a softmax over the vocabulary wants float32 (float64 stays).
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def count_batch(batch: dict) -> dict:
@@ -75,8 +82,9 @@ class TorchBackend:
         else:
             self.module = model
         named = list(model.named_parameters())
-        groups = [{"params": [p for n, p in named if is_decayed(n)], "weight_decay": weight_decay},
-                  {"params": [p for n, p in named if not is_decayed(n)], "weight_decay": 0.0}]
+        # Weight decay on weight matrices and embeddings, not on biases or LayerNorm (BERT's rule).
+        groups = [{"params": [p for n, p in named if decays(n)], "weight_decay": weight_decay},
+                  {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
 
     def _to_device(self, batch: dict) -> dict:
@@ -100,7 +108,7 @@ class TorchBackend:
             tensors = self._to_device(batch)
             last = i == len(micro_batches) - 1
             # DDP all-reduces gradients in backward; only the last micro-batch needs to (no_sync skips it).
-            sync = self.module.no_sync() if (self.world_size > 1 and not last) else _nullcontext()
+            sync = self.module.no_sync() if (self.world_size > 1 and not last) else contextlib.nullcontext()
             with sync:
                 stats = self._forward(self.module, tensors, seed)
                 # DDP averages gradients over ranks, so each rank's share is scaled by world_size.
@@ -112,12 +120,20 @@ class TorchBackend:
 
     def optimizer_step(self, lr: float) -> float:
         """Clip the gradient norm, take one AdamW step at learning rate ``lr``; returns the pre-clip norm."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])
+        grad_norm = float(torch.linalg.vector_norm(norms))
+        if not math.isfinite(grad_norm):
+            raise FloatingPointError(f"the gradient norm is {grad_norm}: the loss diverged (lower --lr)")
+        # BERT's clip_by_global_norm, exactly as minibert.reference.optim.clip_grad_norm: torch's own
+        # clip_grad_norm_ divides by (norm + 1e-6), a 1e-6 relative difference Adam would amplify.
+        if grad_norm > self.clip_grad_norm:
+            torch._foreach_mul_(grads, self.clip_grad_norm / grad_norm)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return grad_norm
 
     def zero_grad(self) -> None:
         """Drop accumulated gradients (used after timing a step without applying it)."""
@@ -144,16 +160,109 @@ class TorchBackend:
         self.model.save_pretrained(directory, tokenizer=tokenizer)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _add(totals: dict, stats: dict, counts: dict) -> None:
     for k, v in stats.items():
         totals[k] += float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
     for k, v in counts.items():
         totals[k] += v
+
+
+class NumpyBackend:
+    """Pretraining on the NumPy reference (hand-written backward) with the reference's AdamW.
+
+    The reference's ``backward()`` differentiates ``mean MLM loss + mean NSP loss`` of the batch it last
+    saw. With one micro-batch per step that *is* the step's loss. With ``--grad-accum`` the two means
+    need different weights (a micro-batch's share of the step's masked tokens, and of its sequences),
+    so then each micro-batch runs twice, once per loss, and each gradient gets its own weight: twice the
+    work, but exactly the gradient the torch backend computes.
+    """
+
+    def __init__(self, config, *, dtype, seed: int, weights_dir: str | None, lr: float, weight_decay: float,
+                 clip_grad_norm: float):
+        if weights_dir is not None:
+            self.model = reference_model.BertForPreTraining.from_pretrained(weights_dir, dtype=dtype)
+        else:
+            self.model = reference_model.BertForPreTraining(config, dtype=dtype, seed=seed)
+        self.config = self.model.config
+        self.clip_grad_norm = clip_grad_norm
+        self.optimizer = reference_optim.AdamW(self.model.params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS,
+                                               weight_decay=weight_decay)
+        self.grads = None
+
+    def _run(self, batch: dict, dropout_seed, mlm: bool, nsp: bool) -> dict:
+        return self.model.forward(
+            batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+            masked_lm_labels=batch["labels"] if mlm else None,
+            next_sentence_label=batch["next_sentence_label"] if nsp else None,
+            training=dropout_seed is not None, dropout_seed=dropout_seed or 0)
+
+    def _accumulate(self, weight: float) -> None:
+        grads = self.model.backward()
+        if self.grads is None:
+            self.grads = {k: g * weight for k, g in grads.items()}
+        else:
+            for k, g in grads.items():
+                self.grads[k] += g * weight
+
+    def forward_backward(self, micro_batches: list[dict], norm: dict, dropout_seeds: list[int]) -> dict:
+        """Accumulate the gradient of the step's loss over the micro-batches; return summed stats."""
+        totals = dict.fromkeys(STAT_KEYS, 0.0)
+        for batch, seed in zip(micro_batches, dropout_seeds):
+            counts = count_batch(batch)
+            w_mlm = counts["n_masked"] / max(norm["n_masked"], 1)
+            w_nsp = counts["n_examples"] / norm["n_examples"]
+            out = self._run(batch, seed, mlm=True, nsp=True)
+            if w_mlm == w_nsp:
+                self._accumulate(w_mlm)
+            else:
+                self._run(batch, seed, mlm=True, nsp=False)
+                self._accumulate(w_mlm)
+                self._run(batch, seed, mlm=False, nsp=True)
+                self._accumulate(w_nsp)
+            _add(totals, _numpy_stats(out, batch, counts), counts)
+        return totals
+
+    def optimizer_step(self, lr: float) -> float:
+        """Clip the gradient norm, take one AdamW step at learning rate ``lr``; returns the pre-clip norm."""
+        grads, norm = reference_optim.clip_grad_norm(self.grads, self.clip_grad_norm)
+        self.optimizer.step(grads, lr=lr)
+        self.grads = None
+        return norm
+
+    def zero_grad(self) -> None:
+        """Drop accumulated gradients (used after timing a step without applying it)."""
+        self.grads = None
+
+    def evaluate(self, batch: dict) -> dict:
+        """Summed statistics of ``batch`` with dropout off."""
+        counts = count_batch(batch)
+        totals = dict.fromkeys(STAT_KEYS, 0.0)
+        _add(totals, _numpy_stats(self._run(batch, None, mlm=True, nsp=True), batch, counts), counts)
+        return totals
+
+    def optimizer_state(self) -> dict:
+        """AdamW step count and moments, as tensors (safe for ``torch.load(weights_only=True)``)."""
+        state = self.optimizer.state_dict()
+        return {"t": state["t"], "m": {k: torch.from_numpy(a) for k, a in state["m"].items()},
+                "v": {k: torch.from_numpy(a) for k, a in state["v"].items()}}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Restore what :meth:`optimizer_state` returned."""
+        self.optimizer.load_state_dict({"t": state["t"], "m": {k: a.numpy() for k, a in state["m"].items()},
+                                        "v": {k: a.numpy() for k, a in state["v"].items()}})
+
+    def save_model(self, directory: str, tokenizer) -> None:
+        """config.json + model.safetensors + vocabulary, the same files the torch backend writes."""
+        self.model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+
+def _numpy_stats(out: dict, batch: dict, counts: dict) -> dict:
+    labels = batch["labels"]
+    masked = labels != -100                                        # [b, S]
+    predicted = out["prediction_logits"][masked].argmax(-1)        # [M]
+    nsp_predicted = out["seq_relationship_logits"].argmax(-1)      # [b]
+    return {"mlm_loss_sum": float(out["mlm_loss"]) * counts["n_masked"],
+            "nsp_loss_sum": float(out["nsp_loss"]) * counts["n_examples"],
+            "mlm_correct": int((predicted == labels[masked]).sum()),
+            "nsp_correct": int((nsp_predicted == batch["next_sentence_label"]).sum())}
