@@ -252,31 +252,29 @@ class BasicTokenizer:
         self._char_cache[ch] = entries
         return entries
 
-    def _words(self, text: str):
-        """Yield ``(token, start, end, positions)`` for every basic token of ``text``.
+    def _words(self, text: str) -> list[tuple]:
+        """``(token, start, end, positions)`` for every basic token of ``text``.
 
         ``positions[i]`` is the index in ``text`` of the character that normalized character ``i`` of the
-        token came from, or ``None`` when the token maps one-to-one onto ``text[start:end]`` (the ASCII
-        path); word pieces use it to find their own spans. never_split tokens come with positions ``None``.
+        token came from, or ``None`` when the token maps one-to-one onto ``text[start:end]`` (ASCII words,
+        punctuation, never_split tokens); word pieces use it to find their own spans.
         """
-        if self._never_split_re is None:
-            yield from self._segment_words(text, 0)
-            return
-        start = 0
+        if self._never_split_re is None or not self._never_split_re.search(text):
+            return self._segment_words(text, 0)
+        words, start = [], 0
         for match in self._never_split_re.finditer(text):
-            yield from self._segment_words(text[start:match.start()], start)
-            yield match.group(), match.start(), match.end(), None
+            words += self._segment_words(text[start:match.start()], start)
+            words.append((match.group(), match.start(), match.end(), None))
             start = match.end()
-        yield from self._segment_words(text[start:], start)
+        return words + self._segment_words(text[start:], start)
 
-    def _segment_words(self, text: str, base: int):
+    def _segment_words(self, text: str, base: int) -> list[tuple]:
         """_words for a stretch of text with no never_split token in it; ``base`` is its offset."""
         if text.isascii() and not _ASCII_CONTROL.search(text):
             if self.do_lower_case:
                 text = text.lower()  # one-to-one on ASCII, so offsets stay put
-            for m in _ASCII_TOKEN.finditer(text):
-                yield m.group(), base + m.start(), base + m.end(), None
-            return
+            return [(m.group(), base + m.start(), base + m.end(), None) for m in _ASCII_TOKEN.finditer(text)]
+        words = []
         chars: list[str] = []
         positions: list[int] = []
         cache = self._char_cache
@@ -290,12 +288,13 @@ class BasicTokenizer:
                     positions.append(i)
                     continue
                 if chars:
-                    yield "".join(chars), positions[0], positions[-1] + 1, positions
+                    words.append(("".join(chars), positions[0], positions[-1] + 1, positions))
                     chars, positions = [], []
                 if kind == _ISOLATED:
-                    yield c, i, i + 1, (i,)
+                    words.append((c, i, i + 1, None))
         if chars:
-            yield "".join(chars), positions[0], positions[-1] + 1, positions
+            words.append(("".join(chars), positions[0], positions[-1] + 1, positions))
+        return words
 
 
 class WordpieceTokenizer:
@@ -438,10 +437,10 @@ class BertTokenizer:
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
         self.strip_accents = strip_accents
         self.special_tokens = tuple(t for t in SPECIAL_TOKENS if t in self.vocab)
-        self._special_set = frozenset(self.special_tokens)
         self.basic_tokenizer = BasicTokenizer(do_lower_case, self.special_tokens, tokenize_chinese_chars,
                                               strip_accents)
         self.wordpiece_tokenizer = WordpieceTokenizer(self.vocab, UNK_TOKEN, max_input_chars_per_word)
+        self._pieces_cache: dict[str, tuple] = {}  # word -> its pieces as (id, start, end)
 
     # ---- loading and saving -------------------------------------------------------------------------
 
@@ -537,21 +536,31 @@ class BertTokenizer:
 
     def _encode_text(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """One text -> (ids, offsets): the work shared by every public method."""
-        vocab, unk_id = self.vocab, self.vocab[UNK_TOKEN]
-        wordpiece = self.wordpiece_tokenizer.tokenize_with_offsets
+        cache = self._pieces_cache
         ids, offsets = [], []
-        for word, start, end, positions in self.basic_tokenizer._words(text):
-            if positions is None and word in self._special_set:
-                ids.append(vocab[word])
-                offsets.append((start, end))
-                continue
-            for piece, a, b in wordpiece(word):
-                ids.append(vocab.get(piece, unk_id))
-                if positions is None:
+        for word, start, _, positions in self.basic_tokenizer._words(text):
+            pieces = cache.get(word)
+            if pieces is None:
+                pieces = self._word_pieces(word)
+            if positions is None:
+                for piece_id, a, b in pieces:
+                    ids.append(piece_id)
                     offsets.append((start + a, start + b))
-                else:
+            else:
+                for piece_id, a, b in pieces:
+                    ids.append(piece_id)
                     offsets.append((positions[a], positions[b - 1] + 1))
         return ids, offsets
+
+    def _word_pieces(self, word: str) -> tuple:
+        """``((id, start, end), ...)`` for one basic token (cached). A special token such as ``[MASK]`` is
+        its own longest match, so it needs no special case."""
+        if len(self._pieces_cache) >= _WORDPIECE_CACHE_SIZE:
+            self._pieces_cache.clear()
+        vocab = self.vocab
+        pieces = tuple((vocab[p], a, b) for p, a, b in self.wordpiece_tokenizer._split(word))
+        self._pieces_cache[word] = pieces
+        return pieces
 
     def encode(self, text, text_pair=None, add_special_tokens=True, truncation=False, max_length=None,
                stride=0) -> list[int]:
