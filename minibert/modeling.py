@@ -235,7 +235,8 @@ class BertAttention(nn.Module):
 def dense_gelu(dense: nn.Linear, x: torch.Tensor, approximate: str, implementation: str) -> torch.Tensor:
     """GELU(dense(x)); the "fused" form does the matmul without bias and adds bias inside the GELU kernel."""
     if implementation == "fused":
-        return ops.bias_gelu(F.linear(x, dense.weight), dense.bias, approximate=approximate)
+        h = F.linear(x, dense.weight)  # [..., out]; under autocast already bf16/fp16 while the bias is not
+        return ops.bias_gelu(h, dense.bias.to(h.dtype), approximate=approximate)
     return F.gelu(dense(x), approximate=approximate)
 
 

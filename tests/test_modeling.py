@@ -160,6 +160,22 @@ def test_fused_attention_op_matches_eager_attention(dtype, tol):
     assert torch.equal(want[1], torch.zeros_like(want[1]))
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "fused"])
+def test_bfloat16_autocast_runs_every_backend_close_to_float32(attn):
+    # Mixed precision is how pretraining runs on a GPU: Linear outputs are bf16 while biases stay float32,
+    # which the fused bias+GELU must accept. bf16 keeps 8 bits of mantissa: agree to 1e-2 (DESIGN.md).
+    model = make_model(attn_implementation=attn, gelu_implementation="fused").train()
+    batch = random_batch(model.config, pad_rows=((1, 0), (2, 4)))
+    want = model(**batch, dropout_seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(**batch, dropout_seed=3)
+    got.loss.backward()
+    assert got.prediction_logits.dtype == torch.bfloat16
+    assert _rel(got.prediction_logits.float(), want.prediction_logits) < 1e-2
+    assert abs(got.loss.item() - want.loss.item()) < 1e-2 * want.loss.item()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_unknown_backend_name_is_rejected():
     with pytest.raises(ValueError, match="attn_implementation"):
         BertModel(tiny_config(), attn_implementation="flash")
