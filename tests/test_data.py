@@ -72,9 +72,10 @@ class ScriptedRng:
         assert a <= value <= b
         return value
 
-    def randrange(self, n):
-        value = self._next("randrange", n)
-        assert 0 <= value < n
+    def randrange(self, start, stop=None):
+        start, stop = (0, start) if stop is None else (start, stop)
+        value = self._next("randrange", start, stop)
+        assert start <= value < stop
         return value
 
 
@@ -145,13 +146,12 @@ def test_mask_tokens_budget_specials_and_80_10_10_by_hand(tokenizer):
     words = [v[w] for w in (STEMS[:18] + STEMS[18:20])]
     ids = [v["[CLS]"], *words[:18], v["[SEP]"], *words[18:], v["[SEP]"]]
 
-    class Rng(ScriptedRng):
-        def shuffle(self, x):
-            x.reverse()  # candidates [[1], ..., [18], [20], [21]] -> [[21], [20], [18], ...]
-
-    rng = Rng([("random", 0.5),                   # position 21: < 0.8 -> [MASK]
-               ("random", 0.85), ("random", 0.3),  # position 20: kept
-               ("random", 0.95), ("random", 0.7), ("randrange", 0)])  # position 18: random -> first ordinary id
+    # Candidate words: [[1], ..., [18], [20], [21]] (20 of them). Each visit swaps a random remaining word
+    # into place j (Fisher-Yates), then draws its 80/10/10 fate.
+    rng = ScriptedRng([("randrange", 19), ("random", 0.5),                    # j=0: word 19 = [21] -> [MASK]
+                       ("randrange", 18), ("random", 0.85), ("random", 0.3),  # j=1: word 18 = [20] -> kept
+                       ("randrange", 17), ("random", 0.95), ("random", 0.7),  # j=2: word 17 = [18] -> random:
+                       ("randrange", 0)])                                     # the first ordinary id
     masked, positions, labels = mask_tokens(ids, spec, rng)
     assert not rng.script
     assert positions == [18, 20, 21]
