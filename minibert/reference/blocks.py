@@ -125,7 +125,8 @@ def feed_forward_forward(params, prefix, x, approximate, eps, dropout_p, seed, o
     intermediate: [B, S, F]. ``prefix`` is e.g. ``"bert.encoder.layer.0"``.
     """
     w1 = params[prefix + ".intermediate.dense.weight"]  # [F, E]
-    a, c_gelu = L.bias_gelu_forward(x @ w1.T, params[prefix + ".intermediate.dense.bias"], approximate)
+    pre = (x.reshape(-1, x.shape[-1]) @ w1.T).reshape(*x.shape[:-1], w1.shape[0])  # [B, S, F], 2-D matmul
+    a, c_gelu = L.bias_gelu_forward(pre, params[prefix + ".intermediate.dense.bias"], approximate)
     out, c_out = dense_forward(params, prefix + ".output.dense", a)
     out, c_drop = L.dropout_forward(out, dropout_p, seed, offset)
     y, c_ln = layernorm_forward(params, prefix + ".output.LayerNorm", x + out, eps)
@@ -138,10 +139,10 @@ def feed_forward_backward(dy, cache, grads):
     dres = layernorm_backward(dy, c_ln, prefix + ".output.LayerNorm", grads)
     da = dense_backward(L.dropout_backward(dres, c_drop), c_out, prefix + ".output.dense", grads)
     dpre, db1 = L.bias_gelu_backward(da, c_gelu)  # dpre: [B, S, F]
-    accumulate(grads, prefix + ".intermediate.dense.weight",
-               dpre.reshape(-1, dpre.shape[-1]).T @ x.reshape(-1, x.shape[-1]))
+    dpre2, x2 = dpre.reshape(-1, dpre.shape[-1]), x.reshape(-1, x.shape[-1])  # [N, F], [N, E]
+    accumulate(grads, prefix + ".intermediate.dense.weight", dpre2.T @ x2)
     accumulate(grads, prefix + ".intermediate.dense.bias", db1)
-    return dres + dpre @ w1
+    return dres + (dpre2 @ w1).reshape(x.shape)
 
 
 # --- one encoder layer ---------------------------------------------------------------------------------
