@@ -94,9 +94,9 @@ def test_truncate_seq_pair_by_hand():
 
 
 def test_put_back_rewind_by_hand():
-    # Document 0 has 4 sentences of 3 tokens; document 1 has 2 sentences. Ids are arbitrary distinct ints.
+    # Document 0 has 4 sentences of 3 tokens; document 1 has 3 sentences. Ids are arbitrary distinct ints.
     doc0 = [[10, 11, 12], [20, 21, 22], [30, 31, 32], [40, 41, 42]]
-    doc1 = [[70, 71], [80, 81, 82, 83]]
+    doc1 = [[70, 71], [80, 81, 82], [90, 91]]
     window = [doc0, doc1]
     cls, sep = 2, 3
     rng = ScriptedRng([
@@ -105,8 +105,8 @@ def test_put_back_rewind_by_hand():
         ("randint", 1),        # a_end in [1, 2] -> A = s0
         ("random", 0.3),       # < 0.5: random next
         ("randrange", 0),      # the other document: index 0 of the 1 others -> doc1
-        ("randrange", 1),      # start sentence in doc1 -> s1 (4 tokens >= target_b 8-3=5? no, runs out)
-        # A=3 + B=4 = 7 <= 8: no truncation. Put back s1, s2: i = 2 - 2 = 0, then i += 1 -> 1.
+        ("randrange", 0),      # start at doc1's s0; B wants 8 - 3 = 5 tokens: s0 (2), s1 (5), stop
+        # A=3 + B=5 = 8 <= 8: no truncation. Put back s1, s2: i = 2 - 2 = 0, then i += 1 -> 1.
         # i=1: s1 (3); i=2: 6; i=3: 9 and last -> chunk [s1 s2 s3]
         ("randint", 2),        # a_end -> A = s1 s2
         ("random", 0.6),       # >= 0.5: IsNext, B = s3
@@ -116,10 +116,10 @@ def test_put_back_rewind_by_hand():
     instances = instances_from_document(window, 0, 8, 0.1, None, rng, cls, sep)
     assert not rng.script
     assert [i.tokens for i in instances] == [
-        [cls, 10, 11, 12, sep, 80, 81, 82, 83, sep],
+        [cls, 10, 11, 12, sep, 70, 71, 80, 81, 82, sep],
         [cls, 21, 22, 30, 31, 32, sep, 40, 41, 42, sep],
     ]
-    assert [i.segment_ids for i in instances] == [[0] * 5 + [1] * 5, [0] * 7 + [1] * 4]
+    assert [i.segment_ids for i in instances] == [[0] * 5 + [1] * 6, [0] * 7 + [1] * 4]
     assert [i.is_random_next for i in instances] == [True, False]
     assert [i.next_sentence_label for i in instances] == [1, 0]
     assert all(i.masked_lm_positions == [] and i.masked_lm_labels == [] for i in instances)
