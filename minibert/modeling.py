@@ -494,11 +494,11 @@ class BertPreTrainedModel(nn.Module):
             raise ValueError(
                 f"checkpoint does not match {type(self).__name__}: missing keys {missing}, unexpected keys "
                 f"{unexpected}. Is it a BERT checkpoint with HF parameter names, saved for this model type?")
-        for key, value in state.items():
-            if tuple(value.shape) != tuple(own[key].shape):
-                raise ValueError(
-                    f"checkpoint tensor {key!r} has shape {tuple(value.shape)} but this model's config "
-                    f"expects {tuple(own[key].shape)}: the checkpoint's config.json does not match its weights")
+        wrong = [f"{key}: {tuple(value.shape)} in the checkpoint, {tuple(own[key].shape)} from the config"
+                 for key, value in state.items() if tuple(value.shape) != tuple(own[key].shape)]
+        if wrong:
+            raise ValueError("the checkpoint's config.json does not match its weights; wrong shapes:\n  "
+                             + "\n  ".join(wrong))
         params = dict(self.named_parameters())
         with torch.no_grad():
             for key, value in state.items():
@@ -524,6 +524,10 @@ class BertPreTrainedModel(nn.Module):
         Each file goes to a temporary name and is renamed, so an interrupted save never leaves a
         half-written file. ``transformers.BertForPreTraining.from_pretrained(directory)`` reads the result.
         """
+        if tokenizer is not None and len(tokenizer) > self.config.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only "
+                             f"vocab_size={self.config.vocab_size} embeddings: its ids would not fit. Save "
+                             f"the tokenizer the model was trained with")
         os.makedirs(directory, exist_ok=True)
         checkpoint.save_state_dict(self.state_dict(), directory)
         self.config.save_pretrained(directory)

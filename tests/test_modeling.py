@@ -335,6 +335,29 @@ def test_save_pretrained_round_trip(tmp_path):
                        model.bert(batch["input_ids"]).last_hidden_state)
 
 
+def test_save_pretrained_writes_the_vocabulary_and_checks_it_fits(tmp_path):
+    from minibert.tokenizer import BertTokenizer
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = BertTokenizer({t: i for i, t in enumerate(specials + [f"w{i}" for i in range(59)])})
+    model = make_model()
+    model.save_pretrained(tmp_path / "ok", tokenizer=tokenizer)
+    assert (tmp_path / "ok" / "vocab.txt").read_text().split("\n")[:3] == ["[PAD]", "[UNK]", "[CLS]"]
+    too_big = BertTokenizer({t: i for i, t in enumerate(specials + [f"w{i}" for i in range(60)])})
+    with pytest.raises(ValueError, match="65 tokens but the model only vocab_size=64"):
+        model.save_pretrained(tmp_path / "bad", tokenizer=too_big)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_from_pretrained_rejects_a_config_that_does_not_fit_the_weights(tmp_path):
+    import json
+    make_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["intermediate_size"] = 40
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"intermediate.dense.weight.*\(48, 32\).*\(40, 32\)"):
+        BertForPreTraining.from_pretrained(tmp_path)
+
+
 def test_load_weights_reports_missing_unexpected_and_misshapen_keys():
     model = make_model()
     state = {k: v for k, v in model.state_dict().items() if ".decoder." not in k}
@@ -345,7 +368,7 @@ def test_load_weights_reports_missing_unexpected_and_misshapen_keys():
         model.load_weights(broken)
     misshapen = dict(state)
     misshapen["bert.embeddings.word_embeddings.weight"] = torch.zeros(65, 32)
-    with pytest.raises(ValueError, match=r"word_embeddings.weight.*\(65, 32\).*\(64, 32\)"):
+    with pytest.raises(ValueError, match=r"word_embeddings.weight: \(65, 32\) in the checkpoint, \(64, 32\)"):
         model.load_weights(misshapen)
     other = make_model(seed=9)
     other.load_weights({k: v.numpy() for k, v in state.items()})  # NumPy arrays load too
