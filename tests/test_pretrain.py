@@ -17,6 +17,15 @@ from minibert.step_batches import StepBatches
 TINY_MODEL = ["--layers", "2", "--hidden", "32", "--heads", "2", "--intermediate", "64"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and a shared, busy CPU makes two threads spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """(corpus file, vocab dir): 40 language-reference topics and a 300-token vocabulary trained on them."""
