@@ -229,6 +229,27 @@ def test_whole_word_masking_statistics(corpus, tokenizer):
     assert 0.10 < stats["masking_rate"] <= 0.15 + 0.5 / mean_maskable
 
 
+@pytest.mark.parametrize("max_seq_length", [5, 6, 9, 24])
+def test_instance_invariants(tokenizer, max_seq_length):
+    # Tiny lengths stress truncation: A and B keep at least one token each; masks never hit specials.
+    spec = MaskingSpec.from_tokenizer(tokenizer)
+    cls, sep = tokenizer.vocab["[CLS]"], tokenizer.vocab["[SEP]"]
+    docs = random_corpus(30, seed=max_seq_length)
+    for instance in create_training_instances(docs, tokenizer, max_seq_length=max_seq_length, dupe_factor=2,
+                                              short_seq_prob=0.5, whole_word_mask=True, seed=max_seq_length):
+        tokens, segments = instance.original_tokens(), instance.segment_ids
+        assert len(tokens) <= max_seq_length and len(segments) == len(tokens)
+        num_a = segments.count(0)
+        assert num_a >= 3 and len(tokens) - num_a >= 2 and segments == [0] * num_a + [1] * (len(tokens) - num_a)
+        assert tokens[0] == cls and tokens[num_a - 1] == sep and tokens[-1] == sep
+        assert cls not in tokens[1:] and tokens.count(sep) == 2
+        assert instance.masked_lm_positions == sorted(set(instance.masked_lm_positions))
+        assert 1 <= len(instance.masked_lm_positions) <= 20
+        assert all(tokens[p] not in spec.special_ids for p in instance.masked_lm_positions)
+        unmasked = [t for p, t in enumerate(instance.tokens) if p not in instance.masked_lm_positions]
+        assert unmasked == [t for p, t in enumerate(tokens) if p not in instance.masked_lm_positions]
+
+
 def test_nsp_coin_is_fair(tokenizer):
     # Two one-token sentences per document: each (document, pass) tosses exactly one coin, IsNext gives
     # one label-0 instance, NotNext gives two label-1 instances (the put-back sentence is alone).
@@ -429,6 +450,10 @@ def test_rank_split_is_disjoint_and_complete(shard_dir, static_instances, world_
               for r in range(world_size)]
     assert sum(blocks, []) == static_instances  # contiguous, in order: disjoint and complete
     assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+    equal = [list(PretrainingShards(shard_dir, shuffle=False, rank=r, world_size=world_size, equal_split=True))
+             for r in range(world_size)]
+    assert all(len(e) == n // world_size for e in equal)
+    assert sum(equal, []) == static_instances[:n // world_size * world_size]
     # Shuffled ranks and their worker parts still partition the instances.
     parts = []
     for r in range(world_size):
@@ -487,6 +512,10 @@ def test_shard_errors(shard_dir, static_instances, tokenizer, tmp_path):
         write_shards([bad], tmp_path / "c", tokenizer)
     with pytest.raises(ValueError, match="rank"):
         PretrainingShards(shard_dir, rank=2, world_size=2)
+    PretrainingShards(shard_dir, tokenizer=tokenizer)  # the same vocabulary: accepted
+    other = make_tokenizer(WORD_VOCAB[:-1] + ["zebra"], tmp_path / "other")
+    with pytest.raises(ValueError, match="different vocabulary"):
+        PretrainingShards(shard_dir, tokenizer=other)
 
 
 # ----------------------------------------------------------------------------------------------------

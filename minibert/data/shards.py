@@ -165,7 +165,9 @@ class PretrainingShards(_DatasetBase):
     Splitting for DDP: rank ``rank`` of ``world_size`` gets the contiguous block
     ``[N * rank // world_size, N * (rank + 1) // world_size)`` of the written order, so ranks are disjoint,
     together complete, differ in size by at most one instance, and each reads only ~1/world_size of the
-    shards. Inside a torch ``DataLoader`` with workers, each worker takes a contiguous part of its rank's
+    shards. ``equal_split=True`` gives every rank exactly ``N // world_size`` (dropping up to
+    ``world_size - 1`` instances at the end), for loops that run until the data ends: DDP hangs when one
+    rank has a batch more than the others. Inside a torch ``DataLoader`` with workers, each worker takes a contiguous part of its rank's
     block the same way. A rank always sees the same block; the creation-time shuffle already mixed it.
 
     ``dynamic_masking=True`` draws fresh masks for every instance each epoch (RoBERTa), from the instance's
@@ -175,11 +177,14 @@ class PretrainingShards(_DatasetBase):
 
     ``ds[i]`` returns the rank's ``i``-th instance in written order, loading (and caching) its shard:
     cheap for sequential access, slow for random access across shards; train by iterating.
+
+    Pass ``tokenizer`` to check that the shards were written with the same vocabulary.
     """
 
     def __init__(self, directory, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
                  dynamic_masking: bool = False, masked_lm_prob: float = DEFAULT_MASKED_LM_PROB,
-                 max_predictions_per_seq: int = DEFAULT_MAX_PREDICTIONS_PER_SEQ, whole_word_mask: bool = False):
+                 max_predictions_per_seq: int = DEFAULT_MAX_PREDICTIONS_PER_SEQ, whole_word_mask: bool = False,
+                 equal_split: bool = False, tokenizer=None):
         self.directory = os.fspath(directory)
         index = _read_index(self.directory)
         if not isinstance(world_size, int) or world_size < 1:
@@ -198,12 +203,20 @@ class PretrainingShards(_DatasetBase):
         self.pad_token_id = index["pad_token_id"]
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.epoch = 0
-        self.start = self.num_instances * rank // world_size
-        self.stop = self.num_instances * (rank + 1) // world_size
+        if equal_split:
+            per_rank = self.num_instances // world_size
+            self.start, self.stop = per_rank * rank, per_rank * (rank + 1)
+        else:
+            self.start = self.num_instances * rank // world_size
+            self.stop = self.num_instances * (rank + 1) // world_size
+        with open(os.path.join(self.directory, VOCAB_FILE), encoding="utf-8") as f:
+            vocab = f.read().splitlines()
+        if tokenizer is not None and vocab_tokens(tokenizer) != vocab:
+            raise ValueError(f"the shards in {self.directory} were written with a different vocabulary than this "
+                             f"tokenizer's ({len(vocab)} vs {len(tokenizer.vocab)} tokens, or a different order); "
+                             "their ids would mean other tokens. Use the vocab.txt stored beside the shards.")
         self.masking = None
         if dynamic_masking:
-            with open(os.path.join(self.directory, VOCAB_FILE), encoding="utf-8") as f:
-                vocab = f.read().splitlines()
             self.masking = MaskingSpec.from_vocab(vocab, index["special_ids"], masked_lm_prob=masked_lm_prob,
                                                   max_predictions_per_seq=max_predictions_per_seq,
                                                   whole_word_mask=whole_word_mask)
