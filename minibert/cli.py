@@ -4,8 +4,9 @@ Each verb is two small functions: ``_add_<verb>(subparsers)`` declares its argum
 ``_run_<verb>(args)`` does the work and returns the exit status. Adding a verb means writing those two
 and listing the first in ``VERBS``.
 
-User errors (a missing file, a corpus that is not UTF-8, a vocabulary size that cannot work) are printed
-as ``minibert: error: ...`` with exit status 2, like argparse's own usage errors, instead of a traceback.
+User errors (a missing file, a corpus that is not UTF-8, a vocabulary size that cannot work, an output
+path that is a file) are printed as ``minibert: error: ...`` with exit status 2, like argparse's own usage
+errors, instead of a traceback.
 """
 from __future__ import annotations
 
@@ -148,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-            UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, OSError) as e:  # OSError: missing files, permissions, full disk
         print(f"minibert: error: {e}", file=sys.stderr)
         return 2

@@ -41,6 +41,7 @@ _PROSE_WORD = re.compile(r"""^[("'“‘]*[A-Za-z]+(?:['’-][A-Za-z]+)*[)"'”�
 _MIN_PROSE_FRACTION = 0.75  # share of a sentence's words that must be prose words
 _MIN_SENTENCE_WORDS = 3
 
+_STARTS_CAPITALISED = re.compile(r"""^[("'“‘]*[A-Z]""")
 _BULLET = re.compile(r"^(?:[*+•-]|\d+[.)]|\([a-z0-9]\)|[a-z][.)])\s+")
 _HEADING_RULE = re.compile(r"^([=\-*~^#\"'`+.])\1{2,}$")
 _CODE_LINE = re.compile(r"^(>>>|\.\.\.|\$ |%|@|#)|^(async def|def|class) \w+.*:$|^(from|import) [\w.]+|"
@@ -145,7 +146,7 @@ def _ends_sentence(word: str, next_word: str) -> bool:
     core = word.rstrip(")\"'”’")
     if not core.endswith((".", "!", "?")) or core.endswith(".."):
         return False  # no full stop, or an ellipsis "..."
-    if not re.match(r"""^[("'“‘]*[A-Z]""", next_word):
+    if not _STARTS_CAPITALISED.match(next_word):
         return False  # "3.5 or later", "e.g. x", "os.path" never split: the next word must be capitalised
     body = core.rstrip(".!?").lstrip("(\"'“‘")
     if body.lower() in _ABBREVIATIONS:
@@ -175,7 +176,9 @@ def is_prose_sentence(sentence: str) -> bool:
     words = sentence.split()
     if len(words) < _MIN_SENTENCE_WORDS:
         return False
-    if not re.match(r"""^[("'“‘]*[A-Z]""", sentence) or not sentence.rstrip(")\"'”’").endswith((".", "!", "?", ":")):
+    if not _STARTS_CAPITALISED.match(sentence):
+        return False
+    if not sentence.rstrip(")\"'”’").endswith((".", "!", "?", ":")):
         return False
     prose = sum(bool(_PROSE_WORD.match(w)) for w in words)
     return prose >= _MIN_PROSE_FRACTION * len(words)

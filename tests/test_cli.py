@@ -85,6 +85,9 @@ def test_vocab_size_too_small_is_a_user_error(tmp_path, capsys):
     _write_corpus(tmp_path / "c.txt")
     assert main(["train-vocab", str(tmp_path / "c.txt"), "--vocab-size", "10", "--out", str(tmp_path / "v")]) == 2
     assert "vocab_size=10 cannot hold" in capsys.readouterr().err
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["train-vocab", str(tmp_path / "c.txt"), "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

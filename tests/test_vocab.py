@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from minibert import corpus, vocab
-from minibert.tokenizer import SPECIAL_TOKENS, BasicTokenizer, BertTokenizer, WordpieceTokenizer
+from minibert.tokenizer import SPECIAL_TOKENS, BertTokenizer, WordpieceTokenizer
 
 # A small English corpus with enough distinct words for a few hundred merges.
 _WORDS = ("the a of to in is it that for on with as was by at be this from or an are which one have "
