@@ -538,7 +538,8 @@ class BertPreTrainedModel(nn.Module):
     def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids) -> None:
         config = self.config
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            shape = (tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor)
+                     else type(input_ids).__name__)
             raise ValueError(f"input_ids must be a [batch, seq_len] tensor of token ids, got {shape}; "
                              f"add a batch dimension with input_ids[None] for one sequence")
         batch, seq = input_ids.shape
@@ -625,8 +626,8 @@ def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> to
     _check_ids("labels", labels, logits.shape[:2], 0, vocab_size,
                "MLM labels are token ids of the original tokens, or -100 where nothing is predicted",
                ignore=IGNORE_INDEX)
-    total = F.cross_entropy(logits.reshape(-1, vocab_size), labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                            reduction="sum")
+    total = F.cross_entropy(logits.reshape(-1, vocab_size), labels.reshape(-1).long(),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
@@ -634,7 +635,7 @@ def _nsp_loss(logits: torch.Tensor, next_sentence_label: torch.Tensor) -> torch.
     """Mean cross-entropy of the NSP labels (0 = B follows A, 1 = B is a random sentence)."""
     _check_ids("next_sentence_label", next_sentence_label, logits.shape[:1], 0, 2,
                "NSP labels are 0 (IsNext) or 1 (random sentence), one per sequence")
-    return F.cross_entropy(logits, next_sentence_label)
+    return F.cross_entropy(logits, next_sentence_label.long())
 
 
 class BertForPreTraining(BertPreTrainedModel):

@@ -66,7 +66,8 @@ def test_state_dict_keys_and_shapes_are_exactly_hf(ours, theirs):
     hf = getattr(transformers, theirs)(transformers.BertConfig(**config.to_dict()))
     mine = ours(config).state_dict()
     assert list(mine) == list(hf.state_dict())  # same names, same order
-    assert {k: tuple(v.shape) for k, v in mine.items()} == {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+    theirs = hf.state_dict()
+    assert all(tuple(mine[k].shape) == tuple(theirs[k].shape) for k in theirs)
 
 
 def test_mlm_decoder_is_tied_to_word_embeddings_through_training_and_casts():
@@ -207,7 +208,8 @@ def test_real_tokens_ignore_what_sits_under_padding(attn):
     batch = random_batch(model.config)
     keep = batch["attention_mask"].bool()
     changed = dict(batch)
-    changed["input_ids"] = torch.where(keep, batch["input_ids"], torch.randint_like(batch["input_ids"], 1, 64))
+    noise = torch.randint_like(batch["input_ids"], 1, 64)
+    changed["input_ids"] = torch.where(keep, batch["input_ids"], noise)
     a = model(batch["input_ids"], batch["attention_mask"]).last_hidden_state
     b = model(changed["input_ids"], batch["attention_mask"]).last_hidden_state
     assert torch.allclose(a[keep], b[keep], atol=1e-6)
@@ -279,8 +281,11 @@ def test_losses_are_mean_cross_entropies_over_predicted_positions():
     nsp = -nsp_log_probs[np.arange(3), batch["next_sentence_label"].numpy()].mean()
     assert abs(out.mlm_loss.item() - mlm) < 1e-12 and abs(out.nsp_loss.item() - nsp) < 1e-12
     assert abs(out.loss.item() - (mlm + nsp)) < 1e-12
-    only_mlm = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], labels=batch["labels"])
+    only_mlm = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                     labels=batch["labels"])
     assert only_mlm.nsp_loss is None and abs(only_mlm.loss.item() - mlm) < 1e-12
+    as_int32 = model(**{k: v.int() for k, v in batch.items()})  # NumPy-style int32 batches work too
+    assert as_int32.loss.item() == out.loss.item()
     mlm_model = make_model(cls=BertForMaskedLM, dtype=torch.float64)
     assert mlm_model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss.item() > 0
 

@@ -68,7 +68,8 @@ def test_hf_checkpoint_loads_and_matches_hf_outputs(tmp_path, hidden_act):
     batch = random_batch(config, seed=2)
     with torch.no_grad():
         theirs = hf(**batch, output_hidden_states=True)
-        theirs_pooled = hf.bert(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).pooler_output
+        theirs_pooled = hf.bert(batch["input_ids"], batch["attention_mask"],
+                                batch["token_type_ids"]).pooler_output
         mine = ours(**batch)
     assert max_abs(mine.last_hidden_state, theirs.hidden_states[-1]) < 1e-4
     assert max_abs(mine.pooler_output, theirs_pooled) < 1e-4
@@ -87,7 +88,8 @@ def test_our_checkpoint_loads_in_hf_with_every_key_used(tmp_path):
     hf, info = transformers.BertForPreTraining.from_pretrained(tmp_path, attn_implementation="eager",
                                                                 output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    assert hf.cls.predictions.decoder.weight.data_ptr() == hf.bert.embeddings.word_embeddings.weight.data_ptr()
+    decoder, embeddings = hf.cls.predictions.decoder.weight, hf.bert.embeddings.word_embeddings.weight
+    assert decoder.data_ptr() == embeddings.data_ptr()
     batch = random_batch(config, seed=5)
     with torch.no_grad():
         theirs, mine = hf.eval()(**batch), ours(**batch)
@@ -115,7 +117,8 @@ def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position():
         assert max_abs(p.grad, theirs[name].grad) < 1e-10, name
 
 
-@pytest.mark.parametrize("ours_cls,theirs_name", [(BertForMaskedLM, "BertForMaskedLM"), (BertModel, "BertModel")])
+@pytest.mark.parametrize("ours_cls,theirs_name",
+                         [(BertForMaskedLM, "BertForMaskedLM"), (BertModel, "BertModel")])
 def test_other_hf_model_types_load_and_match(tmp_path, ours_cls, theirs_name):
     config = BertConfig(**TINY)
     torch.manual_seed(9)
@@ -134,7 +137,8 @@ def test_other_hf_model_types_load_and_match(tmp_path, ours_cls, theirs_name):
     else:
         assert max_abs(mine.prediction_logits, theirs.logits) < 1e-4
     ours.save_pretrained(tmp_path / "ours")  # and back: HF reads our file of this model type
-    back, info = getattr(transformers, theirs_name).from_pretrained(tmp_path / "ours", output_loading_info=True)
+    back, info = getattr(transformers, theirs_name).from_pretrained(tmp_path / "ours",
+                                                                    output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert all(torch.equal(p, back.state_dict()[k]) for k, p in hf.state_dict().items())
 
