@@ -24,14 +24,30 @@ def _print_corpus_stats(stats: dict, label: str) -> None:
           f"{stats['words']:,} words, {stats['megabytes']:.2f} MB")
 
 
-def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case: bool):
-    """Train a vocabulary (holding out every 10th document), print what happened, return the tokenizer."""
+def _print_merge(merges: list, a: str, b: str, count: int, score: float) -> None:
+    merges.append((a, b))
+    print(f"  merge {len(merges):>5}: {a!r} + {b!r} -> {a + b[len(vocab.CONTINUATION):]!r}  "
+          f"count(ab)={count:,}  score={score:.3g}")
+
+
+def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case: bool, show_merges: int = 0):
+    """Train a vocabulary (holding out every 10th document), print what happened, return the tokenizer.
+
+    ``show_merges``: print the first that many merges with their counts and scores.
+    """
     if corpus_spec == "builtin":
         _print_corpus_stats(corpus.corpus_stats(corpus.builtin_documents()), "corpus (built-in)")
     else:
         _print_corpus_stats(corpus.corpus_stats(corpus.load_corpus(corpus_spec)), "corpus")
     start = time.perf_counter()
-    tokenizer = vocab.train_vocab(corpus_spec, vocab_size, out_dir, do_lower_case=do_lower_case)
+    merges = []
+
+    def on_merge(*merge):
+        if len(merges) < show_merges:
+            _print_merge(merges, *merge)
+
+    tokenizer = vocab.train_vocab(corpus_spec, vocab_size, out_dir, do_lower_case=do_lower_case,
+                                  on_merge=on_merge if show_merges else None)
     seconds = time.perf_counter() - start
     print(f"trained a {len(tokenizer):,}-token WordPiece vocabulary in {seconds:.1f} s -> {out_dir}")
     held_out = corpus.held_out_split(corpus.load_corpus(corpus_spec), held_out=True, every=vocab.HELD_OUT_EVERY)
@@ -58,11 +74,14 @@ def _add_train_vocab(subparsers) -> None:
                    help="number of tokens, special tokens included (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder to write vocab.txt and tokenizer_config.json to")
     p.add_argument("--cased", action="store_true", help="keep upper case and accents (default: lower-case)")
+    p.add_argument("--show-merges", type=int, default=0, metavar="N",
+                   help="print the first N merges with count(ab) and score = count(ab) / (count(a) count(b))")
     p.set_defaults(run=_run_train_vocab)
 
 
 def _run_train_vocab(args) -> int:
-    _train_and_report(args.corpus or "builtin", args.vocab_size, args.out, do_lower_case=not args.cased)
+    _train_and_report(args.corpus or "builtin", args.vocab_size, args.out, do_lower_case=not args.cased,
+                      show_merges=args.show_merges)
     return 0
 
 

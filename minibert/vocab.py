@@ -167,7 +167,8 @@ class _MergeState:
 
 def train_wordpiece(documents_or_word_counts: Iterable[Sequence[str]] | Mapping[str, int],
                     vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = DEFAULT_MIN_FREQUENCY,
-                    do_lower_case: bool = True, limit_alphabet: int = DEFAULT_LIMIT_ALPHABET) -> list[str]:
+                    do_lower_case: bool = True, limit_alphabet: int = DEFAULT_LIMIT_ALPHABET,
+                    on_merge: Callable[[str, str, int, float], None] | None = None) -> list[str]:
     """Learn a WordPiece vocabulary of exactly ``vocab_size`` tokens; return it in id order.
 
     ``documents_or_word_counts`` is a corpus (documents of sentences, pre-tokenized here with
@@ -175,17 +176,18 @@ def train_wordpiece(documents_or_word_counts: Iterable[Sequence[str]] | Mapping[
     than ``min_frequency`` times are never made. Characters outside the ``limit_alphabet`` most frequent
     ones are left out, and so are the words that contain them (the tokenizer maps those words to [UNK]).
     Ties between equal scores go to the more frequent pair, then to the alphabetically first, so the
-    result depends only on the word counts.
+    result depends only on the word counts. ``on_merge(a, b, count, score)``, when given, is called for
+    every merge, in order (``minibert train-vocab --show-merges`` prints them).
 
     Raises ``ValueError`` for an empty corpus, a ``vocab_size`` too small to hold the special tokens and
     the alphabet, or a corpus too small to supply ``vocab_size`` tokens.
     """
+    if min_frequency < 1 or limit_alphabet < 1:
+        raise ValueError(f"min_frequency and limit_alphabet must be >= 1, got {min_frequency}, {limit_alphabet}")
     if isinstance(documents_or_word_counts, Mapping):
         word_counts = {w: int(c) for w, c in documents_or_word_counts.items() if c > 0 and w}
     else:
         word_counts = count_words(documents_or_word_counts, do_lower_case)
-    if min_frequency < 1 or limit_alphabet < 1:
-        raise ValueError(f"min_frequency and limit_alphabet must be >= 1, got {min_frequency}, {limit_alphabet}")
     alphabet = _alphabet(word_counts, limit_alphabet)
     word_counts = {w: c for w, c in word_counts.items()
                    if len(w) <= MAX_INPUT_CHARS_PER_WORD and set(w) <= alphabet}
@@ -219,6 +221,8 @@ def train_wordpiece(documents_or_word_counts: Iterable[Sequence[str]] | Mapping[
         pair = (a, b)
         if state.pair_count.get(pair, 0) != -neg_count or state.score(pair) != -neg_score:
             continue  # stale: this pair's count or score changed since the entry was pushed
+        if on_merge is not None:
+            on_merge(a, b, -neg_count, -neg_score)
         merged = state.merge(pair)
         if merged not in known:  # "##abc" can be reached twice: from ("##ab", "##c") and ("##a", "##bc")
             known.add(merged)
@@ -248,12 +252,13 @@ def save_vocab(vocab: Sequence[str], out_dir: str | os.PathLike, do_lower_case: 
 def train_vocab(corpus_spec, vocab_size: int = DEFAULT_VOCAB_SIZE, out_dir: str | os.PathLike = "runs/vocab",
                 do_lower_case: bool = True, *, min_frequency: int = DEFAULT_MIN_FREQUENCY,
                 limit_alphabet: int = DEFAULT_LIMIT_ALPHABET,
-                held_out_every: int | None = HELD_OUT_EVERY) -> BertTokenizer:
+                held_out_every: int | None = HELD_OUT_EVERY,
+                on_merge: Callable[[str, str, int, float], None] | None = None) -> BertTokenizer:
     """Train a vocabulary on a corpus (``"builtin"`` or paths, see ``load_corpus``) and save it to ``out_dir``.
 
     Every ``held_out_every``-th document is left out of training, so ``tokenization_stats`` on
     ``held_out_split(..., held_out=True)`` measures unseen text; ``held_out_every=None`` trains on all.
-    Returns the ``BertTokenizer`` loaded from ``out_dir``.
+    ``on_merge`` is passed to ``train_wordpiece``. Returns the ``BertTokenizer`` loaded from ``out_dir``.
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"output path {os.fspath(out_dir)!r} is a file, not a folder; pass a folder for "
@@ -262,7 +267,7 @@ def train_vocab(corpus_spec, vocab_size: int = DEFAULT_VOCAB_SIZE, out_dir: str 
     if held_out_every:
         documents = held_out_split(documents, held_out=False, every=held_out_every)
     vocab = train_wordpiece(documents, vocab_size=vocab_size, min_frequency=min_frequency,
-                            do_lower_case=do_lower_case, limit_alphabet=limit_alphabet)
+                            do_lower_case=do_lower_case, limit_alphabet=limit_alphabet, on_merge=on_merge)
     return save_vocab(vocab, out_dir, do_lower_case)
 
 

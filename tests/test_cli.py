@@ -106,3 +106,16 @@ def test_python_dash_m_minibert_demo(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "minibert", "train-vocab", str(tmp_path / "nope"), "--out",
                           str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("minibert: error: ") and "Traceback" not in bad.stderr
+
+
+def test_show_merges_prints_the_hand_computed_first_merges(tmp_path, capsys):
+    # The corpus of tests/test_vocab.py::test_first_merges_by_hand, as one document.
+    text = " ".join(["hug"] * 10 + ["pug"] * 5 + ["pun"] * 12 + ["bun"] * 4 + ["hugs"] * 5)
+    (tmp_path / "c.txt").write_text(text + "\n", encoding="utf-8")
+    assert main(["train-vocab", str(tmp_path / "c.txt"), "--vocab-size", "15", "--out", str(tmp_path / "v"),
+                 "--show-merges", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "merge     1: '##g' + '##s' -> '##gs'  count(ab)=5  score=0.05\n" in printed
+    assert "merge     2: 'p' + '##u' -> 'pu'  count(ab)=17  score=0.0278\n" in printed  # 1/36
+    assert "merge     3" not in printed
+    assert "held-out text: none (the corpus has fewer than 10 documents)" in printed
