@@ -6,27 +6,39 @@ One step = forward with dropout + MLM/NSP loss + backward + AdamW update, float3
 implementations are checked to compute the same loss on the same weights (dropout off), so the table
 compares equal work. Torch eager is ``transformers.BertForPreTraining`` with ``attn_implementation="eager"``
 (minibert's own torch model is a row to add). Every ratio is measured inside this one run.
+
+Both sides get the same number of CPU threads: ``MINIBERT_BENCH_THREADS`` (default 1) for NumPy's BLAS and
+for torch. One thread each is the fair and stable setting on a shared machine, where oversubscribed
+threads slowed small torch ops twenty-fold in our runs.
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import tempfile
+import os
 
-import numpy as np
-from _common import print_table, save_figure, save_json, time_fn
+THREADS = int(os.environ.get("MINIBERT_BENCH_THREADS", "1"))
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(THREADS)  # must be set before NumPy loads its BLAS
 
-from minibert.config import BertConfig
-from minibert.reference.model import BertForPreTraining
-from minibert.reference.optim import AdamW
-from minibert.reference.train import pretraining_step
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
 
-# Small enough that the NumPy reference takes well under a second per step on 2 cores.
+import numpy as np  # noqa: E402
+from _common import print_table, save_figure, save_json, time_fn  # noqa: E402
+
+from minibert.config import BertConfig  # noqa: E402
+from minibert.reference.model import BertForPreTraining  # noqa: E402
+from minibert.reference.optim import AdamW  # noqa: E402
+from minibert.reference.train import pretraining_step  # noqa: E402
+
+# Small enough that the NumPy reference takes about a second per step or less on one core.
 CONFIGS = {
     "tiny (E=64, L=2, S=64)": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                    intermediate_size=256, seq=64),
     "small (E=128, L=2, S=128)": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                                       intermediate_size=512, seq=128),
+    "medium (E=256, L=4, S=128)": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                       intermediate_size=1024, seq=128),
 }
 VOCAB, BATCH, LR = 2000, 8, 1e-4
 
@@ -103,29 +115,32 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)
     import torch
+    torch.set_num_threads(THREADS)
     rows, checks = [], {}
     for name, spec in CONFIGS.items():
         r, c = bench_config(name, dict(spec), args.repeats)
         rows += r
         checks[name] = c
-    print(f"batch {BATCH}, vocab {VOCAB}, float32, dropout on, AdamW; torch threads {torch.get_num_threads()}")
+    print(f"batch {BATCH}, vocab {VOCAB}, float32, dropout on, AdamW; "
+          f"{THREADS} thread(s) for NumPy's BLAS and for torch")
     print_table(rows, ["config", "impl", "ms_per_step", "tokens_per_s", "slowdown_vs_torch"],
                 {"ms_per_step": ".1f", "tokens_per_s": ".0f", "slowdown_vs_torch": ".2f"})
-    path = save_json("train", {"batch": BATCH, "vocab": VOCAB, "dtype": "float32", "configs": CONFIGS,
+    path = save_json("train", {"threads": THREADS, "batch": BATCH, "vocab": VOCAB, "dtype": "float32", "configs": CONFIGS,
                                "loss_check": checks, "rows": rows})
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
     names = list(CONFIGS)
     width = 0.38
     for i, impl in enumerate(("numpy reference", "torch eager (HF)")):
         vals = [next(r["tokens_per_s"] for r in rows if r["config"] == n and r["impl"] == impl) for n in names]
         ax.bar(np.arange(len(names)) + (i - 0.5) * width, vals, width, label=impl)
-    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_xticks(np.arange(len(names)), [n.replace(" (", "\n(") for n in names])
+    ax.set_yscale("log")
     ax.set_ylabel("tokens / s (higher is better)")
-    ax.set_title(f"BERT training step (fwd+bwd+AdamW), batch {BATCH}, float32")
+    ax.set_title(f"BERT training step (fwd+bwd+AdamW), batch {BATCH}, float32, {THREADS} thread(s)")
     ax.legend()
     print("saved", path, save_figure(fig, "train"))
     return 0
