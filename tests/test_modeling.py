@@ -290,6 +290,23 @@ def test_losses_are_mean_cross_entropies_over_predicted_positions():
     assert mlm_model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss.item() > 0
 
 
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM])
+def test_masked_positions_only_gives_the_same_loss_gradients_and_logits(cls):
+    model = make_model(cls=cls, dtype=torch.float64).train()
+    batch = random_batch(model.config)
+    if cls is BertForMaskedLM:
+        del batch["next_sentence_label"]
+    full, full_grads = _forward_and_grads(model, batch, dropout_seed=4)
+    gathered, grads = _forward_and_grads(model, batch, dropout_seed=4, masked_positions_only=True)
+    predicted = batch["labels"] != -100
+    assert gathered.prediction_logits.shape == (int(predicted.sum()), model.config.vocab_size)
+    assert torch.allclose(gathered.prediction_logits, full.prediction_logits[predicted], rtol=0, atol=1e-12)
+    assert abs(gathered.loss.item() - full.loss.item()) < 1e-12
+    assert _grads_rel(grads, full_grads) < 1e-12
+    with pytest.raises(ValueError, match="needs labels"):
+        model(batch["input_ids"], masked_positions_only=True)
+
+
 def test_batch_with_nothing_to_predict_has_zero_mlm_loss_and_gradient():
     # As in the NumPy reference: 0, not PyTorch's 0/0 = NaN, so one such batch cannot poison training.
     model = make_model(cls=BertForMaskedLM)
