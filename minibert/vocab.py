@@ -129,7 +129,7 @@ class _MergeState:
             self.piece_pairs[pair[1]].discard(pair)
 
     def score(self, pair: tuple[str, str]) -> float:
-        """The likelihood gain of merging ``pair``: count(ab) / (count(a) * count(b))."""
+        """The WordPiece score of merging ``pair``: count(ab) / (count(a) * count(b))."""
         a, b = pair
         return self.pair_count[pair] / (self.piece_count[a] * self.piece_count[b])
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from minibert import corpus, vocab
-from minibert.tokenizer import SPECIAL_TOKENS, BertTokenizer, WordpieceTokenizer
+from minibert.tokenizer import SPECIAL_TOKENS, BasicTokenizer, BertTokenizer, WordpieceTokenizer
 
 # A small English corpus with enough distinct words for a few hundred merges.
 _WORDS = ("the a of to in is it that for on with as was by at be this from or an are which one have "
@@ -92,6 +92,19 @@ def test_matches_brute_force_trainer_on_random_corpora(min_frequency):
         size = alphabet_size + 25
         expected = _brute_force_wordpiece(word_counts, size, min_frequency)
         assert vocab.train_wordpiece(word_counts, vocab_size=size, min_frequency=min_frequency) == expected
+
+
+def test_count_words_matches_basic_tokenizer_on_whole_sentences():
+    # count_words tokenizes each space-separated chunk once; that must equal tokenizing whole sentences.
+    rng = random.Random()
+    parts = ["Héllo", "WORLD", "[MASK]", "a[SEP]b", "日本語", "tab\there", "nb\u00a0sp", "ctl\x07x", "x.y,z!",
+             "don't", "Ωmega", "\u200bzero", "", "3.14"]
+    documents = [[" ".join(rng.choices(parts, k=rng.randint(1, 9))) for _ in range(5)] for _ in range(20)]
+    for do_lower_case in (True, False):
+        basic = BasicTokenizer(do_lower_case=do_lower_case, never_split=SPECIAL_TOKENS)
+        expected = Counter(w for doc in documents for s in doc for w in basic.tokenize(s)
+                           if w not in SPECIAL_TOKENS)
+        assert vocab.count_words(documents, do_lower_case) == expected
 
 
 def test_deterministic_exact_size_and_specials_first():
