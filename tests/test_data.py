@@ -321,6 +321,22 @@ def test_windows_keep_random_next_local_and_use_every_document(tokenizer):
     assert seen == set(range(31))
 
 
+def test_streaming_reads_one_window_at_a_time(tokenizer):
+    read = []
+
+    def documents():  # an endless corpus: only laziness lets this test finish
+        d = 0
+        while True:
+            read.append(d)
+            yield [f"w{d % 40} cat", f"dog w{(d + 1) % 40}", "the sun"]
+            d += 1
+
+    instances = create_training_instances(documents(), tokenizer, max_seq_length=16, documents_per_window=25)
+    first_window = [next(instances) for _ in range(10)]
+    assert len(read) == 25 + 2  # one window, plus the two held back so a last window is never alone
+    assert all(len(i.tokens) <= 16 for i in first_window)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Batching
 
