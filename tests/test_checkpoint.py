@@ -94,12 +94,23 @@ def test_untied_decoder_is_rejected():
         checkpoint.normalize_keys(state)
 
 
-def test_bare_bert_model_checkpoint_names_what_is_missing(tmp_path):
-    from minibert.reference.model import BertForPreTraining
-    transformers.BertModel(transformers.BertConfig(**CFG)).save_pretrained(tmp_path)
+def test_bare_bert_model_checkpoint(tmp_path):
+    from minibert.reference.model import BertForPreTraining, BertModel
+    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    hf = transformers.BertModel(transformers.BertConfig(**CFG, attn_implementation="eager")).eval()
+    hf.save_pretrained(tmp_path)
     state = checkpoint.load_state_dict(tmp_path)
     assert all(k.startswith("bert.") for k in state)
     checkpoint.check_state_dict(state, BertConfig(**CFG), pretraining_heads=False)
+    # The encoder loads and computes what transformers computes ...
+    encoder = BertModel.from_pretrained(tmp_path, dtype=np.float64)
+    ids = np.random.default_rng().integers(0, CFG["vocab_size"], (2, 7))
+    hidden, pooled = encoder.forward(ids)
+    with torch.no_grad():
+        ref = hf.double()(input_ids=torch.tensor(ids))
+    assert np.abs(hidden - ref.last_hidden_state.numpy()).max() < 1e-10
+    assert np.abs(pooled - ref.pooler_output.numpy()).max() < 1e-10
+    # ... but a pretraining model needs its heads, and the error names them.
     with pytest.raises(ValueError, match="missing keys.*cls.predictions.bias"):
         BertForPreTraining.from_pretrained(tmp_path)
 

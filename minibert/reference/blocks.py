@@ -62,7 +62,9 @@ def embeddings_forward(params, prefix, input_ids, token_type_ids, eps, dropout_p
 
 
 def embeddings_backward(dh, cache, grads):
-    """The sum's gradient flows unchanged to all three tables; position grads sum over the batch."""
+    """With ds = LayerNorm'(dropout'(dh)), the gradient of the sum, flowing unchanged to all three tables:
+    dword[v] = sum of ds over positions whose id is v; dposition[s] = sum over the batch of ds[:, s];
+    dtoken_type[t] = sum of ds over positions of type t. The integer ids get no gradient."""
     prefix, c_word, c_pos, c_typ, c_ln, c_drop = cache
     dsum = layernorm_backward(L.dropout_backward(dh, c_drop), c_ln, prefix + ".LayerNorm", grads)
     accumulate(grads, prefix + ".word_embeddings.weight", L.embedding_backward(dsum, c_word))
@@ -104,7 +106,8 @@ def self_attention_forward(params, prefix, x, attention_mask, num_heads, eps, at
 
 
 def self_attention_backward(dy, cache, grads):
-    """dx collects the residual path plus the three projection paths (q, k, v all read x)."""
+    """With y = LN(x + o): dr = LN'(dy) (the gradient of x + o); do = dropout'(dr); dctx = do W_o;
+    (dq, dk, dv) = attention'(dctx); dx = dr + dq W_q + dk W_k + dv W_v (q, k and v all read x)."""
     prefix, H, c_q, c_k, c_v, c_att, c_out, c_drop, c_ln = cache
     dres = layernorm_backward(dy, c_ln, prefix + ".output.LayerNorm", grads)  # d(x + out)
     dout = L.dropout_backward(dres, c_drop)
@@ -134,7 +137,8 @@ def feed_forward_forward(params, prefix, x, approximate, eps, dropout_p, seed, o
 
 
 def feed_forward_backward(dy, cache, grads):
-    """Backward of feed_forward_forward; dx = residual gradient + dpre W1."""
+    """With y = LN(x + dropout(GELU(pre) W2^T + b2)), pre = x W1^T: dr = LN'(dy); da = dropout'(dr) W2;
+    dpre = GELU'(pre + b1) * da; dW1 = dpre^T x; db1 = sum of dpre over rows; dx = dr + dpre W1."""
     prefix, x, w1, c_gelu, c_out, c_drop, c_ln = cache
     dres = layernorm_backward(dy, c_ln, prefix + ".output.LayerNorm", grads)
     da = dense_backward(L.dropout_backward(dres, c_drop), c_out, prefix + ".output.dense", grads)
@@ -199,7 +203,9 @@ def mlm_head_forward(params, word_embeddings_name, h, approximate, eps):
 
 
 def mlm_head_backward(dlogits, cache, grads):
-    """The decoder's weight gradient is *added* to the word-embedding gradient (the weight is shared)."""
+    """logits = t W_emb^T + b: dW_emb += dlogits^T t (*added* to the embedding lookup's gradient, since
+    the weight is shared), db = sum of dlogits over rows, dt = dlogits W_emb; then back through
+    LayerNorm, GELU and the transform dense. Returns dh."""
     word_embeddings_name, c_dense, c_gelu, c_ln, c_dec = cache
     dt, dw, db = L.linear_backward(dlogits, c_dec)
     accumulate(grads, word_embeddings_name, dw)

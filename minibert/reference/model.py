@@ -81,6 +81,15 @@ class BertModel:
         self.config, self.params, self.prefix = config, params, prefix
         self._cache = None
 
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, dtype=np.float32) -> "BertModel":
+        """Load the encoder of an HF checkpoint directory: a bare BertModel's (names without ``bert.``) or
+        a model with heads (the ``cls.*`` heads are left out). Shapes are checked against config.json."""
+        config = BertConfig.from_pretrained(directory)
+        state = {k: v for k, v in checkpoint.load_state_dict(directory).items() if not k.startswith("cls.")}
+        checkpoint.check_state_dict(state, config, pretraining_heads=False)
+        return cls(config, {k: np.array(v, dtype=dtype) for k, v in state.items()}, prefix="bert.")
+
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, training=False, dropout_seed=0):
         """input_ids, token_type_ids, attention_mask: int [B, S] -> (last_hidden_state [B, S, E],
         pooler_output [B, E]). Defaults: token type 0 everywhere, every position attended."""
