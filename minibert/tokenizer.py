@@ -23,9 +23,11 @@ generated strings and on every Unicode code point. The differences, for the reco
 * **Character tables.** The Rust ``tokenizers`` crate classifies punctuation (P*), non-spacing marks (Mn)
   and format characters (Cf) with Unicode 8.0 tables, while Python's ``unicodedata`` (3.11: Unicode 14)
   knows later additions. Characters added since are ordinary letters to the fast tokenizer (and its NFD
-  leaves U+11938 whole); the ``_FAST_*`` tables below list exactly those code points so we agree with it. Unassigned code points
-  (Cn) are kept as letters, private-use (Co) are dropped. Lower-casing in Rust, on the contrary, knows
-  Unicode 16, so ``_NEWER_LOWERCASE`` adds the 55 capitals Python 3.11 does not know yet.
+  leaves U+11938 whole); the ``_FAST_*`` tables below list exactly those code points so we agree with
+  it. Unassigned code points (Cn) are kept as letters, private-use (Co) are dropped. Lower-casing in
+  Rust, on the contrary, knows Unicode 16, so ``_NEWER_LOWERCASE`` adds the 55 capitals Python 3.11
+  does not know yet. (The tables are exact for Python 3.11's Unicode 14; a newer Python knows more
+  characters, which the conformance test would report.)
 * **CJK ranges.** Google's code splits ``U+2B820..U+2CEAF``; the fast tokenizer starts that block at
   ``U+2B920`` (a typo upstream), so ``U+2B820..U+2B91F`` stay inside words. We follow the fast one.
 * **Lower-casing is per character.** ``"ΑΣ".lower()`` is ``"ας"`` in Python (final sigma) but the fast
@@ -39,10 +41,10 @@ generated strings and on every Unicode code point. The differences, for the reco
   special token is matched anywhere in the raw text, case-sensitively); Google's tokenizer knows no
   special tokens and gives ``a [ mask ] b``. ``never_split`` in this BasicTokenizer works the same way
   (substring match, longest first), not only on whitespace-separated words as in the legacy tokenizer.
-* **Accent stripping reorders marks.** The fast tokenizer runs NFD over the whole text, which puts a run
-  of combining marks in canonical order. We decompose character by character, so a run of two or more
-  *surviving* marks (not Mn, e.g. musical-symbol combining marks) written out of canonical order keeps
-  its written order here.
+* **Accent stripping reorders marks.** The fast tokenizer runs NFD over the whole text, which sorts a run
+  of combining marks into canonical order even across characters; Python's per-token NFD does the same.
+  We decompose character by character (cached) and redo the rare text where a mark survives stripping
+  with the fast tokenizer's reordering and offset rules (``BasicTokenizer._reordered``).
 * **Lone surrogates** (``"\\ud800"``, only possible in Python strings) are dropped here; the Rust
   tokenizer cannot receive them at all.
 """
@@ -107,7 +109,7 @@ _NEWER_LOWERCASE = {chr(cp): chr(cp + delta) for lo, hi, delta in (
     (0x10D50, 0x10D65, 0x20), (0x16EA0, 0x16EB8, 0x1B)) for cp in range(lo, hi + 1)}
 
 # What one character of normalized text does in the pre-tokenizer.
-_WORD, _ISOLATED, _SPACE = 0, 1, 2
+_WORD, _ISOLATED, _SPACE, _MARK = 0, 1, 2, 3  # _MARK: a word character that is a combining mark
 # ASCII text without control characters takes a regex fast path: words are runs of letters and digits,
 # every other printable character is punctuation (BERT counts "$", "^", "`" etc. as punctuation too).
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -162,6 +164,9 @@ def load_vocab(path) -> dict[str, int]:
     or has blank lines or duplicate tokens (each would silently shift or shadow ids).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory; pass the vocab.txt inside it, or use "
+                                "BertTokenizer.from_pretrained(directory)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vocabulary file {path!r} does not exist; pass a vocab.txt or a directory "
                                 "holding vocab.txt or tokenizer.json")
@@ -230,27 +235,40 @@ class BasicTokenizer:
     def _char_entries(self, ch: str) -> tuple:
         """What one original character becomes: a tuple of ``(normalized_char, kind)`` (cached)."""
         entries = self._char_cache.get(ch)
-        if entries is not None:
-            return entries
-        if _is_removed(ch):
-            entries = ()
-        elif _is_whitespace(ch):
-            entries = ((" ", _SPACE),)
-        else:
-            chars = ch
-            if self.strip_accents and ch not in _FAST_NOT_DECOMPOSED:
-                chars = unicodedata.normalize("NFD", ch)
-            if self.strip_accents:
-                chars = "".join(c for c in chars if not _is_nonspacing_mark(c))
-            if self.do_lower_case:
-                chars = "".join(_NEWER_LOWERCASE.get(c) or c.lower() for c in chars)  # no final-sigma rule
-            if self.tokenize_chinese_chars and _is_cjk(ch):
-                entries = tuple((c, _ISOLATED) for c in chars)
+        if entries is None:
+            if _is_removed(ch):
+                entries = ()
+            elif _is_whitespace(ch):
+                entries = ((" ", _SPACE),)
+            elif self.tokenize_chinese_chars and _is_cjk(ch):
+                entries = tuple((c, _ISOLATED) for c, _ in self._finish(self._decompose(ch)))
             else:
-                entries = tuple((c, _SPACE if _is_whitespace(c) else _ISOLATED if _is_punctuation(c) else _WORD)
-                                for c in chars)
-        self._char_cache[ch] = entries
+                entries = self._finish(self._decompose(ch))
+            self._char_cache[ch] = entries
         return entries
+
+    def _decompose(self, ch: str) -> str:
+        """NFD of ``ch`` when stripping accents (accents become separate combining marks), else ``ch``."""
+        if self.strip_accents and ch not in _FAST_NOT_DECOMPOSED:
+            return unicodedata.normalize("NFD", ch)
+        return ch
+
+    def _finish(self, chars: str) -> tuple:
+        """Decomposed characters -> ``((char, kind), ...)``: drop accents, lower-case, classify."""
+        if self.strip_accents:
+            chars = "".join(c for c in chars if not _is_nonspacing_mark(c))
+        if self.do_lower_case:
+            chars = "".join(_NEWER_LOWERCASE.get(c) or c.lower() for c in chars)  # no final-sigma rule
+        entries = []
+        for c in chars:
+            if _is_whitespace(c):
+                kind = _SPACE
+            elif _is_punctuation(c):
+                kind = _ISOLATED
+            else:  # a combining mark that survives accent stripping may need reordering, see _reordered
+                kind = _MARK if self.strip_accents and unicodedata.combining(c) else _WORD
+            entries.append((c, kind))
+        return tuple(entries)
 
     def _words(self, text: str) -> list[tuple]:
         """``(token, start, end, positions)`` for every basic token of ``text``.
@@ -274,18 +292,30 @@ class BasicTokenizer:
             if self.do_lower_case:
                 text = text.lower()  # one-to-one on ASCII, so offsets stay put
             return [(m.group(), base + m.start(), base + m.end(), None) for m in _ASCII_TOKEN.finditer(text)]
+        words, has_marks = self._group(text, base, None)
+        if has_marks:
+            words, _ = self._group(text, base, self._reordered(text, base))
+        return words
+
+    def _group(self, text: str, base: int, overrides) -> tuple[list[tuple], bool]:
+        """Group normalized characters into words and isolated tokens; also say whether a combining mark
+        survived. ``overrides`` maps a position to entries that replace that character's cached ones."""
         words = []
         chars: list[str] = []
         positions: list[int] = []
+        has_marks = False
         cache = self._char_cache
         for i, ch in enumerate(text, base):
-            entries = cache.get(ch)
+            entries = overrides.get(i) if overrides else None
             if entries is None:
-                entries = self._char_entries(ch)
+                entries = cache.get(ch)
+                if entries is None:
+                    entries = self._char_entries(ch)
             for c, kind in entries:
-                if kind == _WORD:
+                if kind == _WORD or kind == _MARK:
                     chars.append(c)
                     positions.append(i)
+                    has_marks = has_marks or kind == _MARK
                     continue
                 if chars:
                     words.append(("".join(chars), positions[0], positions[-1] + 1, positions))
@@ -294,7 +324,45 @@ class BasicTokenizer:
                     words.append((c, i, i + 1, None))
         if chars:
             words.append(("".join(chars), positions[0], positions[-1] + 1, positions))
-        return words
+        return words, has_marks
+
+    def _reordered(self, text: str, base: int) -> dict[int, tuple]:
+        """Entries for the characters whose combining marks NFD puts in canonical order.
+
+        NFD sorts every run of adjacent combining marks by combining class, across character boundaries
+        (``x`` + U+1D16D (class 226) + U+1D165 (class 216) -> ``x`` U+1D165 U+1D16D). The fast tokenizer
+        runs it on the whole text and re-derives offsets afterwards: walking the output, the first
+        character of each decomposition takes the next original character's position and the others
+        (``é`` -> ``e`` + U+0301: the U+0301) share the position before, wherever sorting moved them.
+        Only text where a mark survives accent stripping comes here, so the common path stays simple.
+        """
+        slots = []  # (decomposed char or None for a space/CJK barrier, first of its decomposition?)
+        sources = []  # the position of each original character, in order
+        for i, ch in enumerate(text, base):
+            if _is_removed(ch):
+                continue  # cleaned away before NFD: the marks on both sides become neighbours
+            sources.append(i)
+            if _is_whitespace(ch) or (self.tokenize_chinese_chars and _is_cjk(ch)):
+                slots.append((None, True))
+            else:
+                slots += [(c, k == 0) for k, c in enumerate(self._decompose(ch))]
+        j = 0
+        while j < len(slots):
+            k = j
+            while k < len(slots) and slots[k][0] is not None and unicodedata.combining(slots[k][0]):
+                k += 1
+            slots[j:k] = sorted(slots[j:k], key=lambda slot: unicodedata.combining(slot[0]))  # stable
+            j = max(k, j + 1)
+        overrides: dict[int, list] = {}
+        next_source, position = iter(sources), sources[0] if sources else base
+        for c, first in slots:
+            if first:
+                position = next(next_source)
+            if c is not None:
+                overrides.setdefault(position, []).extend(self._finish(c))
+            else:
+                overrides.setdefault(position, None)
+        return {i: tuple(entries) for i, entries in overrides.items() if entries is not None}
 
 
 class WordpieceTokenizer:

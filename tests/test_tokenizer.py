@@ -236,6 +236,8 @@ def test_malformed_vocab_files(tmp_path, content, message):
 def test_missing_vocab_and_special_tokens(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         BertTokenizer(tmp_path / "nope.txt")
+    with pytest.raises(IsADirectoryError, match="from_pretrained"):
+        load_vocab(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither vocab.txt nor tokenizer.json"):
         BertTokenizer.from_pretrained(tmp_path)
     path = tmp_path / "vocab.txt"
@@ -287,6 +289,21 @@ def test_main_prints_show_work(vocab_file, capsys):
     assert main(["--vocab", str(vocab_file.parent), "--cased", "Hello world"]) == 0
     out = capsys.readouterr().out
     assert "basic tokens: ['Hello', 'world']" in out and "[UNK]" in out  # "Hello" is not in the vocab
+
+
+def test_main_defaults_to_the_built_in_vocabulary(vocab_file, capsys, monkeypatch):
+    import minibert.vocab
+    monkeypatch.setattr(minibert.vocab, "default_vocab_dir", lambda: str(vocab_file.parent))
+    assert main(["hello worlds"]) == 0
+    assert "word pieces:  ['hello', 'world', '##s']" in capsys.readouterr().out
+
+
+def test_module_runs_as_a_script(vocab_file):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "minibert.tokenizer", "--vocab", str(vocab_file), "你好 hello"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "basic tokens: ['你', '好', 'hello']" in out and "(1, 2)      '好'" in out
 
 
 def test_batch_encoding_is_a_plain_dict(tok):
