@@ -576,14 +576,15 @@ class BertModel(BertPreTrainedModel):
     unused_checkpoint_prefixes = ("cls.",)
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True, attn_implementation: str = "eager",
-                 gelu_implementation: str = "eager"):
+                 gelu_implementation: str = "eager", *, init_weights: bool = True):
         super().__init__(config)
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config, attn_implementation, gelu_implementation)
         self.pooler = BertPooler(config) if add_pooling_layer else None
         if not add_pooling_layer:
             self.unused_checkpoint_prefixes = ("cls.", "pooler.")
-        self.post_init()
+        if init_weights:  # a wrapping model (BertForPreTraining, ...) initialises everything once itself
+            self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 dropout_seed: int | None = None) -> BertModelOutput:
@@ -664,7 +665,7 @@ class BertForPreTraining(BertPreTrainedModel):
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
                  gelu_implementation: str = "eager"):
         super().__init__(config)
-        self.bert = BertModel(config, True, attn_implementation, gelu_implementation)
+        self.bert = BertModel(config, True, attn_implementation, gelu_implementation, init_weights=False)
         self.cls = BertPreTrainingHeads(config, gelu_implementation)
         self.post_init()
 
@@ -699,7 +700,7 @@ class BertForMaskedLM(BertPreTrainedModel):
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
                  gelu_implementation: str = "eager"):
         super().__init__(config)
-        self.bert = BertModel(config, False, attn_implementation, gelu_implementation)
+        self.bert = BertModel(config, False, attn_implementation, gelu_implementation, init_weights=False)
         self.cls = BertOnlyMLMHead(config, gelu_implementation)
         self.post_init()
 
