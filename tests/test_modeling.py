@@ -216,6 +216,18 @@ def test_real_tokens_ignore_what_sits_under_padding(attn):
     assert not torch.allclose(a[~keep], b[~keep], atol=1e-3)  # the padded positions themselves did change
 
 
+def test_explicit_position_ids_and_token_types_are_used():
+    model = make_model(cls=BertModel)
+    batch = random_batch(model.config)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    default = model(ids, mask).last_hidden_state
+    explicit = model(ids, mask, torch.zeros_like(ids), torch.arange(11).expand(3, 11)).last_hidden_state
+    assert torch.equal(default, explicit)
+    shifted = model(ids, mask, position_ids=torch.arange(1, 12).expand(3, 11)).last_hidden_state
+    other_segment = model(ids, mask, token_type_ids=torch.ones_like(ids)).last_hidden_state
+    assert (shifted - default).abs().max() > 1e-2 and (other_segment - default).abs().max() > 1e-2
+
+
 # --- dropout -----------------------------------------------------------------------------------
 def test_dropout_is_reproducible_from_the_seed():
     model = make_model(config=tiny_config(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)).train()
