@@ -105,7 +105,8 @@ def bench_config(name, spec, repeats):
     rows = []
     for impl, t in (("numpy reference", t_ref), ("torch eager (HF)", t_torch)):
         rows.append({"config": name, "impl": impl, "ms_per_step": 1e3 * t["median_s"],
-                     "tokens_per_s": tokens / t["median_s"], "slowdown_vs_torch": t["median_s"] / t_torch["median_s"],
+                     "tokens_per_s": tokens / t["median_s"],
+                     "slowdown_vs_torch": t["median_s"] / t_torch["median_s"],
                      "samples_s": t["samples_s"]})
     return rows, {"loss_numpy": ref_loss, "loss_torch": hf_loss}
 
@@ -125,8 +126,8 @@ def main(argv=None) -> int:
           f"{THREADS} thread(s) for NumPy's BLAS and for torch")
     print_table(rows, ["config", "impl", "ms_per_step", "tokens_per_s", "slowdown_vs_torch"],
                 {"ms_per_step": ".1f", "tokens_per_s": ".0f", "slowdown_vs_torch": ".2f"})
-    path = save_json("train", {"threads": THREADS, "batch": BATCH, "vocab": VOCAB, "dtype": "float32", "configs": CONFIGS,
-                               "loss_check": checks, "rows": rows})
+    path = save_json("train", {"threads": THREADS, "batch": BATCH, "vocab": VOCAB, "dtype": "float32",
+                               "configs": CONFIGS, "loss_check": checks, "rows": rows})
 
     import matplotlib
     matplotlib.use("Agg")

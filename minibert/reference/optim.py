@@ -52,7 +52,8 @@ class Adam:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"need lr, eps, weight_decay >= 0 and betas in [0, 1); got lr={lr}, "
                              f"eps={eps}, weight_decay={weight_decay}, betas={betas}")
-        self.params, self.lr, self.betas, self.eps, self.weight_decay = params, lr, tuple(betas), eps, weight_decay
+        self.params, self.lr, self.betas = params, lr, tuple(betas)
+        self.eps, self.weight_decay = eps, weight_decay
         self.m = {k: np.zeros_like(p) for k, p in params.items()}
         self.v = {k: np.zeros_like(p) for k, p in params.items()}
         self.t = 0  # updates made so far

@@ -86,7 +86,8 @@ def test_gradients_match_torch_autograd(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_our_checkpoint_loads_in_transformers(tmp_path, dtype):
-    ours = BertForPreTraining(BertConfig(**HF_CONFIG), dtype=dtype, seed=int(np.random.default_rng().integers(99)))
+    seed = int(np.random.default_rng().integers(99))
+    ours = BertForPreTraining(BertConfig(**HF_CONFIG), dtype=dtype, seed=seed)
     ours.save_pretrained(tmp_path)
     hf, info = transformers.BertForPreTraining.from_pretrained(tmp_path, attn_implementation="eager",
                                                                output_loading_info=True)

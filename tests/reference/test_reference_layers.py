@@ -75,6 +75,19 @@ def test_gelu_matches_torch(gen, approximate):
     assert_grads(lambda: weighted(L.gelu_forward(x, approximate)[0], wy), {"x": x}, {"x": dx})
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_without_scipy_is_the_same(gen, monkeypatch, dtype):
+    x = (gen.normal(size=(4, 16)) * 3).astype(dtype)
+    with_default = L.gelu_forward(x)[0]
+    monkeypatch.setattr(L, "_erf", L.erf_elementwise)  # what runs where SciPy is not installed
+    fallback = L.gelu_forward(x)[0]
+    assert fallback.dtype == dtype
+    ref = torch.nn.functional.gelu(torch.tensor(x, dtype=torch.float64)).numpy()
+    rtol, atol = (1e-6, 1e-7) if dtype == np.float32 else (1e-14, 1e-15)
+    np.testing.assert_allclose(fallback, ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(with_default, ref, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_bias_gelu(gen, approximate):
     x, bias = gen.normal(size=(2, 3, 5)), gen.normal(size=5)
