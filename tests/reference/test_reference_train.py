@@ -1,4 +1,6 @@
 """The NumPy pretraining step and loop: a tiny BERT memorises a handful of MLM+NSP examples."""
+import re
+
 import numpy as np
 import pytest
 
@@ -26,15 +28,16 @@ def test_toy_batch_structure():
 
 
 @pytest.mark.slow
-def test_overfits_a_handful_of_examples():
+def test_overfits_a_handful_of_examples(capsys):
+    # Through the command line, exactly as `python -m minibert.reference.train` runs.
     seed = int(np.random.default_rng().integers(100))
-    model, batch, history = train.overfit_demo(steps=200, lr=5e-3, seed=seed, log_every=0)
-    assert history[0]["loss"] > 3.0  # ~ln(vocab) + ln(2) at random init
-    out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["labels"],
-                        batch["next_sentence_label"])
-    assert np.isfinite(out["loss"]) and out["loss"] < 0.05, out["loss"]
-    assert train.accuracy(out["prediction_logits"], batch["labels"]) == 1.0
-    assert train.accuracy(out["seq_relationship_logits"], batch["next_sentence_label"]) == 1.0
+    assert train.main(["--steps", "200", "--lr", "5e-3", "--seed", str(seed)]) == 0
+    printed = capsys.readouterr().out
+    first_loss = float(re.search(r"step +0 .*? loss ([0-9.]+)", printed).group(1))
+    final = re.search(r"eval: loss ([0-9.]+) +mlm accuracy ([0-9.]+) +nsp accuracy ([0-9.]+)", printed)
+    assert first_loss > 3.0  # ~ln(vocab) + ln(2) at random init
+    loss, mlm_acc, nsp_acc = map(float, final.groups())
+    assert loss < 0.05 and mlm_acc == 1.0 and nsp_acc == 1.0, printed
 
 
 def test_step_clips_and_updates_every_parameter():
