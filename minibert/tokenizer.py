@@ -33,10 +33,10 @@ generated strings and on every Unicode code point. The differences, for the reco
 * **Lower-casing is per character.** ``"ΑΣ".lower()`` is ``"ας"`` in Python (final sigma) but the fast
   tokenizer lower-cases character by character and gives ``"ασ"``; so do we.
 * **Order of accent stripping and lower-casing.** The fast tokenizer strips accents, then lower-cases; the
-  original lower-cases, then strips. Only characters whose lower-case form carries a new mark can differ.
-* **Control and space characters.** Google drops Cc and Cf; HF's Python tokenizer (``BertTokenizerLegacy``)
-  drops every C* category, unassigned code points included; the fast one drops Cc, Cf (Unicode 8.0) and
-  Co. ``U+2028``/``U+2029`` are spaces for the fast and legacy tokenizers, letters for Google's.
+  original lower-cases, then strips. No single character of Unicode 14 comes out differently.
+* **Control characters.** Google drops Cc and Cf; HF's Python tokenizer (``BertTokenizerLegacy``) drops
+  every C* category, unassigned code points included; the fast one drops Cc, Cf (Unicode 8.0) and Co.
+  (All three split on ``U+2028``/``U+2029``: Google's and the legacy one through Python's ``str.split``.)
 * **Special tokens in text.** ``"a[MASK]b"`` gives ``a [MASK] b`` here and in both HF tokenizers (the
   special token is matched anywhere in the raw text, case-sensitively); Google's tokenizer knows no
   special tokens and gives ``a [ mask ] b``. ``never_split`` in this BasicTokenizer works the same way

@@ -198,6 +198,9 @@ def test_from_pretrained_reads_hf_tokenizer_json(tmp_path, vocab_file):
     text = "HELLO wörld héllo!"
     assert ours(text, return_offsets_mapping=True)["offset_mapping"] == [
         tuple(o) for o in theirs(text, return_offsets_mapping=True)["offset_mapping"]]
+    theirs.save_pretrained(str(tmp_path / "hf"))  # transformers 5 writes tokenizer.json, no vocab.txt
+    again = BertTokenizer.from_pretrained(tmp_path / "hf")
+    assert again.do_lower_case is False and again.vocab == ours.vocab
 
 
 # ---- documented differences from the original and the legacy Python tokenizer -----------------------
