@@ -7,3 +7,6 @@
 * ``losses``, ``optim``, ``schedules``, ``train``: the pretraining step and loop;
 * ``gradcheck``: the central-difference checker every backward is tested with.
 """
+from minibert.reference.model import BertForPreTraining, BertModel, dropout_site_offset
+
+__all__ = ["BertForPreTraining", "BertModel", "dropout_site_offset"]
