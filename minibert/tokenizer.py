@@ -398,6 +398,7 @@ class WordpieceTokenizer:
         return pieces
 
     def _split(self, word: str) -> tuple:
+        """The greedy search itself (uncached): ``((piece, start, end), ...)`` or one ``unk_token`` span."""
         n = len(word)
         if n > self.max_input_chars_per_word:
             return ((self.unk_token, 0, n),)
@@ -487,8 +488,13 @@ def _kept_lengths(n_a: int, n_b, budget: int, strategy: str):
 class BertTokenizer:
     """The full BERT tokenizer: text -> ``input_ids``, ``token_type_ids``, ``attention_mask`` (+ offsets).
 
-    ``BertTokenizer(vocab_file, do_lower_case=True)`` or ``BertTokenizer.from_pretrained(directory)``.
-    Output matches HF's ``BertTokenizerFast`` for the same vocabulary and flags.
+    ``BertTokenizer(vocab_file, do_lower_case=True)`` or ``BertTokenizer.from_pretrained(directory)``;
+    ``vocab_file`` is a path to ``vocab.txt`` or a ``{token: id}`` dict. Output matches HF's
+    ``BertTokenizerFast`` for the same vocabulary and flags.
+
+    >>> tok = BertTokenizer.from_pretrained("runs/vocab")  # doctest: +SKIP
+    >>> tok("Hello, world!", return_offsets_mapping=True)["offset_mapping"]  # doctest: +SKIP
+    [(0, 0), (0, 5), (5, 6), (7, 12), (12, 13), (0, 0)]
     """
 
     def __init__(self, vocab_file, do_lower_case=True, tokenize_chinese_chars=True, strip_accents=None,
@@ -667,6 +673,8 @@ class BertTokenizer:
         """
         batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
+        if not texts:
+            raise ValueError("the batch is empty: pass at least one text")
         if text_pair == "":
             text_pair = None  # as in HF: a single empty pair is no pair (in a batch, "" stays a pair)
         if text_pair is None:

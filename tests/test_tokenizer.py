@@ -272,6 +272,11 @@ def test_non_str_inputs(tok, args):
         tok.tokenize(b"bytes")
 
 
+def test_empty_batch(tok):
+    with pytest.raises(ValueError, match="empty"):
+        tok([])
+
+
 def test_bad_ids(tok):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tok.decode([2, 999])
