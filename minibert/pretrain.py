@@ -53,6 +53,7 @@ DEFAULT_WARMUP_RATIO = 0.06  # RoBERTa's 6%; BERT warmed up over 10k of 1M steps
 DEFAULT_WEIGHT_DECAY = 0.01  # Devlin et al., 2018, appendix A.2
 DEFAULT_DUPE_FACTOR = 5      # copies of the corpus with different masks; the original code used 10
 MAX_POSITION_EMBEDDINGS = 512  # as BERT-Base, so a checkpoint can later be fine-tuned on longer inputs
+DEFAULT_EVAL_SEQUENCES = 512  # ~10k masked tokens: accuracy to about +-0.5%, in seconds
 FINAL_WINDOW = 20  # the summary's "final train loss" averages the last this-many steps
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -85,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="draw new masks every time a sequence is batched (RoBERTa) instead of once")
     g.add_argument("--held-out-every", type=int, default=10,
                    help="hold out every N-th document for evaluation (default 10: 10%%; 0 = no evaluation)")
+    g.add_argument("--eval-sequences", type=int, default=DEFAULT_EVAL_SEQUENCES,
+                   help=f"held-out sequences scored per evaluation (default {DEFAULT_EVAL_SEQUENCES})")
     g.add_argument("--num-workers", type=int, default=0, help="background processes building batches")
 
     g = parser.add_argument_group("model")
@@ -149,7 +152,8 @@ def main(argv=None) -> dict:
 
 def _check_args(args, world_size: int) -> None:
     positive = {"--max-seq-length": args.max_seq_length, "--batch-size": args.batch_size,
-                "--grad-accum": args.grad_accum, "--dupe-factor": args.dupe_factor}
+                "--grad-accum": args.grad_accum, "--dupe-factor": args.dupe_factor,
+                "--eval-sequences": args.eval_sequences}
     for flag, value in positive.items():
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
@@ -361,7 +365,7 @@ def _plan_steps(backend, batches: StepBatches, eval_batches, args, world_size: i
         evaluate(backend, eval_batches, 0, 1, device)  # every rank alone: no collective, same estimate
         eval_s = time.perf_counter() - t0
     budget = args.minutes * 60.0
-    n_evals = budget / step_s / max(args.eval_every, 1)
+    n_evals = budget / step_s / args.eval_every if args.eval_every else 0.0
     steps = int((budget - eval_s * (n_evals + 1)) / step_s)
     return _broadcast_int(max(1, steps), world_size, device)
 
@@ -430,8 +434,9 @@ def _print_summary(summary: dict) -> None:
     if summary.get("eval_loss") is not None:
         print(f"  held-out   loss {summary['eval_loss']:.3f}   MLM acc {summary['eval_mlm_acc']:.3f}   "
               f"NSP acc {summary['eval_nsp_acc']:.3f}")
-    print(f"  unigram baseline MLM acc {summary['unigram_baseline_mlm_acc']:.3f} "
-          f"(always predicting {summary['unigram_token']!r})")
+    print(f"  baselines: MLM acc {summary['unigram_baseline_mlm_acc']:.3f} always predicting "
+          f"{summary['unigram_token']!r} (unigram), NSP acc {summary['nsp_majority_baseline_acc']:.3f} "
+          f"always guessing the majority label")
     print(f"  checkpoint: {summary['checkpoint']}")
 
 
@@ -471,11 +476,14 @@ def _train(args, rank: int, world_size: int, device) -> dict:
                if args.dynamic_masking else None)
     pad_id = config.pad_token_id
     # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
-    eval_batches = (_collate_all(_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False),
-                                 pad_id, args.max_seq_length, args.batch_size) if eval_docs else [])
+    eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False)
+                      if eval_docs else [])[:args.eval_sequences]
+    eval_batches = _collate_all(eval_instances, pad_id, args.max_seq_length, args.batch_size)
     train_label_batches = _collate_all(instances, pad_id, args.max_seq_length, 256, masking, args.seed)
     unigram = _unigram_token(train_label_batches)
     baseline = _unigram_accuracy(eval_batches or train_label_batches, unigram)
+    nsp_labels = np.concatenate([b["next_sentence_label"] for b in eval_batches or train_label_batches])
+    nsp_baseline = float(max(nsp_labels.mean(), 1 - nsp_labels.mean()))  # always guessing the majority
     global_batch = args.batch_size * world_size * args.grad_accum
     run_args = {k: getattr(args, k) for k in TRAJECTORY_ARGS}
     run_args["global_batch_size"] = global_batch
@@ -606,6 +614,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
             "eval_nsp_acc": final_eval["nsp_acc"] if final_eval else None,
             "unigram_baseline_mlm_acc": baseline,
             "unigram_token": tokenizer.convert_ids_to_tokens([unigram])[0],
+            "nsp_majority_baseline_acc": nsp_baseline,
             "checkpoint": path, "global_batch_size": global_batch, "world_size": world_size,
             "backend": args.backend, "device": str(device),
         }

@@ -162,6 +162,16 @@ def test_numpy_backend_matches_torch_backend(tiny_data, tmp_path):
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-12
 
 
+def test_minutes_plans_steps_from_the_measured_speed(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(tiny_data, out, 1, "--eval-every", "0", "--num-workers", "1")
+    args[args.index("--steps"):args.index("--steps") + 2] = ["--minutes", "0.05"]
+    summary = pretrain.main(args)
+    planned = torch.load(out / "last" / trainer_state.TRAINER_STATE, weights_only=True)["total_steps"]
+    assert 1 <= summary["steps"] <= planned
+    assert [r["step"] for r in read_rows(out)] == list(range(1, summary["steps"] + 1))
+
+
 def test_resume_refuses_changed_settings(tiny_data, tmp_path):
     out = tmp_path / "run"
     pretrain.main(tiny_args(tiny_data, out, 2, "--eval-every", "0"))
