@@ -149,8 +149,7 @@ def gelu_backward(dy, cache):
 def bias_gelu_forward(x, bias, approximate: str = "none"):
     """y = GELU(x + bias), bias broadcast over the last dim: the intermediate layer's dense + activation
     as one op (what the fused kernel computes). x: [..., F], bias: [F]."""
-    y, cache = gelu_forward(x + bias, approximate)
-    return y, cache
+    return gelu_forward(x + bias, approximate)  # the cache holds x + bias, all backward needs
 
 
 def bias_gelu_backward(dy, cache):
@@ -181,18 +180,18 @@ def dropout_forward(x, p: float, seed: int, offset: int = 0):
     same mask. The cache holds (p, seed, offset), not the mask: backward regenerates it.
     """
     _check_float("dropout input", x)
-    rng.dropout_threshold(p)  # validates p
-    if p == 0.0:
-        return x.copy(), (p, seed, offset, x.shape, x.dtype)
-    return x * rng.dropout_scale_mask(x.shape, p, seed, offset, x.dtype.type), (p, seed, offset, x.shape,
-                                                                                 x.dtype)
+    rng.dropout_threshold(p)  # raises unless 0 <= p < 1
+    cache = (p, seed, offset, x.shape, x.dtype)
+    if p == 0.0:  # inference, or dropout switched off: the identity, with no mask to compute
+        return x, cache
+    return x * rng.dropout_scale_mask(x.shape, p, seed, offset, x.dtype.type), cache
 
 
 def dropout_backward(dy, cache):
     """dx = dy * keep / (1 - p), with the same mask regenerated from (seed, offset)."""
     p, seed, offset, shape, dtype = cache
     if p == 0.0:
-        return dy.copy()
+        return dy
     return dy * rng.dropout_scale_mask(shape, p, seed, offset, dtype.type)
 
 

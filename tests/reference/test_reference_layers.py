@@ -125,6 +125,12 @@ def test_dropout_mask_comes_from_counter_rng(gen):
     dx = L.dropout_backward(wy, cache)
     np.testing.assert_array_equal(dx, np.where(keep, wy * (1.0 / (1 - p)), 0.0))
     assert_grads(lambda: weighted(L.dropout_forward(x, p, seed, offset)[0], wy), {"x": x}, {"x": dx})
+    y0, cache0 = L.dropout_forward(x, 0.0, seed)  # switched off: the identity both ways
+    np.testing.assert_array_equal(y0, x)
+    np.testing.assert_array_equal(L.dropout_backward(wy, cache0), wy)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="dropout probability"):
+            L.dropout_forward(x, bad, seed)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
