@@ -125,3 +125,12 @@ def test_bad_inputs_raise_clear_errors():
     del bad["cls.seq_relationship.bias"]
     with pytest.raises(ValueError, match="missing keys.*cls.seq_relationship.bias(.|\\n)*pooler.dense.weight"):
         M.BertForPreTraining(cfg, params=bad)
+
+
+def test_gradcheck_show_your_work(capsys):
+    from minibert.reference import gradcheck
+    assert gradcheck.main() == 0
+    printed = capsys.readouterr().out
+    worst = float(printed.rsplit("worst: ", 1)[1])
+    assert worst < 1e-6
+    assert printed.count("bert.encoder.layer.1.") == 16  # every tensor of a layer is listed
