@@ -26,6 +26,7 @@ batch (``global batch = --batch-size x N x --grad-accum``); rank 0 logs and save
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -110,7 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"warm-up as a fraction of all steps, when --warmup-steps is not given "
                         f"(default {DEFAULT_WARMUP_RATIO})")
     g.add_argument("--weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY,
-                   help=f"AdamW weight decay, not applied to biases and LayerNorm (default {DEFAULT_WEIGHT_DECAY})")
+                   help=f"AdamW weight decay, not applied to biases and LayerNorm "
+                        f"(default {DEFAULT_WEIGHT_DECAY})")
     g.add_argument("--clip-grad-norm", type=float, default=1.0, help="max global gradient norm (default 1.0)")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps to train")
     g.add_argument("--minutes", type=float, default=None,
@@ -122,8 +124,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=os.path.join("runs", "pretrain"), help="output directory")
     g.add_argument("--resume", action="store_true", help="continue the run saved in OUT/last")
     g.add_argument("--eval-every", type=int, default=100, help="evaluate every N steps (and at the end)")
-    g.add_argument("--save-every", type=int, default=200, help="checkpoint OUT/last every N steps (and at the end)")
-    g.add_argument("--keep-checkpoints", action="store_true", help="also keep a copy OUT/step-N of each checkpoint")
+    g.add_argument("--save-every", type=int, default=200,
+                   help="checkpoint OUT/last every N steps (and at the end)")
+    g.add_argument("--keep-checkpoints", action="store_true",
+                   help="also keep a copy OUT/step-N of each checkpoint")
     g.add_argument("--backend", choices=("torch", "numpy"), default="torch",
                    help="torch (fast) or numpy (the readable reference, same loop)")
     g.add_argument("--attn", choices=("eager", "sdpa", "fused"), default="fused",
@@ -266,6 +270,44 @@ def _unigram_token(batches: list[dict]) -> int:
 def _unigram_accuracy(batches: list[dict], token: int) -> float:
     labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
     return float((labels == token).mean())
+
+
+@dataclasses.dataclass
+class PretrainingData:
+    """Everything the loop needs from the corpus, built once before the first step."""
+
+    instances: list                 # training instances (unmasked when masking is dynamic)
+    masking: data.MaskingSpec | None  # set for dynamic masking: masks are drawn per batch
+    eval_batches: list[dict]        # held-out batches with fixed masks (empty: no evaluation)
+    unigram_token: int              # the most frequent masked token of the training data
+    unigram_accuracy: float         # MLM accuracy of always predicting it (on the held-out batches)
+    nsp_majority_accuracy: float    # NSP accuracy of always guessing the more common label
+    fingerprint: str                # hash of the training text, checked on --resume
+    n_train_documents: int
+    n_eval_documents: int
+
+
+def prepare_data(args, tokenizer, config) -> PretrainingData:
+    """Split the corpus (documents held out *before* instances exist), build instances and baselines."""
+    train_docs, eval_docs = _read_split(args.corpus, args.held_out_every)
+    instances = _make_instances(train_docs, tokenizer, args, config, args.seed, args.dupe_factor,
+                                args.dynamic_masking)
+    masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask)
+               if args.dynamic_masking else None)
+    pad_id = config.pad_token_id
+    # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
+    eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False)
+                      if eval_docs else [])[:args.eval_sequences]
+    eval_batches = _collate_all(eval_instances, pad_id, args.max_seq_length, args.batch_size)
+    train_batches = _collate_all(instances, pad_id, args.max_seq_length, 256, masking, args.seed)
+    scored = eval_batches or train_batches  # baselines are measured where the model is measured
+    unigram = _unigram_token(train_batches)
+    nsp = np.concatenate([b["next_sentence_label"] for b in scored])
+    return PretrainingData(
+        instances=instances, masking=masking, eval_batches=eval_batches, unigram_token=unigram,
+        unigram_accuracy=_unigram_accuracy(scored, unigram),
+        nsp_majority_accuracy=float(max(nsp.mean(), 1 - nsp.mean())), fingerprint=_fingerprint(train_docs),
+        n_train_documents=len(train_docs), n_eval_documents=len(eval_docs))
 
 
 def _identity(x):
@@ -467,27 +509,11 @@ def _train(args, rank: int, world_size: int, device) -> dict:
     tokenizer = BertTokenizer.from_pretrained(weights_dir or args.vocab or default_vocab_dir())
     config = _build_config(args, tokenizer, weights_dir)
 
-    # -- data: hold out documents first, then build instances from each side separately --
-    train_docs, eval_docs = _read_split(args.corpus, args.held_out_every)
-    fingerprint = _fingerprint(train_docs)
-    instances = _make_instances(train_docs, tokenizer, args, config, args.seed, args.dupe_factor,
-                                args.dynamic_masking)
-    masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask)
-               if args.dynamic_masking else None)
-    pad_id = config.pad_token_id
-    # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
-    eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False)
-                      if eval_docs else [])[:args.eval_sequences]
-    eval_batches = _collate_all(eval_instances, pad_id, args.max_seq_length, args.batch_size)
-    train_label_batches = _collate_all(instances, pad_id, args.max_seq_length, 256, masking, args.seed)
-    unigram = _unigram_token(train_label_batches)
-    baseline = _unigram_accuracy(eval_batches or train_label_batches, unigram)
-    nsp_labels = np.concatenate([b["next_sentence_label"] for b in eval_batches or train_label_batches])
-    nsp_baseline = float(max(nsp_labels.mean(), 1 - nsp_labels.mean()))  # always guessing the majority
+    d = prepare_data(args, tokenizer, config)
     global_batch = args.batch_size * world_size * args.grad_accum
     run_args = {k: getattr(args, k) for k in TRAJECTORY_ARGS}
     run_args["global_batch_size"] = global_batch
-    run_args["corpus_fingerprint"] = fingerprint
+    run_args["corpus_fingerprint"] = d.fingerprint
     if state is not None:
         _check_same_run(state["args"], run_args)
 
@@ -497,11 +523,11 @@ def _train(args, rank: int, world_size: int, device) -> dict:
         backend.load_optimizer_state(state["optimizer"])
         trainer_state.restore_rng_state(state["rng"])
         start_step, total_steps = state["step"], state["total_steps"]
-    batches = StepBatches(instances, micro_batch_size=args.batch_size, grad_accum=args.grad_accum, rank=rank,
-                          world_size=world_size, seed=args.seed, pad_id=pad_id,
-                          max_seq_length=args.max_seq_length, num_steps=0, masking=masking)
+    batches = StepBatches(d.instances, micro_batch_size=args.batch_size, grad_accum=args.grad_accum, rank=rank,
+                          world_size=world_size, seed=args.seed, pad_id=config.pad_token_id,
+                          max_seq_length=args.max_seq_length, num_steps=0, masking=d.masking)
     if state is None:
-        total_steps = args.steps or _plan_steps(backend, batches, eval_batches, args, world_size, device)
+        total_steps = args.steps or _plan_steps(backend, batches, d.eval_batches, args, world_size, device)
     batches.num_steps = total_steps
     warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * total_steps)
 
@@ -514,8 +540,8 @@ def _train(args, rank: int, world_size: int, device) -> dict:
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         print(f"pretraining a {config.num_hidden_layers}-layer, {config.hidden_size}-wide BERT "
               f"({args.backend}, {device}, {world_size} process{'es' if world_size > 1 else ''}) on "
-              f"{len(instances)} instances from {len(train_docs)} documents; {len(eval_docs)} documents held "
-              f"out; global batch {global_batch}; {total_steps} steps"
+              f"{len(d.instances)} instances from {d.n_train_documents} documents; "
+              f"{d.n_eval_documents} documents held out; global batch {global_batch}; {total_steps} steps"
               + (f" planned for {args.minutes:g} min" if args.minutes and state is None else ""))
 
     def save(step_done: int) -> str:
@@ -523,8 +549,8 @@ def _train(args, rank: int, world_size: int, device) -> dict:
                    "scheduler": {"kind": "linear_warmup_decay", "peak_lr": args.lr,
                                  "warmup_steps": warmup, "total_steps": total_steps},
                    "rng": trainer_state.capture_rng_state(),
-                   "data": {"next_step": step_done, "n_instances": len(instances),
-                            "global_batch_size": global_batch, "corpus_fingerprint": fingerprint},
+                   "data": {"next_step": step_done, "n_instances": len(d.instances),
+                            "global_batch_size": global_batch, "corpus_fingerprint": d.fingerprint},
                    "args": run_args}
         path = ""
         if rank == 0:
@@ -534,15 +560,15 @@ def _train(args, rank: int, world_size: int, device) -> dict:
         return path
 
     def log_eval(step_done: int, plot: bool = True) -> dict | None:
-        if not eval_batches:
+        if not d.eval_batches:
             return None
-        result = evaluate(backend, eval_batches, rank, world_size, device)
+        result = evaluate(backend, d.eval_batches, rank, world_size, device)
         if rank == 0:
             row = {"split": "eval", "step": step_done, **result}
             rows.append(row)
             _append_metrics(metrics_path, row)
             if plot:
-                save_curves(rows, os.path.join(out, CURVES_FILE), baseline)
+                save_curves(rows, os.path.join(out, CURVES_FILE), d.unigram_accuracy)
         return result
 
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start_step, total_steps),
@@ -612,15 +638,15 @@ def _train(args, rank: int, world_size: int, device) -> dict:
             "eval_loss": final_eval["loss"] if final_eval else None,
             "eval_mlm_acc": final_eval["mlm_acc"] if final_eval else None,
             "eval_nsp_acc": final_eval["nsp_acc"] if final_eval else None,
-            "unigram_baseline_mlm_acc": baseline,
-            "unigram_token": tokenizer.convert_ids_to_tokens([unigram])[0],
-            "nsp_majority_baseline_acc": nsp_baseline,
+            "unigram_baseline_mlm_acc": d.unigram_accuracy,
+            "unigram_token": tokenizer.convert_ids_to_tokens([d.unigram_token])[0],
+            "nsp_majority_baseline_acc": d.nsp_majority_accuracy,
             "checkpoint": path, "global_batch_size": global_batch, "world_size": world_size,
             "backend": args.backend, "device": str(device),
         }
         from minibert.io import atomic_write_text
         atomic_write_text(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
-        save_curves(rows, os.path.join(out, CURVES_FILE), baseline)
+        save_curves(rows, os.path.join(out, CURVES_FILE), d.unigram_accuracy)
         if not args.quiet:
             _print_summary(summary)
     return summary

@@ -32,7 +32,8 @@ def tiny_data(tmp_path_factory):
     import pydoc_data.topics
     root = tmp_path_factory.mktemp("pretrain_data")
     path = str(root / "corpus.txt")
-    topics = [corpus.text_to_sentences(pydoc_data.topics.topics[name]) for name in sorted(pydoc_data.topics.topics)]
+    topics = pydoc_data.topics.topics
+    topics = [corpus.text_to_sentences(topics[name]) for name in sorted(topics)]
     corpus.write_corpus([doc for doc in topics if len(doc) > 3][:40], path)
     vocab_dir = str(root / "vocab")
     vocab.train_vocab(path, 300, vocab_dir, held_out_every=None)
