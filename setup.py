@@ -44,7 +44,9 @@ def _extension_build():
     if want_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std flag: BuildExtension adds the standard this torch's headers need (C++17 up to torch 2.13,
+    # C++20 from 2.14); the kernel files themselves are plain C++17/CUDA.
+    cxx_flags = ["-O3", "-fopenmp"]
     if os.environ.get("MINIBERT_NATIVE", "0") == "1":
         cxx_flags.append("-march=native")  # faster locally, but the wheel only runs on this CPU
     define_macros = [("MINIBERT_WITH_CUDA", "1")] if want_cuda else []
@@ -54,7 +56,7 @@ def _extension_build():
         sources=sources + (cuda_sources if want_cuda else []),
         include_dirs=[os.path.join(HERE, "csrc")],
         define_macros=define_macros,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
         extra_link_args=["-fopenmp"],
     )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}

@@ -15,8 +15,10 @@
 #include "kernels_cpu.h"
 
 #ifdef MINIBERT_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+// c10's stream header needs only the CUDA runtime headers (ATen/cuda/CUDAContext.h would also pull in
+// cuBLAS/cuSPARSE headers, which a bare toolkit may not ship).
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "kernels_cuda.h"
 #endif
@@ -141,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q_in, con
     const c10::cuda::CUDAGuard guard(in.q.device());
     check_cuda(attention_forward_cuda(scalar_kind(in.q), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
                                       mask_ptr(in.mask), out.data_ptr(), lse.data_ptr<float>(), sh,
-                                      static_cast<float>(scale), dropout, at::cuda::getCurrentCUDAStream()),
+                                      static_cast<float>(scale), dropout, c10::cuda::getCurrentCUDAStream()),
                "attention_forward");
     return {out, lse};
   }
@@ -194,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
                                        glse.defined() ? glse.data_ptr<float>() : nullptr, mask_ptr(in.mask),
                                        dq_acc.data_ptr<float>(), dk.data_ptr(), dv.data_ptr(),
                                        row_d.data_ptr<float>(), sh, static_cast<float>(scale), dropout,
-                                       at::cuda::getCurrentCUDAStream()),
+                                       c10::cuda::getCurrentCUDAStream()),
                "attention_backward");
     return {dq_acc.to(in.q.scalar_type()), dk, dv};
   }
@@ -235,7 +237,7 @@ at::Tensor gelu_forward_impl(const at::Tensor& x_in, const at::Tensor& bias_in, 
   if (x.is_cuda()) {
     const c10::cuda::CUDAGuard guard(x.device());
     check_cuda(gelu_forward_cuda(scalar_kind(x), x.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr,
-                                 y.data_ptr(), x.numel(), n_cols, use_tanh, at::cuda::getCurrentCUDAStream()),
+                                 y.data_ptr(), x.numel(), n_cols, use_tanh, c10::cuda::getCurrentCUDAStream()),
                "gelu_forward");
     return y;
   }
@@ -271,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor> gelu_backward_impl(const at::Tensor& grad_in,
     if (x.numel() > 0)
       check_cuda(gelu_backward_cuda(scalar_kind(x), dy.data_ptr(), x.data_ptr(), has_bias ? bias.data_ptr() : nullptr,
                                     dx.data_ptr(), has_bias ? dbias_acc.data_ptr<float>() : nullptr, rows, n_cols,
-                                    use_tanh, at::cuda::getCurrentCUDAStream()),
+                                    use_tanh, c10::cuda::getCurrentCUDAStream()),
                  "gelu_backward");
     if (has_bias) dbias = dbias_acc.to(x.scalar_type());
     return {dx, dbias};
@@ -327,7 +329,7 @@ at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed, int64_t offse
   if (x.is_cuda()) {
     const c10::cuda::CUDAGuard guard(x.device());
     check_cuda(dropout_cuda(scalar_kind(x), x.data_ptr(), y.data_ptr(), x.numel(), args,
-                            at::cuda::getCurrentCUDAStream()),
+                            c10::cuda::getCurrentCUDAStream()),
                "dropout");
     return y;
   }

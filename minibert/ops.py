@@ -66,10 +66,11 @@ def _jit_build():
     os.makedirs(build_dir, exist_ok=True)
     print(f"minibert: compiling the C++{'/CUDA' if with_cuda else ''} extension into {build_dir} "
           "(first use only; a minute or two)...", file=sys.stderr)
-    cflags = ["-O3", "-std=c++17", "-fopenmp"] + (["-DMINIBERT_WITH_CUDA=1"] if with_cuda else [])
+    # No -std flag: torch adds the standard its own headers need.
+    cflags = ["-O3", "-fopenmp"] + (["-DMINIBERT_WITH_CUDA=1"] if with_cuda else [])
     return cpp_extension.load(
         name="minibert_C", sources=sources + (cuda_sources if with_cuda else []), extra_include_paths=[_CSRC],
-        extra_cflags=cflags, extra_cuda_cflags=["-O3", "--use_fast_math", "-std=c++17"],
+        extra_cflags=cflags, extra_cuda_cflags=["-O3", "--use_fast_math"],
         extra_ldflags=["-fopenmp"], build_directory=build_dir, with_cuda=with_cuda, verbose=False)
 
 
