@@ -22,9 +22,9 @@ generated strings and on every Unicode code point. The differences, for the reco
 
 * **Character tables.** The Rust ``tokenizers`` crate classifies punctuation (P*), non-spacing marks (Mn)
   and format characters (Cf) with Unicode 8.0 tables, while Python's ``unicodedata`` (3.11: Unicode 14)
-  knows later additions. Characters added since are ordinary letters to the fast tokenizer (and its NFD
-  leaves U+11938 whole); the ``_FAST_*`` tables below list exactly those code points so we agree with
-  it. Unassigned code points (Cn) are kept as letters, private-use (Co) are dropped. Lower-casing in
+  knows later additions. Characters added since are ordinary letters to the fast tokenizer (its NFD
+  also leaves U+11938 whole and gives newer marks combining class 0); the ``_FAST_*`` tables below list
+  exactly those code points so we agree with it. Unassigned code points (Cn) are kept as letters, private-use (Co) are dropped. Lower-casing in
   Rust, on the contrary, knows Unicode 16, so ``_NEWER_LOWERCASE`` adds the 55 capitals Python 3.11
   does not know yet. (The tables are exact for Python 3.11's Unicode 14; a newer Python knows more
   characters, which the conformance test would report.)
@@ -102,6 +102,12 @@ _FAST_NOT_PUNCT = _parse_ranges("""
 _FAST_EXTRA_PUNCT = _parse_ranges("166D 111C9")  # punctuation in Unicode 8.0, recategorised since
 _FAST_KEPT_FORMAT = _parse_ranges("890-891 8E2 110CD 13430-13438")  # Cf added after Unicode 8.0
 _FAST_NOT_DECOMPOSED = frozenset("\U00011938")  # its NFD decomposition came with Unicode 13.0
+# Combining marks newer than the fast tokenizer's normalization tables: class 0 there, so NFD never moves
+# them (or anything across them) when it sorts marks into canonical order.
+_FAST_NOT_COMBINING = _parse_ranges("""
+    7FD 898-89F 8CA-8D3 9FE C3C D3B-D3C EBA 1715 1ABF-1ACE 1DF6-1DFA A82C 10D24-10D27 10EAB-10EAC
+    10F46-10F50 10F82-10F85 11070 1133B 1145E 11839-1183A 1193D-1193E 11943 119E0 11A34 11A47 11A99 11D42
+    11D44-11D45 11D97 16FF0-16FF1 1E130-1E136 1E2AE 1E2EC-1E2EF""")
 # Capital letters added in Unicode 15-16 (unknown to Python 3.11) -> their lower case, as Rust maps them.
 _NEWER_LOWERCASE = {chr(cp): chr(cp + delta) for lo, hi, delta in (
     (0x1C89, 0x1C89, 1), (0xA7CB, 0xA7CB, 0x264 - 0xA7CB), (0xA7CC, 0xA7CC, 1), (0xA7CE, 0xA7CE, 1),
@@ -149,6 +155,11 @@ def _is_nonspacing_mark(ch: str) -> bool:
     if cp in _FAST_EXTRA_MN:
         return True
     return unicodedata.category(ch) == "Mn" and cp not in _FAST_NOT_MN
+
+
+def _combining_class(ch: str) -> int:
+    """Canonical combining class (0 for letters; marks sort by it in NFD), as the fast tokenizer knows it."""
+    return 0 if ord(ch) in _FAST_NOT_COMBINING else unicodedata.combining(ch)
 
 
 def _is_cjk(ch: str) -> bool:
@@ -266,7 +277,7 @@ class BasicTokenizer:
             elif _is_punctuation(c):
                 kind = _ISOLATED
             else:  # a combining mark that survives accent stripping may need reordering, see _reordered
-                kind = _MARK if self.strip_accents and unicodedata.combining(c) else _WORD
+                kind = _MARK if self.strip_accents and _combining_class(c) else _WORD
             entries.append((c, kind))
         return tuple(entries)
 
@@ -349,9 +360,9 @@ class BasicTokenizer:
         j = 0
         while j < len(slots):
             k = j
-            while k < len(slots) and slots[k][0] is not None and unicodedata.combining(slots[k][0]):
+            while k < len(slots) and slots[k][0] is not None and _combining_class(slots[k][0]):
                 k += 1
-            slots[j:k] = sorted(slots[j:k], key=lambda slot: unicodedata.combining(slot[0]))  # stable
+            slots[j:k] = sorted(slots[j:k], key=lambda slot: _combining_class(slot[0]))  # stable
             j = max(k, j + 1)
         overrides: dict[int, list] = {}
         next_source, position = iter(sources), sources[0] if sources else base
