@@ -700,15 +700,18 @@ class BertTokenizer:
                 _check_text(b, f"text_pair[{i}]" if batched else "text_pair")
         padding, truncation = self._check_options(padding, truncation, max_length, stride, return_tensors)
 
-        rows, sample_of_row = [], []
+        rows, sample_of_row, longest = [], [], 0
         for index, (a, b) in enumerate(zip(texts, pairs)):
             windows = self._build(a, b, add_special_tokens, truncation, max_length, stride)
             if not return_overflowing_tokens:
                 windows = windows[:1]
             rows.extend(windows)
             sample_of_row.extend([index] * len(windows))
+            # "longest" means the longest first window, as in the fast tokenizer. An overflow window is
+            # never longer, except in the odd pair cut where max_length leaves a single text token.
+            longest = max(longest, len(windows[0][0]))
         if padding:
-            target = max_length if padding == "max_length" else max(len(r[0]) for r in rows)
+            target = max_length if padding == "max_length" else longest
             rows = [self._pad(row, target) for row in rows]
 
         names = ["input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "offset_mapping"]
@@ -737,6 +740,9 @@ class BertTokenizer:
             raise ValueError("truncation and padding='max_length' need max_length")
         if not isinstance(stride, int) or stride < 0:
             raise ValueError(f"stride must be a non-negative int, got {stride!r}")
+        if truncation and stride > max_length - 2:  # the fast tokenizer's own up-front check
+            raise ValueError(f"stride ({stride}) must be at most max_length - 2 ({max_length - 2}): windows "
+                             "overlapping by more than they hold would never advance")
         if padding and self.pad_token_id is None:
             raise ValueError("padding needs [PAD] in the vocabulary")
         if return_tensors not in (None, "np", "pt"):

@@ -255,6 +255,7 @@ def test_missing_vocab_and_special_tokens(tmp_path):
     (dict(truncation=True, max_length=2), ValueError, "leaves no room"),
     (dict(truncation=True), ValueError, "need max_length"),
     (dict(truncation=True, max_length=4, stride=2, return_overflowing_tokens=True), ValueError, "stride"),
+    (dict(truncation=True, max_length=8, stride=7), ValueError, "at most max_length - 2"),
     (dict(truncation="only_second", max_length=3), ValueError, "needs a text_pair"),
     (dict(return_tensors="tf"), ValueError, "return_tensors"),
     (dict(max_length=0, truncation=True), ValueError, "positive int"),
