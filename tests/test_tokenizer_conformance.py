@@ -152,26 +152,30 @@ def test_fast_tokenizer_conformance(vocab_dir):
             n = min(len(firsts), len(seconds))
             if n:
                 _compare(ours, theirs, counts, firsts[:n], seconds[:n])
-        # Every truncation strategy, with stride windows and overflow, on single texts and pairs.
-        for a, b in zip(texts[:120], texts[120:240]):
-            max_length = rng.choice((8, 12, 16, 32, 64))
+        # Every truncation strategy, with stride windows and overflow, on single texts, pairs and batches.
+        for a, b in zip(texts[:150], texts[150:300]):
+            max_length = rng.choice((5, 6, 8, 12, 16, 32, 64))
             strategy = rng.choice((True, "longest_first", "only_first", "only_second"))
-            stride = rng.choice((0, 0, 1, 2, 4))
             pair = b if strategy == "only_second" or rng.random() < 0.7 else None
-            kwargs = dict(truncation=strategy, max_length=max_length, stride=stride,
-                          return_overflowing_tokens=rng.random() < 0.7,
+            args = (a, pair) if rng.random() < 0.8 else ([a, b[:20]], [pair, a[:10]] if pair else None)
+            kwargs = dict(truncation=strategy, max_length=max_length, stride=rng.choice((0, 0, 1, 2, 4)),
+                          return_overflowing_tokens=rng.random() < 0.7, add_special_tokens=rng.random() < 0.85,
                           padding=rng.choice((False, True, "max_length")))
             try:  # the cases the fast tokenizer rejects (stride too big, a side too short) we must reject too
                 want_error = None
-                theirs(a, pair, **kwargs)
+                theirs(*args, **kwargs)
             except BaseException as e:  # noqa: BLE001 - a Rust panic is not an Exception subclass
                 want_error = e
             if want_error is not None:
                 with pytest.raises(ValueError):
-                    ours(a, pair, **kwargs)
+                    ours(*args, **kwargs)
                 counts["errors"] = counts.get("errors", 0) + 1
                 continue
-            _compare(ours, theirs, counts, a, pair, **kwargs)
+            if max_length - (3 if pair is not None else 2) * kwargs["add_special_tokens"] < 1:
+                with pytest.raises(ValueError, match="leaves no room"):  # fast: a silently empty window
+                    ours(*args, **kwargs)
+                continue
+            _compare(ours, theirs, counts, *args, **kwargs)
         # decode, with and without the special tokens
         for text in texts[:100]:
             ids = theirs(text)["input_ids"]
