@@ -24,10 +24,10 @@ generated strings and on every Unicode code point. The differences, for the reco
   and format characters (Cf) with Unicode 8.0 tables, while Python's ``unicodedata`` (3.11: Unicode 14)
   knows later additions. Characters added since are ordinary letters to the fast tokenizer (its NFD
   also leaves U+11938 whole and gives newer marks combining class 0); the ``_FAST_*`` tables below list
-  exactly those code points so we agree with it. Unassigned code points (Cn) are kept as letters, private-use (Co) are dropped. Lower-casing in
-  Rust, on the contrary, knows Unicode 16, so ``_NEWER_LOWERCASE`` adds the 55 capitals Python 3.11
-  does not know yet. (The tables are exact for Python 3.11's Unicode 14; a newer Python knows more
-  characters, which the conformance test would report.)
+  exactly those code points so we agree with it. Unassigned code points (Cn) are kept as letters,
+  private-use (Co) are dropped. Lower-casing in Rust, on the contrary, knows Unicode 16, so
+  ``_NEWER_LOWERCASE`` adds the 55 capitals Python 3.11 does not know yet. (The tables are exact for
+  Python 3.11's Unicode 14; a newer Python knows more characters, which the conformance test reports.)
 * **CJK ranges.** Google's code splits ``U+2B820..U+2CEAF``; the fast tokenizer starts that block at
   ``U+2B920`` (a typo upstream), so ``U+2B820..U+2B91F`` stay inside words. We follow the fast one.
 * **Lower-casing is per character.** ``"ΑΣ".lower()`` is ``"ας"`` in Python (final sigma) but the fast
@@ -741,8 +741,8 @@ class BertTokenizer:
         if not isinstance(stride, int) or stride < 0:
             raise ValueError(f"stride must be a non-negative int, got {stride!r}")
         if truncation and stride > max_length - 2:  # the fast tokenizer's own up-front check
-            raise ValueError(f"stride ({stride}) must be at most max_length - 2 ({max_length - 2}): windows "
-                             "overlapping by more than they hold would never advance")
+            raise ValueError(f"stride ({stride}) must be at most max_length - 2 ({max_length - 2}): the windows "
+                             "must move forward by at least one token; lower stride or raise max_length")
         if padding and self.pad_token_id is None:
             raise ValueError("padding needs [PAD] in the vocabulary")
         if return_tensors not in (None, "np", "pt"):

@@ -183,8 +183,8 @@ def test_fast_tokenizer_conformance(vocab_dir):
                 assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
             counts["decode"] = counts.get("decode", 0) + 2
     total = sum(v for k, v in counts.items() if k in FIELDS)
-    print(f"\ntokenizer conformance: {n_texts} texts over {len(CONFIGS)} flag configs, {counts['input_ids']} sequences, "
-          f"{counts.get('errors', 0)} rejected alike, {counts['decode']} decodes: 100% identical ids, "
+    print(f"\ntokenizer conformance: {n_texts} texts over {len(CONFIGS)} flag configs, "
+          f"{counts['input_ids']} sequences, {counts.get('errors', 0)} rejected alike, {counts['decode']} decodes: 100% identical ids, "
           f"token type ids, masks and offsets ({total} field comparisons)")
     assert counts["input_ids"] > 2000
 
