@@ -116,7 +116,8 @@ def run(args) -> list:
 
 def main(argv=None) -> list:
     """``python -m minibert.fill_mask --model DIR "text with a [MASK]"``."""
-    parser = argparse.ArgumentParser(prog="minibert fill-mask", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="minibert fill-mask",
+                                     description="Predict the tokens behind each [MASK] with a pretrained BERT.")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

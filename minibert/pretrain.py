@@ -143,8 +143,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The stand-alone ``python -m minibert.pretrain`` parser."""
-    parser = argparse.ArgumentParser(prog="minibert pretrain", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="minibert pretrain", description="Pretrain a BERT from scratch "
+                                     "on masked-LM + next-sentence prediction.")
     add_arguments(parser)
     return parser
 
@@ -191,6 +191,9 @@ def _setup_distributed(args) -> tuple[int, int, torch.device, bool]:
         device = torch.device(args.device)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device} asks for a GPU but this torch sees none "
+                         f"(torch {torch.__version__}); use --device cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank if world_size > 1 else 0)
     if device.type == "cuda":
