@@ -235,12 +235,18 @@ class BasicTokenizer:
         return [(token, start, end) for token, start, end, _ in self._words(_check_text(text))]
 
     def normalize(self, text: str) -> str:
-        """The cleaned, lower-cased, accent-stripped text, CJK ideographs padded with spaces (for display)."""
-        parts = []
-        for ch in _check_text(text):
-            for piece, kind in self._char_entries(ch):
-                cjk = kind == _ISOLATED and self.tokenize_chinese_chars and _is_cjk(ch)
-                parts.append(f" {piece} " if cjk else piece)
+        """The cleaned, lower-cased, accent-stripped text, CJK ideographs padded with spaces (for display);
+        never_split tokens are left as written."""
+        parts, start = [], 0
+        matches = self._never_split_re.finditer(text) if _check_text(text) and self._never_split_re else ()
+        for end, match in [(m.start(), m) for m in matches] + [(len(text), None)]:
+            for ch in text[start:end]:
+                for piece, kind in self._char_entries(ch):
+                    cjk = kind == _ISOLATED and self.tokenize_chinese_chars and _is_cjk(ch)
+                    parts.append(f" {piece} " if cjk else piece)
+            if match is not None:
+                parts.append(match.group())
+                start = match.end()
         return "".join(parts)
 
     def _char_entries(self, ch: str) -> tuple:

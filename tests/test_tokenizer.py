@@ -101,6 +101,7 @@ def test_never_split_matches_inside_words_longest_first():
 
 def test_normalize_shows_cleaned_text():
     assert BasicTokenizer().normalize("A\x00b\tÉ中") == "ab e 中 "
+    assert BasicTokenizer(never_split=["[MASK]"]).normalize("X[MASK]Y [MASK]") == "x[MASK]y [MASK]"
 
 
 def test_long_words_become_unk(tok):
