@@ -237,8 +237,8 @@ class BasicTokenizer:
     def normalize(self, text: str) -> str:
         """The cleaned, lower-cased, accent-stripped text, CJK ideographs padded with spaces (for display);
         never_split tokens are left as written."""
-        parts, start = [], 0
-        matches = self._never_split_re.finditer(text) if _check_text(text) and self._never_split_re else ()
+        text, parts, start = _check_text(text), [], 0
+        matches = self._never_split_re.finditer(text) if self._never_split_re else ()
         for end, match in [(m.start(), m) for m in matches] + [(len(text), None)]:
             for ch in text[start:end]:
                 for piece, kind in self._char_entries(ch):
