@@ -30,10 +30,12 @@ def _print_merge(merges: list, a: str, b: str, count: int, score: float) -> None
           f"count(ab)={count:,}  score={score:.3g}")
 
 
-def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case: bool, show_merges: int = 0):
+def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case: bool, show_merges: int = 0,
+                      criterion: str = vocab.DEFAULT_CRITERION):
     """Train a vocabulary (holding out every 10th document), print what happened, return the tokenizer.
 
-    ``show_merges``: print the first that many merges with their counts and scores.
+    ``show_merges``: print the first that many merges with their counts and scores. ``criterion``: how
+    merges are scored, see ``vocab.train_wordpiece``.
     """
     if corpus_spec == "builtin":
         _print_corpus_stats(corpus.corpus_stats(corpus.builtin_documents()), "corpus (built-in)")
@@ -47,7 +49,7 @@ def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case:
             _print_merge(merges, *merge)
 
     tokenizer = vocab.train_vocab(corpus_spec, vocab_size, out_dir, do_lower_case=do_lower_case,
-                                  on_merge=on_merge if show_merges else None)
+                                  on_merge=on_merge if show_merges else None, criterion=criterion)
     seconds = time.perf_counter() - start
     print(f"trained a {len(tokenizer):,}-token WordPiece vocabulary in {seconds:.1f} s -> {out_dir}")
     held_out = corpus.held_out_split(corpus.load_corpus(corpus_spec), held_out=True, every=vocab.HELD_OUT_EVERY)
@@ -66,22 +68,26 @@ def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case:
 
 def _add_train_vocab(subparsers) -> None:
     p = subparsers.add_parser("train-vocab", help="learn a WordPiece vocabulary from text",
-                              description="Learn a WordPiece vocabulary (likelihood criterion) from a corpus "
-                                          "in BERT format: one sentence per line, blank line between documents.")
+                              description="Learn a WordPiece vocabulary from a corpus in BERT format: one "
+                                          "sentence per line, blank line between documents.")
     p.add_argument("corpus", nargs="*", metavar="CORPUS",
                    help="text files or folders of *.txt (default: the built-in corpus)")
     p.add_argument("--vocab-size", type=int, default=vocab.DEFAULT_VOCAB_SIZE,
                    help="number of tokens, special tokens included (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder to write vocab.txt and tokenizer_config.json to")
     p.add_argument("--cased", action="store_true", help="keep upper case and accents (default: lower-case)")
+    p.add_argument("--criterion", choices=vocab.CRITERIA, default=vocab.DEFAULT_CRITERION,
+                   help="how a merge a + b is scored: ratio = count(ab) / (count(a) count(b)), or "
+                        "likelihood = count(ab) log(N ratio), the gain in log-likelihood of the text of N "
+                        "pieces (default: %(default)s)")
     p.add_argument("--show-merges", type=int, default=0, metavar="N",
-                   help="print the first N merges with count(ab) and score = count(ab) / (count(a) count(b))")
+                   help="print the first N merges with count(ab) and their --criterion score")
     p.set_defaults(run=_run_train_vocab)
 
 
 def _run_train_vocab(args) -> int:
     _train_and_report(args.corpus or "builtin", args.vocab_size, args.out, do_lower_case=not args.cased,
-                      show_merges=args.show_merges)
+                      show_merges=args.show_merges, criterion=args.criterion)
     return 0
 
 

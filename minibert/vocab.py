@@ -2,17 +2,24 @@
 
 WordPiece starts from single characters and grows the vocabulary one merge at a time, like BPE, but it
 picks the merge differently. BPE merges the most *frequent* adjacent pair. WordPiece merges the pair that
-most increases the likelihood of the training text under a unigram model of the current pieces, which
-comes down to
+most increases the likelihood of the training text under a unigram model of the current pieces (each
+piece p drawn independently with probability count(p) / N, N the number of pieces in the text). Two
+scores are on offer (``criterion=``):
 
-    score(a, b) = count(ab) / (count(a) * count(b))
+    ratio(a, b)      = count(ab) / (count(a) * count(b))
+    likelihood(a, b) = count(ab) * log(N * ratio(a, b))          (the default)
 
-"how much more often do a and b appear together than they would if they were independent". A frequent
-pair of frequent pieces ("t" + "##h") scores low; a pair whose pieces rarely appear apart ("q" + "##u")
-scores high. What to expect from that: on the built-in corpus an 8,000-token vocabulary learns rare
-words whole ("unaffable" -> "unaff ##abl ##e") while very frequent pieces stay apart ("the" -> "th ##e"),
-giving 1.90 tokens per word on held-out text, where BPE's frequency criterion (HF ``tokenizers``'
-WordPieceTrainer) gives 1.05 at the same size (``python benchmarks/vocab.py``).
+``N * ratio`` is "how many times more often a and b appear together than they would if independent",
+and its log is what the likelihood gains *per occurrence* of ab; this per-occurrence form is the one
+often quoted for WordPiece. The likelihood score multiplies it by the number of occurrences, which makes
+it (to first order, see ``_MergeState.score``) the total gain of the merge, the quantity Schuster &
+Nakajima maximise. The difference is large in practice. The ratio loves pairs whose pieces rarely appear
+apart ("q" + "##u"; its first merges on the built-in corpus join digits of rare numbers) and leaves
+frequent pieces apart: at 8,000 tokens it learns rare words whole ("unaffable" -> "unaff ##abl ##e")
+but not "the" ("th ##e"), "be" or "are", and held-out text takes 1.90 tokens per word. The likelihood
+learns "the" at its second merge and "of", "in", "is", "and" within its first 25, and gives 1.05 tokens
+per word, as HF ``tokenizers``' WordPieceTrainer does (it trains BPE, the frequency criterion, then
+writes a WordPiece vocabulary). Both numbers: ``python benchmarks/vocab.py``.
 
 A word's first piece is written plainly and the others carry the "##" prefix ("playing" -> "play",
 "##ing"), so the tokenizer knows where words start. The text is pre-tokenized with the same
@@ -29,13 +36,15 @@ Speed comes from never looking at the raw text again after counting it: training
 distinct words and their counts, keeps pair counts up to date incrementally (a merge only touches the
 words that contain the pair), and finds the best pair with a lazy max-heap. Try it::
 
-    python -m minibert train-vocab --vocab-size 8000 --out runs/vocab
+    python -m minibert train-vocab --vocab-size 8000 --out runs/vocab --show-merges 20
+    python -m minibert train-vocab --vocab-size 8000 --out runs/vocab-ratio --criterion ratio
 """
 from __future__ import annotations
 
 import hashlib
 import heapq
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -52,8 +61,11 @@ HELD_OUT_EVERY = 10  # every 10th document is held out to measure tokens per wor
 MAX_INPUT_CHARS_PER_WORD = 100  # longer words are [UNK] in WordpieceTokenizer, so they teach nothing
 CONTINUATION = "##"
 UNK_TOKEN = "[UNK]"
+CRITERIA = ("likelihood", "ratio")  # how a merge is scored; see the module docstring
+DEFAULT_CRITERION = "likelihood"
 # Bump when the training algorithm changes, so cached vocabularies trained by the old one are not reused.
-_ALGORITHM_VERSION = 1
+# 2: the default criterion became "likelihood" (1 was "ratio").
+_ALGORITHM_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -96,7 +108,8 @@ class _MergeState:
     """Pieces of every distinct word, with counts of pieces and adjacent pairs kept up to date.
 
     words[i]: the current pieces of distinct word i (e.g. ["th", "##e"]), freqs[i]: its count in the
-    corpus. piece_count[p] and pair_count[(a, b)] are weighted by word counts. Two indexes make a merge
+    corpus. piece_count[p] and pair_count[(a, b)] are weighted by word counts, n_pieces is N, the number
+    of pieces in the whole text (the sum of piece_count). Two indexes make a merge
     cheap: pair_words[(a, b)] -> the words that contain the pair (the only ones a merge changes) and
     piece_pairs[p] -> the pairs that contain piece p (the only ones whose score a merge changes).
     """
@@ -108,6 +121,7 @@ class _MergeState:
         self.pair_count = Counter()
         self.pair_words = defaultdict(set)
         self.piece_pairs = defaultdict(set)
+        self.n_pieces = sum(len(pieces) * freq for pieces, freq in zip(self.words, self.freqs))
         for i, (pieces, freq) in enumerate(zip(self.words, self.freqs)):
             for piece in pieces:
                 self.piece_count[piece] += freq
@@ -128,10 +142,26 @@ class _MergeState:
             self.piece_pairs[pair[0]].discard(pair)
             self.piece_pairs[pair[1]].discard(pair)
 
-    def score(self, pair: tuple[str, str]) -> float:
-        """The WordPiece score of merging ``pair``: count(ab) / (count(a) * count(b))."""
+    def score(self, pair: tuple[str, str], criterion: str) -> float:
+        """The score of merging ``pair`` by ``criterion``: "ratio" or "likelihood" (module docstring)."""
         a, b = pair
-        return self.pair_count[pair] / (self.piece_count[a] * self.piece_count[b])
+        n_ab, n_a, n_b = self.pair_count[pair], self.piece_count[a], self.piece_count[b]
+        if criterion == "ratio":
+            return n_ab / (n_a * n_b)
+        # Why this and not the exact gain. The log-likelihood of the text is sum_p c(p) log(c(p) / N).
+        # Merging a, b (a != b, ab a new piece) c = c(ab) times sets c(ab) = c, c(a) -= c, c(b) -= c,
+        # N -= c, and the exact gain new - old works out as
+        #     c log(c N / (c(a) c(b)))                                  <- the score used here
+        #   + (c(a) - c) log(1 - c/c(a)) + (c(b) - c) log(1 - c/c(b)) - (N - c) log(1 - c/N).
+        # The correction terms come to about -c when c is small beside c(a), c(b) and N, and to up to +c
+        # when a and b never occur apart: they adjust the gain per occurrence by about one nat, while the
+        # first term is what ranks the pairs. We keep only the first term because the exact form needs
+        # what pair counts do not tell (a run "##l ##l ##l" holds the pair twice but merges once; ab may
+        # already exist, reached from other pieces) and costs eight logs instead of one. Measured on the
+        # built-in corpus at 8,000 tokens: 1.054 held-out tokens/word here, 1.053 with the exact gain,
+        # which trained 2x slower. The score depends on N, which falls by c at every merge; see the heap
+        # in train_wordpiece for why that keeps the lazy heap correct.
+        return n_ab * math.log(n_ab * self.n_pieces / (n_a * n_b))
 
     def merge(self, pair: tuple[str, str]) -> str:
         """Replace every occurrence of ``pair`` by one new piece; return it."""
@@ -151,6 +181,7 @@ class _MergeState:
             self.piece_count[a] -= n_merged * freq
             self.piece_count[b] -= n_merged * freq
             self.piece_count[merged] += n_merged * freq
+            self.n_pieces -= n_merged * freq
             old_pairs, new_pairs = list(zip(old, old[1:])), list(zip(new, new[1:]))
             for p in old_pairs:
                 self._add_pair(p, -freq)
@@ -168,20 +199,26 @@ class _MergeState:
 def train_wordpiece(documents_or_word_counts: Iterable[Sequence[str]] | Mapping[str, int],
                     vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = DEFAULT_MIN_FREQUENCY,
                     do_lower_case: bool = True, limit_alphabet: int = DEFAULT_LIMIT_ALPHABET,
-                    on_merge: Callable[[str, str, int, float], None] | None = None) -> list[str]:
+                    on_merge: Callable[[str, str, int, float], None] | None = None,
+                    criterion: str = DEFAULT_CRITERION) -> list[str]:
     """Learn a WordPiece vocabulary of exactly ``vocab_size`` tokens; return it in id order.
 
     ``documents_or_word_counts`` is a corpus (documents of sentences, pre-tokenized here with
     ``BasicTokenizer(do_lower_case)``) or an already counted ``{word: count}`` mapping. Merges seen fewer
     than ``min_frequency`` times are never made. Characters outside the ``limit_alphabet`` most frequent
     ones are left out, and so are the words that contain them (the tokenizer maps those words to [UNK]).
-    Ties between equal scores go to the more frequent pair, then to the alphabetically first, so the
-    result depends only on the word counts. ``on_merge(a, b, count, score)``, when given, is called for
-    every merge, in order (``minibert train-vocab --show-merges`` prints them).
+    ``criterion`` scores a merge: "likelihood" (default), count(ab) * log(N * count(ab) / (count(a) *
+    count(b))), the gain in log-likelihood of the whole text, or "ratio", count(ab) / (count(a) *
+    count(b)), its per-occurrence form (module docstring). Ties between equal scores go to the more
+    frequent pair, then to the alphabetically first, so the result depends only on the word counts.
+    ``on_merge(a, b, count, score)``, when given, is called for every merge, in order (``minibert
+    train-vocab --show-merges`` prints them).
 
-    Raises ``ValueError`` for an empty corpus, a ``vocab_size`` too small to hold the special tokens and
-    the alphabet, or a corpus too small to supply ``vocab_size`` tokens.
+    Raises ``ValueError`` for an unknown ``criterion``, an empty corpus, a ``vocab_size`` too small to
+    hold the special tokens and the alphabet, or a corpus too small to supply ``vocab_size`` tokens.
     """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(map(repr, CRITERIA))}, got {criterion!r}")
     if min_frequency < 1 or limit_alphabet < 1:
         raise ValueError(f"min_frequency and limit_alphabet must be >= 1, got {min_frequency}, {limit_alphabet}")
     if isinstance(documents_or_word_counts, Mapping):
@@ -205,10 +242,15 @@ def train_wordpiece(documents_or_word_counts: Iterable[Sequence[str]] | Mapping[
             f"{len(vocab)} or a smaller limit_alphabet")
     known = set(vocab)
 
-    # Lazy max-heap: an entry is (-score, -count, a, b) as it was when pushed. Every time a pair's score
-    # changes a fresh entry is pushed, and stale ones are skipped when they surface.
+    # Lazy max-heap: an entry is (-score, -count, a, b) as it was when pushed. A merge changes the count
+    # or score of the pairs that contain a, b or ab, and each of those gets a fresh entry. The
+    # likelihood score of every other pair depends on N too, and N falls at every merge, so their
+    # scores fall a little without a fresh entry. That is safe because they only fall: every pair
+    # keeps an entry whose score is not below its current score. So when the top entry, re-scored now,
+    # is unchanged, no other pair can beat it; when it has changed it is pushed back with its current
+    # score and the next one is tried. Ties go to the larger count, then the first pair alphabetically.
     def entry(pair):
-        return (-state.score(pair), -state.pair_count[pair], pair[0], pair[1])
+        return (-state.score(pair, criterion), -state.pair_count[pair], pair[0], pair[1])
 
     heap = [entry(pair) for pair, count in state.pair_count.items() if count >= min_frequency]
     heapq.heapify(heap)
@@ -217,17 +259,22 @@ def train_wordpiece(documents_or_word_counts: Iterable[Sequence[str]] | Mapping[
             raise ValueError(
                 f"the corpus only supports a vocabulary of {len(vocab)} tokens at min_frequency="
                 f"{min_frequency}; ask for vocab_size <= {len(vocab)}, lower min_frequency, or add text")
-        neg_score, neg_count, a, b = heapq.heappop(heap)
+        popped = heapq.heappop(heap)
+        neg_score, neg_count, a, b = popped
         pair = (a, b)
-        if state.pair_count.get(pair, 0) != -neg_count or state.score(pair) != -neg_score:
-            continue  # stale: this pair's count or score changed since the entry was pushed
+        if state.pair_count.get(pair, 0) < min_frequency:
+            continue  # merged away, or seen too rarely now
+        current = entry(pair)
+        if current != popped:
+            heapq.heappush(heap, current)  # stale: re-rank it by its score now
+            continue
         if on_merge is not None:
             on_merge(a, b, -neg_count, -neg_score)
         merged = state.merge(pair)
         if merged not in known:  # "##abc" can be reached twice: from ("##ab", "##c") and ("##a", "##bc")
             known.add(merged)
             vocab.append(merged)
-        # Only pairs that contain a, b or the new piece changed count or score.
+        # Only pairs that contain a, b or the new piece changed count, or can score higher than before.
         for piece in (a, b, merged):
             for p in state.piece_pairs.get(piece, ()):
                 if state.pair_count[p] >= min_frequency:
@@ -253,12 +300,13 @@ def train_vocab(corpus_spec, vocab_size: int = DEFAULT_VOCAB_SIZE, out_dir: str 
                 do_lower_case: bool = True, *, min_frequency: int = DEFAULT_MIN_FREQUENCY,
                 limit_alphabet: int = DEFAULT_LIMIT_ALPHABET,
                 held_out_every: int | None = HELD_OUT_EVERY,
-                on_merge: Callable[[str, str, int, float], None] | None = None) -> BertTokenizer:
+                on_merge: Callable[[str, str, int, float], None] | None = None,
+                criterion: str = DEFAULT_CRITERION) -> BertTokenizer:
     """Train a vocabulary on a corpus (``"builtin"`` or paths, see ``load_corpus``) and save it to ``out_dir``.
 
     Every ``held_out_every``-th document is left out of training, so ``tokenization_stats`` on
     ``held_out_split(..., held_out=True)`` measures unseen text; ``held_out_every=None`` trains on all.
-    ``on_merge`` is passed to ``train_wordpiece``. Returns the ``BertTokenizer`` loaded from ``out_dir``.
+    ``on_merge`` and ``criterion`` are passed to ``train_wordpiece``. Returns the ``BertTokenizer`` loaded from ``out_dir``.
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"output path {os.fspath(out_dir)!r} is a file, not a folder; pass a folder for "
@@ -267,7 +315,8 @@ def train_vocab(corpus_spec, vocab_size: int = DEFAULT_VOCAB_SIZE, out_dir: str 
     if held_out_every:
         documents = held_out_split(documents, held_out=False, every=held_out_every)
     vocab = train_wordpiece(documents, vocab_size=vocab_size, min_frequency=min_frequency,
-                            do_lower_case=do_lower_case, limit_alphabet=limit_alphabet, on_merge=on_merge)
+                            do_lower_case=do_lower_case, limit_alphabet=limit_alphabet, on_merge=on_merge,
+                            criterion=criterion)
     return save_vocab(vocab, out_dir, do_lower_case)
 
 
@@ -306,7 +355,7 @@ def default_vocab_dir(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
     """
     params = {"vocab_size": vocab_size, "min_frequency": DEFAULT_MIN_FREQUENCY, "do_lower_case": True,
               "limit_alphabet": DEFAULT_LIMIT_ALPHABET, "held_out_every": HELD_OUT_EVERY,
-              "algorithm": _ALGORITHM_VERSION}
+              "criterion": DEFAULT_CRITERION, "algorithm": _ALGORITHM_VERSION}
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     for document in builtin_documents():
         digest.update("\n".join(document).encode("utf-8") + b"\n\n")

@@ -1,4 +1,5 @@
 """WordPiece training: the merge criterion by hand, against a brute-force trainer, and against HF."""
+import math
 import os
 import random
 from collections import Counter
@@ -33,8 +34,8 @@ def _documents(rng, n_docs, n_sentences=6, extra_chars=""):
     return docs
 
 
-def _brute_force_wordpiece(word_counts, vocab_size, min_frequency):
-    """The textbook algorithm, recounting everything before every merge (slow but obviously right)."""
+def _brute_force_wordpiece(word_counts, vocab_size, min_frequency, criterion):
+    """The textbook algorithm, recounting everything and rescoring every pair before every merge."""
     words = {w: [w[0]] + ["##" + c for c in w[1:]] for w in word_counts}
     learned = list(SPECIAL_TOKENS) + sorted({p[0] for p in words.values()}) + \
         sorted({q for p in words.values() for q in p[1:]})
@@ -45,8 +46,12 @@ def _brute_force_wordpiece(word_counts, vocab_size, min_frequency):
                 pieces[q] += word_counts[w]
             for pair in zip(p, p[1:]):
                 pairs[pair] += word_counts[w]
-        candidates = [(-n / (pieces[a] * pieces[b]), -n, a, b) for (a, b), n in pairs.items()
-                      if n >= min_frequency]
+        total = sum(pieces.values())  # N, the number of pieces in the text
+        if criterion == "ratio":
+            scores = {(a, b): n / (pieces[a] * pieces[b]) for (a, b), n in pairs.items()}
+        else:  # count(ab) * log(N * count(ab) / (count(a) * count(b)))
+            scores = {(a, b): n * math.log(n * total / (pieces[a] * pieces[b])) for (a, b), n in pairs.items()}
+        candidates = [(-scores[a, b], -n, a, b) for (a, b), n in pairs.items() if n >= min_frequency]
         _, _, a, b = min(candidates)
         for w, p in words.items():
             merged, i = [], 0
@@ -63,7 +68,36 @@ def _brute_force_wordpiece(word_counts, vocab_size, min_frequency):
     return learned
 
 
-def test_first_merges_by_hand():
+_HUG_WORDS = {"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}
+
+
+def test_first_merges_by_hand_likelihood():
+    # The pieces are h ##u ##g (x10), p ##u ##g (x5), p ##u ##n (x12), b ##u ##n (x4), h ##u ##g ##s (x5).
+    # Piece counts: h 15, p 17, b 4, ##u 36, ##g 20, ##n 16, ##s 5; N = 113 pieces in all.
+    # score = count(ab) * log(N * count(ab) / (count(a) * count(b))).
+    # Merge 1: the pairs with ##u all have count(ab) / (count(a) count(b)) = 1/36, so their score is
+    # count(ab) * log(113/36) and the most frequent wins: ("##u", "##g"), 20 * log(113/36) ~ 22.9.
+    # ("##g", "##s") scores 5 * log(113 * 5 / (20 * 5)) ~ 8.7: the best ratio, but seen only 5 times.
+    # After it: ##u 16, ##ug 20, ##g 0, N = 93. ("##u", "##n") = 16 * log(93 * 16 / (16 * 16)) ~ 28.2
+    # beats ("h", "##ug") = 15 * log(93 * 15 / (15 * 20)) ~ 23.0 and ("p", "##u") = 12 * log(93 * 12 /
+    # (17 * 16)) ~ 16.9: merge 2 -> "##un".
+    # After it: N = 77. ("h", "##ug") was not touched, but N fell, so its score fell to 15 * log(77/20)
+    # ~ 20.2 (the heap must re-score it); still the best: ("p", "##un") = 12 * log(77 * 12 / (17 * 16))
+    # ~ 14.7. Merge 3 -> "hug". Then N = 62: ("p", "##un") = 12 * log(62 * 12 / (17 * 16)) ~ 12.1 beats
+    # ("hug", "##s") = 5 * log(62 * 5 / (15 * 5)) ~ 7.1: merge 4 -> "pun".
+    merges = []
+    learned = vocab.train_wordpiece(_HUG_WORDS, vocab_size=16, min_frequency=1,
+                                    on_merge=lambda *merge: merges.append(merge))
+    assert learned == list(SPECIAL_TOKENS) + ["b", "h", "p", "##g", "##n", "##s", "##u", "##ug", "##un", "hug",
+                                              "pun"]
+    assert [m[:3] for m in merges] == [("##u", "##g", 20), ("##u", "##n", 16), ("h", "##ug", 15), ("p", "##un", 12)]
+    expected = [20 * math.log(113 / 36), 16 * math.log(93 / 16), 15 * math.log(77 / 20),
+                12 * math.log(62 * 12 / (17 * 16))]
+    assert [m[3] for m in merges] == pytest.approx(expected, rel=1e-12)
+    assert vocab.train_wordpiece(_HUG_WORDS, vocab_size=16, min_frequency=1, criterion="likelihood") == learned
+
+
+def test_first_merges_by_hand_ratio():
     # The pieces are h ##u ##g (x10), p ##u ##g (x5), p ##u ##n (x12), b ##u ##n (x4), h ##u ##g ##s (x5).
     # Piece counts: h 15, p 17, b 4, ##u 36, ##g 20, ##n 16, ##s 5.
     # Merge 1: ("##g", "##s") scores 5 / (20 * 5) = 0.05; every other pair scores <= 1/36 ~ 0.028.
@@ -71,27 +105,30 @@ def test_first_merges_by_hand():
     # The tie goes to the most frequent pair, ("p", "##u") with 17: merge 2 -> "pu".
     # Then ##u 19 and (h, ##u) = 15 / (15 * 19) = 1/19 ties with (##u, ##gs) = 5 / (19 * 5) and
     # (b, ##u) = 4 / (4 * 19); (pu, ##n) = 12 / (17 * 16) ~ 0.044 < 1/19. The most frequent wins: "hu".
-    word_counts = {"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}
-    learned = vocab.train_wordpiece(word_counts, vocab_size=15, min_frequency=1)
+    word_counts = _HUG_WORDS
+    learned = vocab.train_wordpiece(word_counts, vocab_size=15, min_frequency=1, criterion="ratio")
     assert learned == list(SPECIAL_TOKENS) + ["b", "h", "p", "##g", "##n", "##s", "##u", "##gs", "pu", "hu"]
     # min_frequency=6 forbids ("##g", "##s") (seen 5 times) and (b, ##u) (4). The rest all score 1/36:
     # (h, ##u) 15, (p, ##u) 17, (##u, ##n) 16 and (##u, ##g) = 20 / (36 * 20), the most frequent: "##ug".
     # Now ##u is 16: (##u, ##n) = 16 / (16 * 16) = 0.0625 beats (h, ##ug) = 15 / (15 * 20) = 0.05 and
     # (p, ##u) = 12 / (17 * 16) ~ 0.044: "##un". Then (h, ##ug) = 0.05 beats (p, ##un) ~ 0.044: "hug".
-    learned = vocab.train_wordpiece(word_counts, vocab_size=15, min_frequency=6)
+    learned = vocab.train_wordpiece(word_counts, vocab_size=15, min_frequency=6, criterion="ratio")
     assert learned[12:] == ["##ug", "##un", "hug"]
 
 
+@pytest.mark.parametrize("criterion", vocab.CRITERIA)
 @pytest.mark.parametrize("min_frequency", [1, 3])
-def test_matches_brute_force_trainer_on_random_corpora(min_frequency):
+def test_matches_brute_force_trainer_on_random_corpora(min_frequency, criterion):
+    # Few letters, so runs ("a ##a ##a") and pieces reached twice ("##abc") are common.
     rng = random.Random()
-    for _ in range(3):
+    for _ in range(4):
         word_counts = {"".join(rng.choices("abcde", k=rng.randint(1, 6))): rng.randint(1, 30) for _ in range(40)}
         alphabet_size = len(SPECIAL_TOKENS) + len({w[0] for w in word_counts}) + \
             len({c for w in word_counts for c in w[1:]})
-        size = alphabet_size + 25
-        expected = _brute_force_wordpiece(word_counts, size, min_frequency)
-        assert vocab.train_wordpiece(word_counts, vocab_size=size, min_frequency=min_frequency) == expected
+        size = alphabet_size + 30
+        expected = _brute_force_wordpiece(word_counts, size, min_frequency, criterion)
+        assert vocab.train_wordpiece(word_counts, vocab_size=size, min_frequency=min_frequency,
+                                     criterion=criterion) == expected
 
 
 def test_count_words_matches_basic_tokenizer_on_whole_sentences():
@@ -107,16 +144,18 @@ def test_count_words_matches_basic_tokenizer_on_whole_sentences():
         assert vocab.count_words(documents, do_lower_case) == expected
 
 
-def test_deterministic_exact_size_and_specials_first():
+@pytest.mark.parametrize("criterion", vocab.CRITERIA)
+def test_deterministic_exact_size_and_specials_first(criterion):
     documents = _documents(random.Random(), 60)
-    learned = vocab.train_wordpiece(documents, vocab_size=300)
-    assert len(learned) == 300 and len(set(learned)) == 300
+    # 230: the likelihood criterion runs out of pairs seen twice at ~250 tokens here (the ratio at ~300).
+    learned = vocab.train_wordpiece(documents, vocab_size=230, criterion=criterion)
+    assert len(learned) == 230 and len(set(learned)) == 230
     assert learned[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert not any(t in SPECIAL_TOKENS for t in learned[5:])
     # Same text in another order (documents, and sentences within them) gives the same vocabulary.
     shuffled = [list(reversed(doc)) for doc in reversed(documents)]
-    assert vocab.train_wordpiece(shuffled, vocab_size=300) == learned
-    assert vocab.train_wordpiece(vocab.count_words(documents), vocab_size=300) == learned
+    assert vocab.train_wordpiece(shuffled, vocab_size=230, criterion=criterion) == learned
+    assert vocab.train_wordpiece(vocab.count_words(documents), vocab_size=230, criterion=criterion) == learned
 
 
 def test_every_training_word_tokenizes_without_unk():
@@ -154,6 +193,8 @@ def test_errors():
         vocab.train_wordpiece(documents, vocab_size=100_000)
     with pytest.raises(ValueError, match="must be >= 1"):
         vocab.train_wordpiece(documents, vocab_size=100, min_frequency=0)
+    with pytest.raises(ValueError, match="criterion must be one of 'likelihood', 'ratio', got 'bpe'"):
+        vocab.train_wordpiece(documents, vocab_size=100, criterion="bpe")
 
 
 def test_tokenization_stats_counts_words_tokens_and_unks():
@@ -172,11 +213,11 @@ def test_trained_vocab_matches_hf_bert_tokenizer_fast(tmp_path):
     corpus.write_corpus(documents, tmp_path / "corpus.txt")
     for do_lower_case in (True, False):
         out = tmp_path / f"vocab-{do_lower_case}"
-        ours = vocab.train_vocab([str(tmp_path / "corpus.txt")], 250, out, do_lower_case=do_lower_case)
-        assert len(ours) == 250
+        ours = vocab.train_vocab([str(tmp_path / "corpus.txt")], 220, out, do_lower_case=do_lower_case)
+        assert len(ours) == 220
         assert (out / "vocab.txt").read_text(encoding="utf-8").split("\n")[:5] == list(SPECIAL_TOKENS)
         hf = transformers.BertTokenizerFast.from_pretrained(str(out))
-        assert len(hf) == 250
+        assert len(hf) == 220
         held_out = [s for doc in corpus.held_out_split(documents, held_out=True) for s in doc]
         held_out += ["Unseen WORDS: naïve café, Ωmega 3.14 [MASK] tokenizers!", "日本語 text ⅷ"]
         for sentence in held_out:
@@ -208,3 +249,42 @@ def test_default_vocab_dir_trains_once_and_caches(tmp_path, monkeypatch):
     mtime = os.path.getmtime(os.path.join(directory, "vocab.txt"))
     assert vocab.default_vocab_dir(vocab_size=1000) == directory
     assert os.path.getmtime(os.path.join(directory, "vocab.txt")) == mtime  # reused, not retrained
+
+
+@pytest.mark.slow
+def test_builtin_corpus_default_vocab_has_common_words_whole():
+    # The default vocabulary (what default_vocab_dir() trains): built-in corpus minus every 10th document.
+    documents = corpus.builtin_documents()
+    train = list(corpus.held_out_split(documents, held_out=False))
+    held_out = list(corpus.held_out_split(documents, held_out=True))
+    word_counts = vocab.count_words(train)
+    fit = {}
+    for criterion in vocab.CRITERIA:
+        learned = vocab.train_wordpiece(word_counts, criterion=criterion)
+        assert len(learned) == vocab.DEFAULT_VOCAB_SIZE
+        wordpiece = WordpieceTokenizer({t: i for i, t in enumerate(learned)})
+        basic = BasicTokenizer(never_split=SPECIAL_TOKENS)
+        fit[criterion] = vocab.tokenization_stats(
+            lambda s: [p for w in basic.tokenize(s) for p in wordpiece.tokenize(w)], held_out)["tokens_per_word"]
+        if criterion == "likelihood":
+            for word in ("the", "and", "is", "be", "are"):
+                assert wordpiece.tokenize(word) == [word]
+        else:  # the per-occurrence score never joins the most frequent word of English
+            assert wordpiece.tokenize("the") == ["th", "##e"]
+    # Measured: 1.054 (likelihood) and 1.902 (ratio) held-out tokens per word (benchmarks/vocab.py).
+    assert 1.0 < fit["likelihood"] < 1.15 and fit["ratio"] > 1.7
+
+
+def test_cli_criterion_flag_picks_the_score(tmp_path, capsys):
+    from minibert.cli import main
+
+    text = " ".join(w for w, n in _HUG_WORDS.items() for _ in range(n))
+    (tmp_path / "c.txt").write_text(text + "\n", encoding="utf-8")
+    for criterion, first in (("ratio", "'##g' + '##s' -> '##gs'  count(ab)=5  score=0.05\n"),
+                             ("likelihood", "'##u' + '##g' -> '##ug'  count(ab)=20  score=22.9\n")):
+        assert main(["train-vocab", str(tmp_path / "c.txt"), "--vocab-size", "13", "--out",
+                     str(tmp_path / criterion), "--show-merges", "1", "--criterion", criterion]) == 0
+        assert f"merge     1: {first}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # argparse rejects it before anything runs
+        main(["train-vocab", str(tmp_path / "c.txt"), "--out", str(tmp_path / "x"), "--criterion", "bpe"])
+    assert exit_info.value.code == 2 and "invalid choice: 'bpe'" in capsys.readouterr().err
