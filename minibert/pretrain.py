@@ -388,22 +388,24 @@ def evaluate(backend, batches: list[dict], rank: int, world_size: int, device) -
 
 
 def _plan_steps(backend, batches: StepBatches, eval_batches, args, world_size: int, device) -> int:
-    """Steps that fit in ``--minutes``: time two training steps (after one warm-up) and an evaluation.
+    """Steps that fit in ``--minutes``: time a few training steps and one evaluation, then divide.
 
-    The gradients of the timing steps are thrown away and nothing else changes (dropout seeds are
-    counter-based, the data order a function of the step), so a --minutes run that planned N steps
-    trains exactly as a --steps N run. Rank 0's plan is broadcast so all ranks agree.
+    Two untimed steps come first (the first calls allocate and warm caches), then the median of three
+    timed ones. Their gradients are thrown away and nothing else changes (dropout seeds are counter-based,
+    the data order is a function of the step), so a --minutes run that planned N steps trains exactly as
+    a --steps N run would. Rank 0's plan is broadcast so all ranks agree.
     """
     micro = batches[0]
     norm = _all_reduce({k: sum(count_batch(b)[k] for b in micro) for k in ("n_masked", "n_examples")},
                        world_size, device)
     seeds = [0] * len(micro)
-    backend.forward_backward(micro, norm, seeds)
-    t0 = time.perf_counter()
-    for _ in range(2):
+    times = []
+    for i in range(5):
+        t0 = time.perf_counter()
         backend.forward_backward(micro, norm, seeds)
-    step_s = (time.perf_counter() - t0) / 2 * 1.1  # +10%: the optimizer step and batch building
+        times.append(time.perf_counter() - t0)
     backend.zero_grad()
+    step_s = float(np.median(times[2:]))
     eval_s = 0.0
     if eval_batches:
         t0 = time.perf_counter()
