@@ -11,6 +11,7 @@
 // compiler turns into broadcast + FMA vector code; tiles are copied into zero-padded buffers first so
 // every block is full (no remainder loops), and padding keys get probability 0.
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -23,36 +24,40 @@ namespace minibert {
 namespace {
 
 constexpr int64_t kMR = 4;    // rows of the register block
-constexpr int64_t kNR = 16;   // columns of the register block (two AVX2 vectors of float)
+constexpr int kVectorBytes = 64;  // columns of the register block: one AVX-512 / two AVX2 registers
+template <typename T>
+constexpr int64_t kNR = kVectorBytes / sizeof(T);
 constexpr int64_t kBQ = kCpuQueryTile;
 constexpr int64_t kBK = 64;   // keys per tile
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// C[m, n] (+)= A[m, kdim] @ B[kdim, n]; m % kMR == 0, n % kNR == 0; row strides lda, ldb, ldc.
+// C[m, n] (+)= A[m, kdim] @ B[kdim, n]; m % kMR == 0, n % kNR<T> == 0; row strides lda, ldb, ldc.
+// The register block is kMR rows x one 64-byte vector (GCC vector extension): each step broadcasts one
+// element of A and does a multiply-add with a row of B, i.e. an outer-product update, which the AVX-512
+// clone runs as 1 zmm FMA per row and the AVX2 clone as 2 ymm FMAs.
 template <typename T>
 MB_INLINE void gemm_tile(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t m,
                          int64_t n, int64_t kdim, bool accumulate) {
+  typedef T Vec __attribute__((vector_size(kVectorBytes)));
   for (int64_t i = 0; i < m; i += kMR) {
-    for (int64_t j = 0; j < n; j += kNR) {
-      T acc[kMR][kNR];
+    for (int64_t j = 0; j < n; j += kNR<T>) {
+      Vec acc[kMR];
 #pragma GCC unroll 4
-      for (int64_t r = 0; r < kMR; ++r)
-#pragma GCC unroll 16
-        for (int64_t jj = 0; jj < kNR; ++jj) acc[r][jj] = accumulate ? c[(i + r) * ldc + j + jj] : T(0);
+      for (int64_t r = 0; r < kMR; ++r) {
+        if (accumulate)
+          std::memcpy(&acc[r], c + (i + r) * ldc + j, sizeof(Vec));
+        else
+          acc[r] = Vec{} ;
+      }
       for (int64_t p = 0; p < kdim; ++p) {
-        const T* bp = b + p * ldb + j;
+        Vec bp;
+        std::memcpy(&bp, b + p * ldb + j, sizeof(Vec));
 #pragma GCC unroll 4
-        for (int64_t r = 0; r < kMR; ++r) {
-          const T ar = a[(i + r) * lda + p];
-#pragma GCC unroll 16
-          for (int64_t jj = 0; jj < kNR; ++jj) acc[r][jj] += ar * bp[jj];
-        }
+        for (int64_t r = 0; r < kMR; ++r) acc[r] += a[(i + r) * lda + p] * bp;
       }
 #pragma GCC unroll 4
-      for (int64_t r = 0; r < kMR; ++r)
-#pragma GCC unroll 16
-        for (int64_t jj = 0; jj < kNR; ++jj) c[(i + r) * ldc + j + jj] = acc[r][jj];
+      for (int64_t r = 0; r < kMR; ++r) std::memcpy(c + (i + r) * ldc + j, &acc[r], sizeof(Vec));
     }
   }
 }
@@ -97,7 +102,7 @@ MB_INLINE void forward_items(const T* q, const T* k, const T* v, const uint8_t* 
                              const AttentionShape& sh, T scale, const DropoutArgs& dropout,
                              int64_t item_begin, int64_t item_end) {
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
-  const int64_t Dp = round_up(D, kNR);
+  const int64_t Dp = round_up(D, kNR<T>);
   const int64_t n_qt = (Sq + kBQ - 1) / kBQ;
   const T neg_inf = -std::numeric_limits<T>::infinity();
   std::vector<T> qs(kBQ * Dp), kt(Dp * kBK), vs(kBK * Dp), s(kBQ * kBK), o(kBQ * Dp), valid(kBK);
@@ -113,7 +118,7 @@ MB_INLINE void forward_items(const T* q, const T* k, const T* v, const uint8_t* 
     std::fill(l.begin(), l.end(), T(0));
 
     for (int64_t j0 = 0; j0 < Sk; j0 += kBK) {
-      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kNR);
+      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kNR<T>);
       if (key_validity(mask_row, j0, kb, valid.data()) == 0) continue;  // a tile of padding: skip
       const T* k_tile = k + (bh * Sk + j0) * D;
       std::fill(kt.begin(), kt.end(), T(0));
@@ -123,13 +128,16 @@ MB_INLINE void forward_items(const T* q, const T* k, const T* v, const uint8_t* 
 
       for (int64_t r = 0; r < rows; ++r) {
         T* sr = s.data() + r * kBK;
+        // `omp simd` lets the compiler vectorise these reductions (it may not reorder float sums alone).
         T tile_max = neg_inf;
+#pragma omp simd reduction(max : tile_max)
         for (int64_t j = 0; j < kb_p; ++j) tile_max = std::max(tile_max, valid[j] != T(0) ? sr[j] : neg_inf);
         const T m_new = std::max(m[r], tile_max);
         // m[r] = -inf on the first useful tile: exp(-inf) may come out as a denormal-sized number from
         // exp_approx, but it only multiplies l = 0 and o = 0, so nothing leaks.
         const T alpha = exp_approx(m[r] - m_new);
         T row_sum = 0;
+#pragma omp simd reduction(+ : row_sum)
         for (int64_t j = 0; j < kb_p; ++j) {
           const T p = valid[j] * exp_approx(sr[j] - m_new);
           sr[j] = p;
@@ -161,13 +169,13 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
                               const AttentionShape& sh, T scale, const DropoutArgs& dropout, int64_t bh_begin,
                               int64_t bh_end) {
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
-  const int64_t Dp = round_up(D, kNR), Sq_p = round_up(Sq, kBQ);
+  const int64_t Dp = round_up(D, kNR<T>), Sq_p = round_up(Sq, kBQ);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   // Whole-sequence buffers are [S, D]-sized (never [S, S]): scaled q, dO and the dq accumulator.
   std::vector<T> qs(Sq_p * Dp), dos(Sq_p * Dp), dq_acc(Sq_p * Dp), row_lse(Sq_p), row_d(Sq_p);
   std::vector<T> kt(Dp * kBK), ks(kBK * Dp), vt(Dp * kBK), valid(kBK);
   std::vector<T> dk_acc(kBK * Dp), dv_acc(kBK * Dp);
-  std::vector<T> p(kBQ * kBK), pt(kBK * kBQ), dp(kBQ * kBK), dst(kBK * kBQ);
+  std::vector<T> p(kBQ * kBK), pd(kBQ * kBK), pt(kBK * kBQ), dp(kBQ * kBK), dst(kBK * kBQ);
 
   for (int64_t bh = bh_begin; bh < bh_end; ++bh) {
     const int64_t b = bh / sh.heads;
@@ -191,7 +199,7 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
     }
 
     for (int64_t j0 = 0; j0 < Sk; j0 += kBK) {
-      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kNR);
+      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kNR<T>);
       const bool any_valid = key_validity(mask_row, j0, kb, valid.data()) > 0;
       std::fill(dk_acc.begin(), dk_acc.end(), T(0));
       std::fill(dv_acc.begin(), dv_acc.end(), T(0));
@@ -209,35 +217,33 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
           const T* do_tile = dos.data() + i0 * Dp;
           gemm_tile(q_tile, Dp, kt.data(), kBK, p.data(), kBK, kBQ, kb_p, Dp, false);     // s = q k^T
           gemm_tile(do_tile, Dp, vt.data(), kBK, dp.data(), kBK, kBQ, kb_p, Dp, false);   // dP = dO v^T
+          const bool with_dropout = dropout.threshold != 0;
           for (int64_t r = 0; r < kBQ; ++r) {
             T* pr = p.data() + r * kBK;
+            T* pdr = pd.data() + r * kBK;
             T* dpr = dp.data() + r * kBK;
             const T lse_r = row_lse[i0 + r], d_r = row_d[i0 + r];
-            if (lse_r == neg_inf) {
+            if (lse_r == neg_inf) {  // no keys: P = 0, dS = 0
+              std::fill(pr, pr + kBK, T(0));
+              std::fill(pdr, pdr + kBK, T(0));
               std::fill(dpr, dpr + kBK, T(0));
-              for (int64_t j = 0; j < kb_p; ++j) pt[j * kBQ + r] = T(0);
               continue;
             }
             for (int64_t j = 0; j < kb_p; ++j) pr[j] = valid[j] * exp_approx(pr[j] - lse_r);  // P
-            // With dropout Z (keep / (1 - p)): out = (P * Z) v, so dV uses P * Z and dP picks up Z.
-            // pt holds P * Z transposed; dpr becomes dS = P * (dP * Z - D).
-            if (dropout.threshold != 0) {
+            if (with_dropout) {
+              // With dropout Z (keep / (1 - p)): out = (P * Z) v, so dV uses P * Z and dP picks up Z.
               const uint64_t row_index = static_cast<uint64_t>((bh * Sq + i0 + r) * Sk + j0);
               const T inv_keep = static_cast<T>(dropout.inv_keep);
-              for (int64_t j = 0; j < kb; ++j) {
-                const T z = dropout_keep(dropout.base, row_index + j, dropout.threshold) ? inv_keep : T(0);
-                pt[j * kBQ + r] = pr[j] * z;
-                dpr[j] = pr[j] * (dpr[j] * z - d_r);
-              }
-              for (int64_t j = kb; j < kb_p; ++j) pt[j * kBQ + r] = dpr[j] = T(0);
-            } else {
               for (int64_t j = 0; j < kb_p; ++j) {
-                pt[j * kBQ + r] = pr[j];
-                dpr[j] = pr[j] * (dpr[j] - d_r);
+                const T z = j < kb && dropout_keep(dropout.base, row_index + j, dropout.threshold) ? inv_keep : T(0);
+                pdr[j] = pr[j] * z;
+                dpr[j] *= z;
               }
             }
+            for (int64_t j = 0; j < kb_p; ++j) dpr[j] = pr[j] * (dpr[j] - d_r);  // dS = P (dP Z - D)
           }
           // dp now holds dS [kBQ, kb_p]; rows with no keys and padding rows are zero.
+          transpose(with_dropout ? pd.data() : p.data(), kBK, pt.data(), kBQ, kBQ, kb_p);
           transpose(dp.data(), kBK, dst.data(), kBQ, kBQ, kb_p);
           gemm_tile(pt.data(), kBQ, do_tile, Dp, dv_acc.data(), Dp, kb_p, Dp, kBQ, true);   // dV += (PZ)^T dO
           gemm_tile(dst.data(), kBQ, q_tile, Dp, dk_acc.data(), Dp, kb_p, Dp, kBQ, true);   // dK += dS^T (scale q)

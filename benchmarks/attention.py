@@ -1,0 +1,210 @@
+"""Attention: NumPy reference vs torch eager vs torch SDPA vs minibert's fused op, forward and forward+backward.
+
+    python benchmarks/attention.py                 # S = 128 .. 4096, H = 12, D = 64, batch 1
+    python benchmarks/attention.py --quick         # S = 128 .. 512, fewer repeats
+    python benchmarks/attention.py --max-seq 2048 --max-ref-seq 1024
+
+For every sequence length S it reports the median time, GFLOP/s (forward 4 B H S^2 D: the two matmuls;
+forward+backward 12 B H S^2 D: two more matmuls for dV, dP and two for dQ, dK; recomputation not
+counted), the peak extra memory of one call, and speed-ups against torch eager and SDPA.
+Peak memory on the CPU is the growth of the process's resident set during one call (the kernel's
+high-water mark is reset through /proc/self/clear_refs first), so it sees torch's and NumPy's own
+allocations alike; on CUDA it is torch.cuda.max_memory_allocated. The fused op is checked against
+eager before anything is timed. Results: benchmarks/results/attention-<machine>.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+
+import _common
+import torch
+import torch.nn.functional as F
+
+from minibert import ops
+from minibert.reference import layers
+
+HEADS, HEAD_DIM, BATCH = 12, 64, 1
+IMPLS = ["numpy", "eager", "sdpa", "fused"]
+
+
+def flops(seq: int, mode: str) -> float:
+    per_matmul = 2 * BATCH * HEADS * seq * seq * HEAD_DIM
+    return per_matmul * (2 if mode == "fwd" else 6)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_extra_mb(fn, device: str) -> float | None:
+    """Peak memory one call of ``fn`` adds on top of what is already allocated (MB), or None if unknown."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (peak resident set) to the current resident set
+    except OSError:
+        return None
+    base = _status_kb("VmRSS")
+    fn()
+    peak = _status_kb("VmHWM")
+    return None if base is None or peak is None else (peak - base) / 1024
+
+
+# ---------------------------------------------------------------------------------------------- the contenders
+
+def make_case(impl: str, mode: str, seq: int, device: str, dtype: torch.dtype):
+    """A zero-argument callable running one forward (or forward+backward) of ``impl``."""
+    gen = torch.Generator().manual_seed(seq)
+    q, k, v, dout = (torch.randn(BATCH, HEADS, seq, HEAD_DIM, generator=gen).to(device, dtype) for _ in range(4))
+    scale = HEAD_DIM ** -0.5
+    if impl == "numpy":
+        qn, kn, vn, dn = (t.float().numpy() for t in (q, k, v, dout))
+        if mode == "fwd":
+            return lambda: layers.attention_forward(qn, kn, vn, scale=scale)
+        return lambda: layers.attention_backward(dn, layers.attention_forward(qn, kn, vn, scale=scale)[1])
+
+    forward = {
+        "eager": lambda q, k, v: ops._attention_eager(q, k, v, None, scale, 0.0, 0, 0),
+        "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=scale),
+        "fused": lambda q, k, v: ops.attention(q, k, v, scale=scale),
+    }[impl]
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                forward(q, k, v)
+        return run
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def run_fwd_bwd():
+        out = forward(*leaves)
+        torch.autograd.grad(out, leaves, dout)
+    return run_fwd_bwd
+
+
+def validate(device: str, dtype: torch.dtype) -> float:
+    """Relative error of the fused op against eager (forward) on a small case; raises if it disagrees."""
+    q, k, v = (torch.randn(1, HEADS, 200, HEAD_DIM).to(device, dtype) for _ in range(3))
+    fused = ops.attention(q, k, v).float()
+    eager = ops._attention_eager(q.float(), k.float(), v.float(), None, HEAD_DIM ** -0.5, 0.0, 0, 0)
+    err = float((fused - eager).norm() / eager.norm())
+    if not err < (1e-5 if dtype == torch.float32 else 1e-2):
+        raise RuntimeError(f"fused attention disagrees with eager on {device} {dtype}: rel err {err:.2e}")
+    return err
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="S up to 512 and fewer repeats")
+    parser.add_argument("--max-seq", type=int, default=4096, help="largest sequence length (default 4096)")
+    parser.add_argument("--max-ref-seq", type=int, default=2048,
+                        help="largest S for the NumPy reference (slow, O(S^2) memory); default 2048")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    max_seq = min(args.max_seq, 512) if args.quick else args.max_seq
+    repeats = 3 if args.quick else args.repeats
+    seqs = [s for s in (128, 256, 512, 1024, 2048, 4096, 8192) if s <= max_seq]
+
+    configs = [("cpu", torch.float32)]
+    if torch.cuda.is_available():
+        configs += [("cuda", torch.float32), ("cuda", torch.bfloat16)]
+    print(f"machine: {_common.machine_name()}, torch threads: {torch.get_num_threads()}, "
+          f"backend: {ops.backend_info()['backend']} ({ops.backend_info()['reason']})")
+
+    rows = []
+    for device, dtype in configs:
+        dtype_name = str(dtype).replace("torch.", "")
+        print(f"validated fused vs eager on {device} {dtype_name}: rel err {validate(device, dtype):.1e}")
+        sync = torch.cuda.synchronize if device == "cuda" else None
+        for seq in seqs:
+            for mode in ("fwd", "fwd+bwd"):
+                for impl in IMPLS:
+                    if impl == "numpy" and (device != "cpu" or seq > args.max_ref_seq):
+                        continue
+                    fn = make_case(impl, mode, seq, device, dtype)
+                    big = seq >= 2048
+                    t = _common.time_fn(fn, warmup=1, repeats=2 if big else repeats, sync=sync)
+                    rows.append({"device": device, "dtype": dtype_name, "seq": seq, "mode": mode, "impl": impl,
+                                 "median_ms": 1e3 * t["median_s"],
+                                 "gflops": flops(seq, mode) / t["median_s"] / 1e9,
+                                 "peak_mb": peak_extra_mb(fn, device)})
+                    del fn
+                    gc.collect()
+    by_key = {(r["device"], r["dtype"], r["seq"], r["mode"], r["impl"]): r for r in rows}
+    for r in rows:
+        for peer in ("eager", "sdpa"):
+            other = by_key.get((r["device"], r["dtype"], r["seq"], r["mode"], peer))
+            r[f"speedup_vs_{peer}"] = other["median_ms"] / r["median_ms"] if other else None
+
+    _common.print_table(rows, ["device", "dtype", "seq", "mode", "impl", "median_ms", "gflops", "peak_mb",
+                               "speedup_vs_eager", "speedup_vs_sdpa"],
+                        {"median_ms": ".2f", "gflops": ".1f", "peak_mb": ".1f", "speedup_vs_eager": ".2f",
+                         "speedup_vs_sdpa": ".2f"})
+    summary = summarise(by_key, seqs)
+    for line in summary:
+        print(line)
+    path = _common.save_json("attention", {"heads": HEADS, "head_dim": HEAD_DIM, "batch": BATCH, "rows": rows,
+                                           "summary": summary})
+    print("saved", path, "and", plot(rows, configs))
+
+
+def summarise(by_key, seqs) -> list[str]:
+    """The targets of the issue, stated from the measured CPU numbers."""
+    lines = []
+    fwd = lambda impl, s: by_key.get(("cpu", "float32", s, "fwd", impl))
+    beats = [s for s in seqs if s >= 256 and fwd("fused", s)["median_ms"] < fwd("eager", s)["median_ms"]]
+    lines.append(f"CPU fused forward faster than eager at S = {beats} of {[s for s in seqs if s >= 256]}")
+    ratios = {s: fwd("fused", s)["gflops"] / fwd("sdpa", s)["gflops"] for s in seqs}
+    lines.append("CPU fused forward throughput / SDPA: " + ", ".join(f"S={s}: {r:.2f}" for s, r in ratios.items()))
+    top = seqs[-1]
+    f_mem, e_mem = fwd("fused", top)["peak_mb"], fwd("eager", top)["peak_mb"]
+    if f_mem is not None and e_mem:
+        lines.append(f"CPU forward peak extra memory at S={top}: fused {f_mem:.1f} MB, eager {e_mem:.1f} MB "
+                     f"(ratio {f_mem / e_mem:.3f})")
+    return lines
+
+
+def plot(rows, configs) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(configs), 3, figsize=(15, 4 * len(configs)), squeeze=False)
+    for (device, dtype), ax_row in zip(configs, axes):
+        dtype_name = str(dtype).replace("torch.", "")
+        for ax, (metric, mode, label) in zip(ax_row, [("median_ms", "fwd", "forward time (ms)"),
+                                                      ("median_ms", "fwd+bwd", "forward+backward time (ms)"),
+                                                      ("peak_mb", "fwd", "forward peak extra memory (MB)")]):
+            for impl in IMPLS:
+                pts = [(r["seq"], r[metric]) for r in rows if r["device"] == device and r["dtype"] == dtype_name
+                       and r["mode"] == mode and r["impl"] == impl and r[metric] is not None and r[metric] > 0]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=impl)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length S")
+            ax.set_title(f"{device} {dtype_name}: {label}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+    fig.suptitle(f"attention, batch {BATCH}, {HEADS} heads, head_dim {HEAD_DIM} ({_common.machine_name()})")
+    return _common.save_figure(fig, "attention")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""GELU and bias + GELU: minibert's fused ops vs torch eager, with achieved GB/s against a plain copy.
+
+    python benchmarks/gelu.py            # 1M, 4M and 16M elements ([rows, 3072] like BERT-base's FFN)
+    python benchmarks/gelu.py --quick    # 1M and 4M
+
+GELU is memory bound, so the honest unit is bytes moved per second: forward reads x and writes y
+(2 N elements; the bias is negligible), backward reads dy and x and writes dx (3 N). The ceiling is a
+tensor copy (read N, write N) measured in the same run. Eager bias+GELU moves 4 N (x + b is written and
+read back), which is what fusing removes. Results: benchmarks/results/gelu-<machine>.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+
+import _common
+import torch
+import torch.nn.functional as F
+
+from minibert import ops
+
+COLS = 3072  # BERT-base intermediate size
+EAGER_PEER = {"gelu fused": "gelu eager", "bias+gelu fused": "bias+gelu eager",
+              "bias+gelu fwd+bwd fused": "bias+gelu fwd+bwd eager"}
+
+
+def cases(x, bias, dy, approximate):
+    """name -> (callable, elements moved per element of x)."""
+    xg, bg = x.clone().requires_grad_(), bias.clone().requires_grad_()
+
+    def eager_bwd():
+        y = F.gelu(xg + bg, approximate=approximate)
+        torch.autograd.grad(y, (xg, bg), dy)
+
+    return {
+        "copy": (lambda: x.clone(), 2),
+        "gelu eager": (lambda: F.gelu(x, approximate=approximate), 2),
+        "gelu fused": (lambda: ops.gelu(x, approximate), 2),
+        "bias+gelu eager": (lambda: F.gelu(x + bias, approximate=approximate), 2),
+        "bias+gelu fused": (lambda: ops.bias_gelu(x, bias, approximate), 2),
+        # backward alone for the fused op; eager's includes its forward (autograd has no other entry)
+        "bias+gelu bwd fused": (lambda: torch.ops.minibert.bias_gelu_backward(dy, x, bias, approximate), 3),
+        "bias+gelu fwd+bwd eager": (eager_bwd, 5),
+        "bias+gelu fwd+bwd fused": (lambda: (ops.bias_gelu(x, bias, approximate),
+                                             torch.ops.minibert.bias_gelu_backward(dy, x, bias, approximate)), 5),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    sizes = [1 << 20, 1 << 22] + ([] if args.quick else [1 << 24])
+    configs = [("cpu", torch.float32)] + ([("cuda", torch.float32), ("cuda", torch.bfloat16)]
+                                         if torch.cuda.is_available() else [])
+    if not ops.is_available():
+        raise SystemExit(f"the minibert extension is not available: {ops.backend_info()['reason']}")
+    rows = []
+    for device, dtype in configs:
+        sync = torch.cuda.synchronize if device == "cuda" else None
+        dtype_name = str(dtype).replace("torch.", "")
+        for n in sizes:
+            x = torch.randn(n // COLS + 1, COLS).to(device, dtype)
+            bias, dy = torch.randn(COLS).to(device, dtype), torch.randn_like(x)
+            numel, itemsize = x.numel(), x.element_size()
+            for approximate in ("none", "tanh"):
+                for name, (fn, moved) in cases(x, bias, dy, approximate).items():
+                    if name == "copy" and approximate == "tanh":
+                        continue
+                    t = _common.time_fn(fn, warmup=2, repeats=7, sync=sync, min_time=0.2)
+                    rows.append({"device": device, "dtype": dtype_name, "elements": numel,
+                                 "form": approximate if name != "copy" else "-", "op": name,
+                                 "median_ms": 1e3 * t["median_s"],
+                                 "gb_per_s": moved * numel * itemsize / t["median_s"] / 1e9})
+    key = {(r["device"], r["dtype"], r["elements"], r["form"], r["op"]): r for r in rows}
+    for r in rows:
+        copy = key[(r["device"], r["dtype"], r["elements"], "-", "copy")]
+        r["of_copy_bw"] = r["gb_per_s"] / copy["gb_per_s"]
+        peer = key.get((r["device"], r["dtype"], r["elements"], r["form"], EAGER_PEER.get(r["op"])))
+        r["speedup_vs_eager"] = peer["median_ms"] / r["median_ms"] if peer else None
+    _common.print_table(rows, ["device", "dtype", "elements", "form", "op", "median_ms", "gb_per_s", "of_copy_bw",
+                               "speedup_vs_eager"],
+                        {"median_ms": ".2f", "gb_per_s": ".1f", "of_copy_bw": ".2f", "speedup_vs_eager": ".2f"})
+    numel = max(r["elements"] for r in rows)
+    for form in ("none", "tanh"):
+        fused = key[("cpu", "float32", numel, form, "bias+gelu fused")]
+        eager = key[("cpu", "float32", numel, form, "bias+gelu eager")]
+        print(f"CPU bias+GELU ({form}) forward on {numel} elements: fused {fused['median_ms']:.2f} ms, "
+              f"eager add+gelu {eager['median_ms']:.2f} ms, speed-up {eager['median_ms'] / fused['median_ms']:.2f}x")
+    path = _common.save_json("gelu", {"cols": COLS, "rows": rows})
+    print("saved", path, "and", plot(rows))
+
+
+def plot(rows) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["device"], r["dtype"]) for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(8 * len(groups), 5), squeeze=False)
+    for ax, (device, dtype) in zip(axes[0], groups):
+        sel = [r for r in rows if r["device"] == device and r["dtype"] == dtype
+               and r["elements"] == max(x["elements"] for x in rows) and r["form"] in ("-", "none")]
+        ax.barh([r["op"] for r in sel], [r["gb_per_s"] for r in sel])
+        ax.set_xlabel("GB/s (bytes that must move / time)")
+        ax.set_title(f"{device} {dtype}, erf GELU, {sel[0]['elements']} elements")
+    fig.suptitle(f"GELU and bias+GELU vs a copy ({_common.machine_name()})")
+    fig.tight_layout()
+    return _common.save_figure(fig, "gelu")
+
+
+if __name__ == "__main__":
+    main()
