@@ -1,4 +1,4 @@
-"""WordPiece vocabulary training: minibert vs HF ``tokenizers``' WordPieceTrainer on the built-in corpus.
+"""WordPiece vocabulary training: minibert's two merge criteria vs HF ``tokenizers``' WordPieceTrainer.
 
 Both learn from the same documents (every 10th document held out) with the same vocabulary size,
 min_frequency=2, limit_alphabet=1000 and the same five special tokens; HF gets a ``BertNormalizer`` +
@@ -6,12 +6,13 @@ min_frequency=2, limit_alphabet=1000 and the same five special tokens; HF gets a
 of repeats, after a warm-up), and on the held-out documents tokens per word (words counted by
 ``BasicTokenizer`` for both) and the [UNK] rate.
 
-Note that the two do not run the same algorithm. minibert merges by the WordPiece likelihood score
-count(ab) / (count(a) * count(b)); HF's WordPieceTrainer trains *BPE* (merge the most frequent pair) and
-then writes the result as a WordPiece vocabulary. Frequency favours frequent words, so BPE reaches whole
-common words ("the") sooner and needs fewer tokens per word at the same size; the likelihood score
-favours pairs whose parts rarely occur apart ("q" + "##u") and leaves very frequent pieces ("##e") as
-pieces.
+Three trainers, three merge rules. minibert "likelihood" (the default) merges the pair with the largest
+gain in unigram log-likelihood, count(ab) * log(N * count(ab) / (count(a) * count(b))); minibert "ratio"
+merges by the per-occurrence form count(ab) / (count(a) * count(b)); HF's WordPieceTrainer trains *BPE*
+(merge the most frequent pair) and then writes the result as a WordPiece vocabulary. The ratio favours
+pairs whose parts rarely occur apart ("q" + "##u") and leaves very frequent pieces apart ("the" ->
+"th ##e"), so it needs far more tokens per word; the likelihood weights the same quantity by frequency
+and lands where BPE does.
 
     python benchmarks/vocab.py [--sizes 2000 4000 8000] [--repeats 3]
 """
@@ -30,10 +31,10 @@ from minibert import corpus, vocab  # noqa: E402
 from minibert.tokenizer import SPECIAL_TOKENS, BertTokenizer  # noqa: E402
 
 
-def _train_minibert(documents, size, out_dir):
+def _train_minibert(documents, size, out_dir, criterion):
     def train():
         return vocab.train_wordpiece(documents, vocab_size=size, min_frequency=vocab.DEFAULT_MIN_FREQUENCY,
-                                     limit_alphabet=vocab.DEFAULT_LIMIT_ALPHABET)
+                                     limit_alphabet=vocab.DEFAULT_LIMIT_ALPHABET, criterion=criterion)
     return train, lambda learned: vocab.save_vocab(learned, out_dir).tokenize
 
 
@@ -70,9 +71,12 @@ def main(argv=None):
     rows = []
     out_root = tempfile.mkdtemp(prefix="minibert-vocab-bench-")
     for size in args.sizes:
-        for name, (train, tokenize_with) in (
-                ("minibert (likelihood)", _train_minibert(train_docs, size, os.path.join(out_root, str(size)))),
-                ("tokenizers (BPE->WordPiece)", _train_hf(train_docs, size))):
+        trainers = {}
+        for criterion in vocab.CRITERIA:
+            out_dir = os.path.join(out_root, f"{criterion}-{size}")
+            trainers[f"minibert ({criterion})"] = _train_minibert(train_docs, size, out_dir, criterion)
+        trainers["tokenizers (BPE->WordPiece)"] = _train_hf(train_docs, size)
+        for name, (train, tokenize_with) in trainers.items():
             timing = time_fn(train, warmup=1, repeats=args.repeats)
             trained = train()
             fit = vocab.tokenization_stats(tokenize_with(trained), held_out)
@@ -81,10 +85,14 @@ def main(argv=None):
     print_table(rows, ["trainer", "vocab_size", "train_s", "tokens_per_word", "unk_rate", "words", "tokens"],
                 {"train_s": ".2f", "tokens_per_word": ".3f", "unk_rate": ".5f"})
     # The trained vocabulary must also load in BertTokenizer from its folder (what the CLI writes).
-    assert len(BertTokenizer.from_pretrained(os.path.join(out_root, str(args.sizes[-1])))) == args.sizes[-1]
+    for criterion in vocab.CRITERIA:
+        folder = os.path.join(out_root, f"{criterion}-{args.sizes[-1]}")
+        assert len(BertTokenizer.from_pretrained(folder)) == args.sizes[-1]
     shutil.rmtree(out_root)
 
+    import tokenizers
     path = save_json("vocab", {"corpus": "builtin", "train_corpus": stats, "held_out_documents": len(held_out),
+                               "tokenizers": tokenizers.__version__,
                                "min_frequency": vocab.DEFAULT_MIN_FREQUENCY,
                                "limit_alphabet": vocab.DEFAULT_LIMIT_ALPHABET, "rows": rows})
     print(f"saved {path}")
