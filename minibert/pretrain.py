@@ -26,24 +26,22 @@ batch (``global batch = --batch-size x N x --grad-accum``); rank 0 logs and save
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
 import math
 import os
-import random
 import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from minibert import data, trainer_state
+from minibert import trainer_state
 from minibert.config import BertConfig
-from minibert.corpus import held_out_split, load_corpus
+from minibert.io import atomic_write_text
 from minibert.pretrain_backends import STAT_KEYS, NumpyBackend, TorchBackend, count_batch
+from minibert.pretrain_data import StepBatches, derived_seed, prepare_data
+from minibert.pretrain_report import append_metrics, print_summary, read_metrics, save_curves
 from minibert.reference.schedules import linear_warmup_decay
-from minibert.step_batches import StepBatches, derived_seed
 
 # Defaults chosen so that, on the built-in corpus and 2 CPU cores, a 4-layer, 256-wide BERT trains in
 # about five minutes to an MLM accuracy far above the unigram baseline (README gives the figures).
@@ -226,93 +224,6 @@ def _broadcast_int(value: int, world_size: int, device) -> int:
 # ------------------------------------------------------------------------------------------------------
 # Data
 # ------------------------------------------------------------------------------------------------------
-def _read_split(corpus, held_out_every: int) -> tuple[list, list]:
-    """(train documents, held-out documents); the split happens before any instance is built."""
-    spec = corpus[0] if len(corpus) == 1 else corpus
-    if held_out_every == 0:
-        return [list(d) for d in load_corpus(spec)], []
-    train = [list(d) for d in held_out_split(load_corpus(spec), False, held_out_every)]
-    held_out = [list(d) for d in held_out_split(load_corpus(spec), True, held_out_every)]
-    if not held_out:
-        raise ValueError(f"the corpus has fewer than {held_out_every} documents, so none is held out for "
-                         f"evaluation: lower --held-out-every, or pass --held-out-every 0 to skip evaluation")
-    return train, held_out
-
-
-def _fingerprint(documents: list) -> str:
-    """A hash of the training text, so --resume can refuse a corpus that changed under it."""
-    h = hashlib.sha256()
-    for doc in documents:
-        for sentence in doc:
-            h.update(sentence.encode("utf-8") + b"\n")
-        h.update(b"\n")
-    return h.hexdigest()[:16]
-
-
-def _make_instances(documents, tokenizer, args, config, seed: int, dupe_factor: int, dynamic: bool) -> list:
-    return list(data.create_training_instances(
-        documents, tokenizer, max_seq_length=args.max_seq_length, dupe_factor=dupe_factor,
-        whole_word_mask=args.whole_word_mask, dynamic_masking=dynamic, seed=seed,
-        max_position_embeddings=config.max_position_embeddings))
-
-
-def _collate_all(instances, pad_id: int, max_seq_length: int, batch_size: int, masking=None,
-                 seed: int = 0) -> list[dict]:
-    """All ``instances`` as batches (masked now, with ``masking``, when they were made unmasked)."""
-    rng = random.Random(seed) if masking is not None else None
-    return [data.collate(instances[i:i + batch_size], pad_id, max_seq_length, masking=masking, rng=rng)
-            for i in range(0, len(instances), batch_size)]
-
-
-def _unigram_token(batches: list[dict]) -> int:
-    """The most frequent masked-label token: the unigram baseline always predicts it."""
-    labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
-    return int(np.bincount(labels).argmax())
-
-
-def _unigram_accuracy(batches: list[dict], token: int) -> float:
-    labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
-    return float((labels == token).mean())
-
-
-@dataclasses.dataclass
-class PretrainingData:
-    """Everything the loop needs from the corpus, built once before the first step."""
-
-    instances: list                 # training instances (unmasked when masking is dynamic)
-    masking: data.MaskingSpec | None  # set for dynamic masking: masks are drawn per batch
-    eval_batches: list[dict]        # held-out batches with fixed masks (empty: no evaluation)
-    unigram_token: int              # the most frequent masked token of the training data
-    unigram_accuracy: float         # MLM accuracy of always predicting it (on the held-out batches)
-    nsp_majority_accuracy: float    # NSP accuracy of always guessing the more common label
-    fingerprint: str                # hash of the training text, checked on --resume
-    n_train_documents: int
-    n_eval_documents: int
-
-
-def prepare_data(args, tokenizer, config) -> PretrainingData:
-    """Split the corpus (documents held out *before* instances exist), build instances and baselines."""
-    train_docs, eval_docs = _read_split(args.corpus, args.held_out_every)
-    instances = _make_instances(train_docs, tokenizer, args, config, args.seed, args.dupe_factor,
-                                args.dynamic_masking)
-    masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask)
-               if args.dynamic_masking else None)
-    pad_id = config.pad_token_id
-    # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
-    eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False)
-                      if eval_docs else [])[:args.eval_sequences]
-    eval_batches = _collate_all(eval_instances, pad_id, args.max_seq_length, args.batch_size)
-    train_batches = _collate_all(instances, pad_id, args.max_seq_length, 256, masking, args.seed)
-    scored = eval_batches or train_batches  # baselines are measured where the model is measured
-    unigram = _unigram_token(train_batches)
-    nsp = np.concatenate([b["next_sentence_label"] for b in scored])
-    return PretrainingData(
-        instances=instances, masking=masking, eval_batches=eval_batches, unigram_token=unigram,
-        unigram_accuracy=_unigram_accuracy(scored, unigram),
-        nsp_majority_accuracy=float(max(nsp.mean(), 1 - nsp.mean())), fingerprint=_fingerprint(train_docs),
-        n_train_documents=len(train_docs), n_eval_documents=len(eval_docs))
-
-
 def _identity(x):
     return x  # DataLoader must not turn our NumPy batches into tensors (the numpy backend wants arrays)
 
@@ -420,73 +331,6 @@ def _plan_steps(backend, batches: StepBatches, eval_batches, args, world_size: i
 # ------------------------------------------------------------------------------------------------------
 # Logging, curves and summary (rank 0 only)
 # ------------------------------------------------------------------------------------------------------
-def _read_metrics(path: str, up_to_step: int) -> list[dict]:
-    """Rows of a previous run's metrics.jsonl with step <= ``up_to_step`` (a torn last line is skipped)."""
-    rows = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the line an interrupted run was writing
-                if row.get("step", 0) <= up_to_step:
-                    rows.append(row)
-    return rows
-
-
-def _append_metrics(path: str, row: dict) -> None:
-    # One short line per append: it reaches the file whole or (on a crash mid-write) is skipped on read.
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def save_curves(rows: list[dict], path: str, baseline: float | None) -> None:
-    """Plot training (smoothed) and evaluation loss, MLM and NSP accuracy against the step."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in rows if r["split"] == "train"]
-    evals = [r for r in rows if r["split"] == "eval"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, key, title in zip(axes, ("loss", "mlm_acc", "nsp_acc"), ("loss (MLM + NSP)", "MLM accuracy",
-                                                                      "NSP accuracy")):
-        if train:
-            steps = np.array([r["step"] for r in train])
-            values = np.array([r[key] for r in train])
-            window = max(1, len(values) // 50)
-            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            ax.plot(steps[window - 1:], smooth, label="train" + (f" ({window}-step mean)" if window > 1 else ""))
-        if evals:
-            ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label="held-out")
-        if key == "mlm_acc" and baseline is not None:
-            ax.axhline(baseline, color="gray", linestyle="--", label="unigram baseline")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    from minibert.io import atomic_open
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-
-
-def _print_summary(summary: dict) -> None:
-    print(f"\npretraining finished: {summary['steps']} steps in {summary['seconds'] / 60:.1f} min "
-          f"({summary['tokens_per_s']:.0f} tokens/s)")
-    print(f"  final train loss {summary['train_loss']:.3f}   MLM acc {summary['train_mlm_acc']:.3f}   "
-          f"NSP acc {summary['train_nsp_acc']:.3f}   (mean of the last {summary['final_window']} steps)")
-    if summary.get("eval_loss") is not None:
-        print(f"  held-out   loss {summary['eval_loss']:.3f}   MLM acc {summary['eval_mlm_acc']:.3f}   "
-              f"NSP acc {summary['eval_nsp_acc']:.3f}")
-    print(f"  baselines: MLM acc {summary['unigram_baseline_mlm_acc']:.3f} always predicting "
-          f"{summary['unigram_token']!r} (unigram), NSP acc {summary['nsp_majority_baseline_acc']:.3f} "
-          f"always guessing the majority label")
-    print(f"  checkpoint: {summary['checkpoint']}")
-
-
 # ------------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------------
@@ -540,8 +384,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
     rows: list[dict] = []
     if rank == 0:
         os.makedirs(out, exist_ok=True)
-        rows = _read_metrics(metrics_path, start_step) if state is not None else []
-        from minibert.io import atomic_write_text
+        rows = read_metrics(metrics_path, start_step) if state is not None else []
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         print(f"pretraining a {config.num_hidden_layers}-layer, {config.hidden_size}-wide BERT "
               f"({args.backend}, {device}, {world_size} process{'es' if world_size > 1 else ''}) on "
@@ -571,7 +414,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
         if rank == 0:
             row = {"split": "eval", "step": step_done, **result}
             rows.append(row)
-            _append_metrics(metrics_path, row)
+            append_metrics(metrics_path, row)
             if plot:
                 save_curves(rows, os.path.join(out, CURVES_FILE), d.unigram_accuracy)
         return result
@@ -603,7 +446,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
                "tokens_per_s": stats["n_tokens"] / seconds}
         if rank == 0:
             rows.append(row)
-            _append_metrics(metrics_path, row)
+            append_metrics(metrics_path, row)
             for k in ("loss", "mlm_acc", "nsp_acc", "tokens_per_s"):
                 smooth[k] = row[k] if k not in smooth else 0.9 * smooth[k] + 0.1 * row[k]
             bar.set_postfix(loss=f"{smooth['loss']:.3f}", mlm=f"{smooth['mlm_acc']:.3f}",
@@ -649,11 +492,10 @@ def _train(args, rank: int, world_size: int, device) -> dict:
             "checkpoint": path, "global_batch_size": global_batch, "world_size": world_size,
             "backend": args.backend, "device": str(device),
         }
-        from minibert.io import atomic_write_text
         atomic_write_text(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
         save_curves(rows, os.path.join(out, CURVES_FILE), d.unigram_accuracy)
         if not args.quiet:
-            _print_summary(summary)
+            print_summary(summary)
     return summary
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

@@ -1,0 +1,175 @@
+"""Pretraining data for the loop: instances built once, then step ``s``'s batch as a function of (seed, s).
+
+:func:`prepare_data` reads the corpus, holds out every N-th document for evaluation *before* any
+instance exists (so no held-out sentence is ever trained on), builds the training instances once, and
+measures the baselines the model must beat.
+
+:class:`StepBatches` then answers "which examples make up optimizer step ``s``?" as a pure function of
+(seed, step), so runs resume exactly. The training stream is the concatenation of epochs, each a fresh
+permutation of all instances drawn from ``(seed, epoch)``; optimizer step ``s`` takes the global batch of
+positions ``[s * G, (s + 1) * G)`` of that stream, ``G = micro_batch x world_size x grad_accum``.
+Nothing depends on what happened before step ``s``, so a run resumed at step ``s`` sees exactly the
+batches an uninterrupted run would have seen, and the checkpoint's "data position" is simply the step.
+
+The global batch is cut into ``grad_accum x world_size`` micro-batches: rank ``r`` runs micro-batches
+``[a, r]`` for ``a = 0 .. grad_accum - 1``. The ranks' parts are disjoint and together cover the whole
+global batch, so N processes see the same examples per step as one process with an N times larger batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+
+import numpy as np
+import torch
+
+from minibert import data
+from minibert.corpus import held_out_split, load_corpus
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (e.g. ``(seed, step, micro, rank)``), stable across runs/machines."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """``batches[step]`` is this rank's list of ``grad_accum`` collated micro-batches for that step.
+
+    A map-style dataset indexed by step, so a ``DataLoader`` with ``num_workers > 0`` can build the
+    next steps' batches in the background while the model trains on the current one.
+
+    ``masking`` (a ``minibert.data.MaskingSpec``) turns on dynamic masking: each micro-batch draws fresh
+    masks from an RNG seeded with ``(seed, step, micro-step, rank)``, so masks too are reproducible.
+    """
+
+    def __init__(self, instances: list, *, micro_batch_size: int, grad_accum: int, rank: int,
+                 world_size: int, seed: int, pad_id: int, max_seq_length: int, num_steps: int,
+                 masking: data.MaskingSpec | None = None):
+        if not instances:
+            raise ValueError("no pretraining instances were created: the training corpus is too small "
+                             "(add documents, or lower --max-seq-length)")
+        self.instances = instances
+        self.micro_batch_size = micro_batch_size
+        self.grad_accum = grad_accum
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.pad_id = pad_id
+        self.max_seq_length = max_seq_length
+        self.num_steps = num_steps
+        self.masking = masking
+        self.global_batch_size = micro_batch_size * world_size * grad_accum
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def _epoch_permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.instances))
+
+    def global_indices(self, step: int) -> np.ndarray:
+        """Instance indices of the whole global batch of ``step``: ``[grad_accum, world_size, micro]``."""
+        n = len(self.instances)
+        positions = step * self.global_batch_size + np.arange(self.global_batch_size)
+        epochs, within = np.divmod(positions, n)
+        # A batch straddles at most a few epochs (more only when G > n): build each permutation once.
+        perms = {int(e): self._epoch_permutation(int(e)) for e in np.unique(epochs)}
+        idx = np.array([perms[int(e)][w] for e, w in zip(epochs, within)])
+        return idx.reshape(self.grad_accum, self.world_size, self.micro_batch_size)
+
+    def __getitem__(self, step: int) -> list[dict]:
+        idx = self.global_indices(step)[:, self.rank]  # [grad_accum, micro]
+        batches = []
+        for a, micro in enumerate(idx):
+            rng = (random.Random(derived_seed(self.seed, step, a, self.rank)) if self.masking is not None
+                   else None)
+            batches.append(data.collate([self.instances[i] for i in micro], self.pad_id, self.max_seq_length,
+                                        masking=self.masking, rng=rng))
+        return batches
+
+
+def _read_split(corpus, held_out_every: int) -> tuple[list, list]:
+    """(train documents, held-out documents); the split happens before any instance is built."""
+    spec = corpus[0] if len(corpus) == 1 else corpus
+    if held_out_every == 0:
+        return [list(d) for d in load_corpus(spec)], []
+    train = [list(d) for d in held_out_split(load_corpus(spec), False, held_out_every)]
+    held_out = [list(d) for d in held_out_split(load_corpus(spec), True, held_out_every)]
+    if not held_out:
+        raise ValueError(f"the corpus has fewer than {held_out_every} documents, so none is held out for "
+                         f"evaluation: lower --held-out-every, or pass --held-out-every 0 to skip evaluation")
+    return train, held_out
+
+
+def _fingerprint(documents: list) -> str:
+    """A hash of the training text, so --resume can refuse a corpus that changed under it."""
+    h = hashlib.sha256()
+    for doc in documents:
+        for sentence in doc:
+            h.update(sentence.encode("utf-8") + b"\n")
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _make_instances(documents, tokenizer, args, config, seed: int, dupe_factor: int, dynamic: bool) -> list:
+    return list(data.create_training_instances(
+        documents, tokenizer, max_seq_length=args.max_seq_length, dupe_factor=dupe_factor,
+        whole_word_mask=args.whole_word_mask, dynamic_masking=dynamic, seed=seed,
+        max_position_embeddings=config.max_position_embeddings))
+
+
+def _collate_all(instances, pad_id: int, max_seq_length: int, batch_size: int, masking=None,
+                 seed: int = 0) -> list[dict]:
+    """All ``instances`` as batches (masked now, with ``masking``, when they were made unmasked)."""
+    rng = random.Random(seed) if masking is not None else None
+    return [data.collate(instances[i:i + batch_size], pad_id, max_seq_length, masking=masking, rng=rng)
+            for i in range(0, len(instances), batch_size)]
+
+
+def _unigram_token(batches: list[dict]) -> int:
+    """The most frequent masked-label token: the unigram baseline always predicts it."""
+    labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
+    return int(np.bincount(labels).argmax())
+
+
+def _unigram_accuracy(batches: list[dict], token: int) -> float:
+    labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
+    return float((labels == token).mean())
+
+
+@dataclasses.dataclass
+class PretrainingData:
+    """Everything the loop needs from the corpus, built once before the first step."""
+
+    instances: list                 # training instances (unmasked when masking is dynamic)
+    masking: data.MaskingSpec | None  # set for dynamic masking: masks are drawn per batch
+    eval_batches: list[dict]        # held-out batches with fixed masks (empty: no evaluation)
+    unigram_token: int              # the most frequent masked token of the training data
+    unigram_accuracy: float         # MLM accuracy of always predicting it (on the held-out batches)
+    nsp_majority_accuracy: float    # NSP accuracy of always guessing the more common label
+    fingerprint: str                # hash of the training text, checked on --resume
+    n_train_documents: int
+    n_eval_documents: int
+
+
+def prepare_data(args, tokenizer, config) -> PretrainingData:
+    """Split the corpus (documents held out *before* instances exist), build instances and baselines."""
+    train_docs, eval_docs = _read_split(args.corpus, args.held_out_every)
+    instances = _make_instances(train_docs, tokenizer, args, config, args.seed, args.dupe_factor,
+                                args.dynamic_masking)
+    masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask)
+               if args.dynamic_masking else None)
+    pad_id = config.pad_token_id
+    # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
+    eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False)
+                      if eval_docs else [])[:args.eval_sequences]
+    eval_batches = _collate_all(eval_instances, pad_id, args.max_seq_length, args.batch_size)
+    train_batches = _collate_all(instances, pad_id, args.max_seq_length, 256, masking, args.seed)
+    scored = eval_batches or train_batches  # baselines are measured where the model is measured
+    unigram = _unigram_token(train_batches)
+    nsp = np.concatenate([b["next_sentence_label"] for b in scored])
+    return PretrainingData(
+        instances=instances, masking=masking, eval_batches=eval_batches, unigram_token=unigram,
+        unigram_accuracy=_unigram_accuracy(scored, unigram),
+        nsp_majority_accuracy=float(max(nsp.mean(), 1 - nsp.mean())), fingerprint=_fingerprint(train_docs),
+        n_train_documents=len(train_docs), n_eval_documents=len(eval_docs))
