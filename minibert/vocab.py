@@ -154,13 +154,15 @@ class _MergeState:
         #     c log(c N / (c(a) c(b)))                                  <- the score used here
         #   + (c(a) - c) log(1 - c/c(a)) + (c(b) - c) log(1 - c/c(b)) - (N - c) log(1 - c/N).
         # The correction terms come to about -c when c is small beside c(a), c(b) and N, and to up to +c
-        # when a and b never occur apart: they adjust the gain per occurrence by about one nat, while the
-        # first term is what ranks the pairs. We keep only the first term because the exact form needs
-        # what pair counts do not tell (a run "##l ##l ##l" holds the pair twice but merges once; ab may
-        # already exist, reached from other pieces) and costs eight logs instead of one. Measured on the
-        # built-in corpus at 8,000 tokens: 1.054 held-out tokens/word here, 1.053 with the exact gain,
-        # which trained 2x slower. The score depends on N, which falls by c at every merge; see the heap
-        # in train_wordpiece for why that keeps the lazy heap correct.
+        # when a and b never occur apart: they shift the gain per occurrence by at most about one nat
+        # (log(N ratio) is 1 to 3 nats for the first merges on the built-in corpus, so the two orders
+        # differ in detail). We keep the first term, the per-occurrence gain times the count, the
+        # approximation usually quoted, for three reasons: the exact form needs what pair counts do not
+        # tell (a run "##l ##l ##l" holds the pair twice but merges once; ab may already exist, reached
+        # from other pieces); it costs four logs instead of one; and it does not tokenize better: on the
+        # built-in corpus at 8,000 tokens, 1.054 held-out tokens/word here, 1.053 with the exact gain,
+        # which trained 2x slower. Both depend on N, which falls by c at every merge; the heap in
+        # train_wordpiece explains why the lazy heap stays correct.
         return n_ab * math.log(n_ab * self.n_pieces / (n_a * n_b))
 
     def merge(self, pair: tuple[str, str]) -> str:
