@@ -566,7 +566,9 @@ def test_builtin_corpus_statistics(builtin, whole_word_mask):
     # NotNext share = 0.5 + 0.5 q, q = share of one-sentence chunks (always NotNext), which the instances do
     # not reveal; so only the lower bound here (the coin itself: test_nsp_coin_is_fair).
     assert stats["random_next_fraction"] > 0.5 - 4 * math.sqrt(0.25 / n)
-    assert stats["mean_length"] > 0.8 * 128  # chunks fill the sequence; short targets are 10% of documents
+    # Chunks fill the sequence except a document's last one and the 10% short targets; the built-in corpus
+    # has many short documents (a median module docstring is a few hundred tokens), so ~77-84% is expected.
+    assert stats["mean_length"] > 0.7 * 128
 
 
 @pytest.mark.slow
