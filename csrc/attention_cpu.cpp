@@ -247,7 +247,8 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
           transpose(dp.data(), kBK, dst.data(), kBQ, kBQ, kb_p);
           gemm_tile(pt.data(), kBQ, do_tile, Dp, dv_acc.data(), Dp, kb_p, Dp, kBQ, true);   // dV += (PZ)^T dO
           gemm_tile(dst.data(), kBQ, q_tile, Dp, dk_acc.data(), Dp, kb_p, Dp, kBQ, true);   // dK += dS^T (scale q)
-          gemm_tile(dp.data(), kBK, ks.data(), Dp, dq_acc.data() + i0 * Dp, Dp, kBQ, Dp, kb_p, true);  // dQ += dS (scale k)
+          // dQ += dS (scale k)
+          gemm_tile(dp.data(), kBK, ks.data(), Dp, dq_acc.data() + i0 * Dp, Dp, kBQ, Dp, kb_p, true);
         }
       }
       for (int64_t j = 0; j < kb; ++j)
