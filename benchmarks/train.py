@@ -1,15 +1,30 @@
-"""Training-step speed: the NumPy reference against PyTorch eager, same config, weights and batch.
+"""Training-step throughput: minibert's torch model (each backend), HF ``transformers`` and the NumPy reference.
 
     python benchmarks/train.py            # prints a table, saves benchmarks/results/train-<machine>.{json,png}
+    MINIBERT_BENCH_THREADS=2 python benchmarks/train.py --repeats 9 --batch 16
 
-One step = forward with dropout + MLM/NSP loss + backward + AdamW update, float32. Before timing, the two
-implementations are checked to compute the same loss on the same weights (dropout off), so the table
-compares equal work. Torch eager is ``transformers.BertForPreTraining`` with ``attn_implementation="eager"``
-(minibert's own torch model is a row to add). Every ratio is measured inside this one run.
+One step = forward with dropout on + MLM/NSP loss + backward + global-norm clipping (1.0) + AdamW update,
+float32, on one fixed batch. Rows, all in ONE run:
 
-Both sides get the same number of CPU threads: ``MINIBERT_BENCH_THREADS`` (default 1) for NumPy's BLAS and
-for torch. One thread each is the fair and stable setting on a shared machine, where oversubscribed
-threads slowed small torch ops twenty-fold in our runs.
+* ``numpy reference``: ``minibert.reference`` with its hand-written backward and AdamW;
+* ``transformers eager`` / ``transformers sdpa``: ``transformers.BertForPreTraining`` with that
+  ``attn_implementation`` (sdpa is transformers' default);
+* ``minibert eager`` / ``sdpa`` / ``fused``: ``minibert.modeling.BertForPreTraining`` with that
+  ``attn_implementation`` (and fused bias+GELU for ``fused``). With dropout on, minibert's sdpa backend runs
+  the eager attention (SDPA's dropout RNG cannot reproduce our hash masks), so that row is eager attention.
+  Each appears twice: ``full logits`` projects all B x S positions onto the vocabulary as transformers and
+  the NumPy reference do; ``masked only`` passes ``masked_positions_only=True`` and projects only the ~15%
+  of positions that have an MLM label (what ``minibert pretrain`` does). Same loss either way, so this is a
+  fair algorithmic saving, but it is a separate row so the comparison stays transparent.
+
+Before timing, every implementation computes the loss on the same weights (one checkpoint) and batch with
+dropout off; the run stops unless all agree with transformers to 1e-4. Each timed round then runs one step
+of every implementation in a rotated order, so load from other processes on this shared machine hits all
+alike; the table gives medians. tokens/s counts all B x S positions, padding included.
+
+Threads: ``MINIBERT_BENCH_THREADS`` (default 1) for torch and NumPy's BLAS alike. One thread is the fair and
+stable setting on a shared 2-core machine (oversubscribed threads slowed small torch ops twenty-fold in our
+runs); the load average before and after is saved with the results.
 """
 from __future__ import annotations
 
@@ -17,133 +32,207 @@ import os
 
 THREADS = int(os.environ.get("MINIBERT_BENCH_THREADS", "1"))
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(THREADS)  # must be set before NumPy loads its BLAS
+    os.environ[_var] = str(THREADS)  # must be set before NumPy and torch load their BLAS
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import print_table, save_figure, save_json, time_fn  # noqa: E402
+from _common import print_table, save_figure, save_json  # noqa: E402
 
 from minibert.config import BertConfig  # noqa: E402
-from minibert.reference.model import BertForPreTraining  # noqa: E402
-from minibert.reference.optim import AdamW  # noqa: E402
+from minibert.reference.model import BertForPreTraining as ReferenceBert  # noqa: E402
+from minibert.reference.optim import AdamW as ReferenceAdamW  # noqa: E402
 from minibert.reference.train import pretraining_step  # noqa: E402
+from minibert.vocab import DEFAULT_VOCAB_SIZE  # noqa: E402
 
-# Small enough that the NumPy reference takes about a second per step or less on one core.
+# The first config is `minibert pretrain`'s default model (--layers 4 --hidden 256 --heads 4
+# --intermediate 1024 --max-seq-length 128) with the default vocabulary size; the second is a smaller one
+# where per-op overheads weigh more.
 CONFIGS = {
-    "tiny (E=64, L=2, S=64)": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                   intermediate_size=256, seq=64),
-    "small (E=128, L=2, S=128)": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=512, seq=128),
-    "medium (E=256, L=4, S=128)": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                                       intermediate_size=1024, seq=128),
+    "pretrain default (L=4, H=256, S=128)": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4,
+                                                 intermediate_size=1024, seq=128),
+    "small (L=2, H=128, S=64)": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2,
+                                     intermediate_size=512, seq=64),
 }
-VOCAB, BATCH, LR = 2000, 8, 1e-4
+VOCAB = DEFAULT_VOCAB_SIZE
+LR, WEIGHT_DECAY, MAX_GRAD_NORM = 1e-4, 0.01, 1.0
+LOSS_TOLERANCE = 1e-4  # float32 losses of ~9 that agree to 1e-4 come from the same computation
+BASELINE = "transformers eager"
+MINIBERT_BACKENDS = {"eager": ("eager", "eager"), "sdpa": ("sdpa", "eager"), "fused": ("fused", "fused")}
 
 
-def make_batch(gen, seq):
+def make_batch(gen, batch, seq):
     """Random ids with 15% of positions predicted, a padded tail on half the rows, random NSP labels."""
-    ids = gen.integers(5, VOCAB, (BATCH, seq))
-    mask = np.ones((BATCH, seq), dtype=np.int64)
+    ids = gen.integers(5, VOCAB, (batch, seq))
+    mask = np.ones((batch, seq), dtype=np.int64)
     mask[::2, seq * 3 // 4:] = 0
-    labels = np.where((gen.random((BATCH, seq)) < 0.15) & (mask == 1), ids, -100)
+    labels = np.where((gen.random((batch, seq)) < 0.15) & (mask == 1), ids, -100)
     labels[:, 1] = ids[:, 1]  # at least one prediction per row
-    tt = (np.arange(seq)[None] >= seq // 2).astype(np.int64).repeat(BATCH, 0)
-    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask, "labels": labels,
-            "next_sentence_label": gen.integers(0, 2, BATCH)}
+    token_type_ids = (np.arange(seq)[None] >= seq // 2).astype(np.int64).repeat(batch, 0)
+    return {"input_ids": ids, "token_type_ids": token_type_ids, "attention_mask": mask, "labels": labels,
+            "next_sentence_label": gen.integers(0, 2, batch)}
 
 
-def torch_step_fn(model, batch):
-    """Closure running one HF training step (AdamW) on ``batch``."""
-    import torch
-    tb = {k: torch.as_tensor(v) for k, v in batch.items()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+class TorchRow:
+    """One torch model (transformers' or minibert's) and its AdamW: ``loss()`` for the check, ``step()``."""
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(**tb).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    return step
+    def __init__(self, model, batch: dict, minibert: bool, masked_positions_only: bool = False):
+        import torch
+        self.model = model
+        self.inputs = {k: torch.as_tensor(v) for k, v in batch.items()}
+        if minibert:
+            self.inputs["masked_positions_only"] = masked_positions_only
+        self.minibert = minibert
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        self.seeds = iter(range(10 ** 9))
+
+    def loss(self) -> float:
+        """The loss with dropout off (eval mode) and no gradient."""
+        import torch
+        with torch.no_grad():
+            return self.model.eval()(**self.inputs).loss.item()
+
+    def step(self) -> None:
+        """One training step with dropout on."""
+        import torch
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        # minibert's dropout masks come from a counter hash: a fresh seed per step, as pretraining does.
+        extra = {"dropout_seed": next(self.seeds)} if self.minibert else {}
+        self.model(**self.inputs, **extra).loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
+        self.optimizer.step()
 
 
-def bench_config(name, spec, repeats):
-    import torch
+class NumpyRow:
+    """The NumPy reference model and its AdamW, with the same two methods as ``TorchRow``."""
+
+    def __init__(self, model: ReferenceBert, batch: dict):
+        self.model, self.batch = model, batch
+        self.optimizer = ReferenceAdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY)
+        self.seeds = iter(range(10 ** 9))
+
+    def loss(self) -> float:
+        b = self.batch
+        return float(self.model.forward(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["labels"],
+                                        b["next_sentence_label"])["loss"])
+
+    def step(self) -> None:
+        pretraining_step(self.model, self.optimizer, self.batch, LR, dropout_seed=next(self.seeds),
+                         max_grad_norm=MAX_GRAD_NORM)
+
+
+def build_rows(spec: dict, batch_size: int) -> tuple[dict, int]:
+    """Every implementation on the same weights (saved once, loaded by all) and batch; returns rows, seq."""
     import transformers
+
+    from minibert.modeling import BertForPreTraining
+    spec = dict(spec)
     seq = spec.pop("seq")
-    cfg = BertConfig(vocab_size=VOCAB, max_position_embeddings=seq, **spec)
-    gen = np.random.default_rng(0)
-    batch = make_batch(gen, seq)
-    ours = BertForPreTraining(cfg, dtype=np.float32, seed=0)
-    with tempfile.TemporaryDirectory() as d:  # the same weights on both sides, through a checkpoint
-        ours.save_pretrained(d)
-        hf = transformers.BertForPreTraining.from_pretrained(d, attn_implementation="eager")
-
-    # Validate before timing: same loss on the same weights and batch, dropout off.
-    ref_loss = float(ours.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                                  batch["labels"], batch["next_sentence_label"])["loss"])
-    with torch.no_grad():
-        hf_loss = hf.eval()(**{k: torch.as_tensor(v) for k, v in batch.items()}).loss.item()
-    assert abs(ref_loss - hf_loss) < 1e-4, (ref_loss, hf_loss)
-    hf.train()
-
-    optimizer = AdamW(ours.params, lr=LR, weight_decay=0.01)
-    counter = iter(range(10 ** 9))
-    ref_step = lambda: pretraining_step(ours, optimizer, batch, LR, dropout_seed=next(counter))  # noqa: E731
-    torch_step = torch_step_fn(hf, batch)
-    ref_step(), torch_step(), torch_step()  # warm-up
-    # Interleave the two so that load from other processes on this shared machine hits both alike.
-    samples = {"ref": [], "torch": []}
-    for _ in range(repeats):
-        samples["ref"] += time_fn(ref_step, warmup=0, repeats=1)["samples_s"]
-        samples["torch"] += time_fn(torch_step, warmup=0, repeats=1)["samples_s"]
-    t_ref, t_torch = ({"median_s": statistics.median(s), "samples_s": s} for s in samples.values())
-    tokens = BATCH * seq
-    rows = []
-    for impl, t in (("numpy reference", t_ref), ("torch eager (HF)", t_torch)):
-        rows.append({"config": name, "impl": impl, "ms_per_step": 1e3 * t["median_s"],
-                     "tokens_per_s": tokens / t["median_s"],
-                     "slowdown_vs_torch": t["median_s"] / t_torch["median_s"],
-                     "samples_s": t["samples_s"]})
-    return rows, {"loss_numpy": ref_loss, "loss_torch": hf_loss}
+    config = BertConfig(vocab_size=VOCAB, max_position_embeddings=seq, **spec)
+    batch = make_batch(np.random.default_rng(0), batch_size, seq)
+    reference = ReferenceBert(config, dtype=np.float32, seed=0)
+    rows = {"numpy reference": NumpyRow(reference, batch)}
+    with tempfile.TemporaryDirectory() as directory:
+        reference.save_pretrained(directory)
+        for attn in ("eager", "sdpa"):
+            hf = transformers.BertForPreTraining.from_pretrained(directory, attn_implementation=attn)
+            rows[f"transformers {attn}"] = TorchRow(hf, batch, minibert=False)
+        for logits, masked_only in (("full logits", False), ("masked only", True)):
+            for name, (attn, gelu) in MINIBERT_BACKENDS.items():
+                model = BertForPreTraining.from_pretrained(directory, attn_implementation=attn,
+                                                           gelu_implementation=gelu)
+                rows[f"minibert {name}, {logits}"] = TorchRow(model, batch, True, masked_only)
+    return rows, seq
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="NumPy reference vs torch eager training-step time")
-    parser.add_argument("--repeats", type=int, default=9)
-    args = parser.parse_args(argv)
-    import torch
-    torch.set_num_threads(THREADS)
-    rows, checks = [], {}
-    for name, spec in CONFIGS.items():
-        r, c = bench_config(name, dict(spec), args.repeats)
-        rows += r
-        checks[name] = c
-    print(f"batch {BATCH}, vocab {VOCAB}, float32, dropout on, AdamW; "
-          f"{THREADS} thread(s) for NumPy's BLAS and for torch")
-    print_table(rows, ["config", "impl", "ms_per_step", "tokens_per_s", "slowdown_vs_torch"],
-                {"ms_per_step": ".1f", "tokens_per_s": ".0f", "slowdown_vs_torch": ".2f"})
-    path = save_json("train", {"threads": THREADS, "batch": BATCH, "vocab": VOCAB, "dtype": "float32",
-                               "configs": CONFIGS, "loss_check": checks, "rows": rows})
+def check_losses(rows: dict) -> dict:
+    """Dropout-off loss of every row; raises unless all match the baseline within LOSS_TOLERANCE."""
+    losses = {name: row.loss() for name, row in rows.items()}
+    wrong = {name: loss for name, loss in losses.items() if abs(loss - losses[BASELINE]) > LOSS_TOLERANCE}
+    if wrong:
+        raise RuntimeError(f"implementations disagree on the loss of the same weights and batch (dropout off): "
+                           f"{BASELINE} = {losses[BASELINE]:.6f}, but {wrong}. Timing them would compare "
+                           f"different computations; fix the model first.")
+    return losses
 
+
+def time_interleaved(rows: dict, repeats: int, warmup: int) -> dict:
+    """Per row, ``repeats`` seconds-per-step samples taken in rounds of one step each, rotating the order."""
+    for row in rows.values():
+        for _ in range(warmup):
+            row.step()
+    names = list(rows)
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            rows[name].step()
+            samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
+def plot(results: list[dict], batch: int, path_name: str) -> str:
+    """One horizontal bar chart of tokens/s per config, each bar labelled with its speed-up."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    names = list(CONFIGS)
-    width = 0.38
-    for i, impl in enumerate(("numpy reference", "torch eager (HF)")):
-        vals = [next(r["tokens_per_s"] for r in rows if r["config"] == n and r["impl"] == impl) for n in names]
-        ax.bar(np.arange(len(names)) + (i - 0.5) * width, vals, width, label=impl)
-    ax.set_xticks(np.arange(len(names)), [n.replace(" (", "\n(") for n in names])
-    ax.set_yscale("log")
-    ax.set_ylabel("tokens / s (higher is better)")
-    ax.set_title(f"BERT training step (fwd+bwd+AdamW), batch {BATCH}, float32, {THREADS} thread(s)")
-    ax.legend()
-    print("saved", path, save_figure(fig, "train"))
+    configs = list(dict.fromkeys(r["config"] for r in results))
+    fig, axes = plt.subplots(len(configs), 1, figsize=(9, 3.2 * len(configs)), squeeze=False)
+    for ax, config in zip(axes[:, 0], configs):
+        rows = [r for r in results if r["config"] == config]
+        colors = ["tab:gray" if r["impl"].startswith("numpy") else "tab:orange"
+                  if r["impl"].startswith("transformers") else "tab:blue" for r in rows]
+        y = np.arange(len(rows))[::-1]
+        ax.barh(y, [r["tokens_per_s"] for r in rows], color=colors)
+        ax.set_yticks(y, [r["impl"] for r in rows], fontsize=8)
+        for yi, r in zip(y, rows):
+            ax.text(r["tokens_per_s"], yi, f" {r['speedup_vs_hf']:.2f}x", va="center", fontsize=8)
+        ax.set_xlim(0, 1.15 * max(r["tokens_per_s"] for r in rows))
+        ax.set_title(f"{config}, vocab {VOCAB}, batch {batch}", fontsize=9)
+    axes[-1, 0].set_xlabel(f"tokens / s per training step (higher is better; labels: x {BASELINE})")
+    fig.suptitle(f"BERT training step (fwd + bwd + AdamW), float32, {THREADS} thread(s)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path_name)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Training-step tokens/s: minibert vs transformers vs NumPy")
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per implementation (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation first")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per batch (default 8)")
+    args = parser.parse_args(argv)
+    import torch
+    torch.set_num_threads(THREADS)
+    load_before = os.getloadavg()
+    results, losses = [], {}
+    for config_name, spec in CONFIGS.items():
+        rows, seq = build_rows(spec, args.batch)
+        losses[config_name] = check_losses(rows)
+        samples = time_interleaved(rows, args.repeats, args.warmup)
+        base = statistics.median(samples[BASELINE])
+        for name, s in samples.items():
+            median = statistics.median(s)
+            results.append({"config": config_name, "impl": name, "ms_per_step": 1e3 * median,
+                            "tokens_per_s": args.batch * seq / median, "speedup_vs_hf": base / median,
+                            "samples_s": s})
+    load_after = os.getloadavg()
+    print(f"batch {args.batch}, vocab {VOCAB}, float32, dropout on, AdamW + clipping; {THREADS} thread(s) for "
+          f"torch and NumPy; median of {args.repeats} interleaved steps after {args.warmup} warm-up; "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print("losses agree within", LOSS_TOLERANCE, {c: round(v[BASELINE], 6) for c, v in losses.items()})
+    print_table(results, ["config", "impl", "ms_per_step", "tokens_per_s", "speedup_vs_hf"],
+                {"ms_per_step": ".1f", "tokens_per_s": ".0f", "speedup_vs_hf": ".2f"})
+    path = save_json("train", {
+        "threads": THREADS, "batch": args.batch, "vocab": VOCAB, "dtype": "float32", "dropout": True,
+        "repeats": args.repeats, "warmup": args.warmup, "baseline": BASELINE,
+        "load_average_before": load_before, "load_average_after": load_after,
+        "configs": CONFIGS, "loss_check_dropout_off": losses, "loss_tolerance": LOSS_TOLERANCE,
+        "rows": results})
+    print("saved", path, plot(results, args.batch, "train"))
     return 0
 
 
