@@ -136,7 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="parameter dtype (float64 for exact comparisons between backends)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored, with a note, on CPU)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="no progress bar (the summary is still printed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -494,8 +494,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
         }
         atomic_write_text(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
         save_curves(rows, os.path.join(out, CURVES_FILE), d.unigram_accuracy)
-        if not args.quiet:
-            print_summary(summary)
+        print_summary(summary)
     return summary
 
 
