@@ -9,13 +9,17 @@ forward+backward 12 B H S^2 D: two more matmuls for dV, dP and two for dQ, dK; r
 counted), the peak extra memory of one call, and speed-ups against torch eager and SDPA.
 Peak memory on the CPU is the growth of the process's resident set during one call (the kernel's
 high-water mark is reset through /proc/self/clear_refs first), so it sees torch's and NumPy's own
-allocations alike; on CUDA it is torch.cuda.max_memory_allocated. The fused op is checked against
+allocations alike. The script re-executes itself with MALLOC_MMAP_THRESHOLD_=65536 so that every
+large buffer is freshly mapped and returned on free: otherwise glibc recycles already-resident heap
+and an op's allocations can look free. On CUDA it is torch.cuda.max_memory_allocated. The fused op is checked against
 eager before anything is timed. Results: benchmarks/results/attention-<machine>.json and .png.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import sys
 
 import _common
 import torch
@@ -110,6 +114,8 @@ def validate(device: str, dtype: torch.dtype) -> float:
 
 
 def main():
+    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="S up to 512 and fewer repeats")
     parser.add_argument("--max-seq", type=int, default=4096, help="largest sequence length (default 4096)")
@@ -139,11 +145,15 @@ def main():
                         continue
                     fn = make_case(impl, mode, seq, device, dtype)
                     big = seq >= 2048
-                    t = _common.time_fn(fn, warmup=1, repeats=2 if big else repeats, sync=sync)
+                    # small cases repeat for at least 0.5 s: on a shared machine one sample is noise
+                    t = _common.time_fn(fn, warmup=1, repeats=2 if big else repeats, sync=sync,
+                                        min_time=0.0 if big else 0.5)
                     rows.append({"device": device, "dtype": dtype_name, "seq": seq, "mode": mode, "impl": impl,
                                  "median_ms": 1e3 * t["median_s"],
                                  "gflops": flops(seq, mode) / t["median_s"] / 1e9,
                                  "peak_mb": peak_extra_mb(fn, device)})
+                    print(f"  {device} {dtype_name} S={seq} {mode} {impl}: {rows[-1]['median_ms']:.1f} ms",
+                          flush=True)
                     del fn
                     gc.collect()
     by_key = {(r["device"], r["dtype"], r["seq"], r["mode"], r["impl"]): r for r in rows}
