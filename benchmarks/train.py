@@ -2,6 +2,7 @@
 
     python benchmarks/train.py            # prints a table, saves benchmarks/results/train-<machine>.{json,png}
     MINIBERT_BENCH_THREADS=2 python benchmarks/train.py --repeats 9 --batch 16
+    python benchmarks/train.py --profile  # also: where the time goes (torch.profiler), GEMM share in the JSON
 
 One step = forward with dropout on + MLM/NSP loss + backward + global-norm clipping (1.0) + AdamW update,
 float32, on one fixed batch. Rows, all in ONE run:
@@ -188,6 +189,27 @@ def time_interleaved(rows: dict, repeats: int, warmup: int, min_seconds: float) 
     return samples
 
 
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+PROFILED = ("transformers eager", "minibert fused, full logits", "minibert fused, masked only")
+
+
+def profile_rows(rows: dict, steps: int = 2) -> dict:
+    """``torch.profiler`` over a few steps of the PROFILED rows: prints each one's top ops by self time and
+    returns the share of that time spent in matrix multiplies (the work every torch row does alike)."""
+    from torch.profiler import ProfilerActivity, profile
+    shares = {}
+    for name in PROFILED:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                rows[name].step()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        shares[name] = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / total
+        print(f"--- {name}: {shares[name]:.0%} of self CPU time in {'/'.join(GEMM_OPS)}")
+        print(events.table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=48))
+    return shares
+
+
 def plot(results: list[dict], batch: int, path_name: str) -> str:
     """One horizontal bar chart of tokens/s per config, each bar labelled with its speed-up."""
     import matplotlib
@@ -219,15 +241,19 @@ def main(argv=None) -> int:
                         help="keep timing rounds of a config until this much time has passed (default 30)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation first")
     parser.add_argument("--batch", type=int, default=8, help="sequences per batch (default 8)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile a few steps of transformers and minibert fused (torch.profiler)")
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(THREADS)
     load_before = os.getloadavg()
-    results, losses, baselines = [], {}, {}
+    results, losses, baselines, gemm_share = [], {}, {}, {}
     for config_name, spec in CONFIGS.items():
         rows, seq = build_rows(spec, args.batch)
         losses[config_name] = check_losses(rows)
         samples = time_interleaved(rows, args.repeats, args.warmup, args.min_seconds)
+        if args.profile:
+            gemm_share[config_name] = profile_rows(rows)
         medians = {name: statistics.median(s) for name, s in samples.items()}
         baselines[config_name] = min((n for n in medians if n.startswith("transformers")), key=medians.get)
         for name, s in samples.items():
@@ -250,7 +276,7 @@ def main(argv=None) -> int:
         "speedup_baseline": baselines, "notes": NOTES,
         "load_average_before": load_before, "load_average_after": load_after,
         "configs": CONFIGS, "loss_check_dropout_off": losses, "loss_tolerance": LOSS_TOLERANCE,
-        "rows": results})
+        "gemm_share_of_step": gemm_share or None, "rows": results})
     print("saved", path, plot(results, args.batch, "train"))
     return 0
 
