@@ -47,7 +47,7 @@ from minibert.reference.schedules import linear_warmup_decay
 # about five minutes to an MLM accuracy above the unigram baseline (README gives the figures). A short run
 # is a few hundred steps, so small batches (more updates) and a moderate peak rate win. Measured on the
 # built-in corpus, 300 steps of batch 16, held-out MLM accuracy: 9.1% at lr 5e-4, 7.1% (200 steps) at
-# 2.5e-4, 6.3% at 1e-3, and stuck at the 6.1% unigram level at 3e-3 (post-LN BERT stalls on that
+# 2.5e-4, 6.1% at 1e-3 (6.3% with dropout off), and stuck at the 6.1% unigram level at 3e-3 (post-LN BERT stalls on that
 # plateau when its steps are too large).
 DEFAULT_MINUTES = 5.0
 DEFAULT_BATCH_SIZE = 16
