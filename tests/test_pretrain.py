@@ -180,7 +180,7 @@ def test_resume_refuses_changed_settings(tiny_data, tmp_path):
     out = tmp_path / "run"
     pretrain.main(tiny_args(tiny_data, out, 2, "--eval-every", "0"))
     with pytest.raises(ValueError, match="lr: checkpoint"):
-        pretrain.main(tiny_args(tiny_data, out, 2, "--eval-every", "0", "--lr", "5e-4", "--resume"))
+        pretrain.main(tiny_args(tiny_data, out, 2, "--eval-every", "0", "--lr", "2e-3", "--resume"))
 
 
 def test_clear_errors(tiny_data, tmp_path):
