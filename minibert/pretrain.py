@@ -2,22 +2,26 @@
 
 The loop, in the order it happens:
 
-1. **Data.** Read the corpus, hold out every ``--held-out-every``-th document for evaluation *before*
-   any instance is built (so no sentence of the evaluation text is ever trained on), then build the
-   pretraining instances (``[CLS] A [SEP] B [SEP]`` with masks) once.
-2. **Model.** ``minibert.modeling.BertForPreTraining`` with ``torch.optim.AdamW`` (``--backend torch``),
-   or the NumPy reference with its hand-written backward and AdamW (``--backend numpy``) driven by the
-   very same loop: same batches, schedule, logging and checkpoints.
+1. **Data** (``minibert.pretrain_data``). Read the corpus, hold out every ``--held-out-every``-th
+   document for evaluation *before* any instance is built (so no sentence of the evaluation text is ever
+   trained on), then build the pretraining instances (``[CLS] A [SEP] B [SEP]`` with masks) once.
+2. **Model** (``minibert.pretrain_backends``). ``minibert.modeling.BertForPreTraining`` with
+   ``torch.optim.AdamW`` (``--backend torch``), or the NumPy reference with its hand-written backward and
+   AdamW (``--backend numpy``) driven by the very same loop: same batches, schedule, logging, checkpoints.
 3. **Steps.** Step ``s`` trains on a global batch and dropout seeds that are pure functions of
-   ``(--seed, s)`` (``minibert.step_batches``), with a linear warm-up then linear decay of the learning
-   rate, gradient clipping and weight decay on everything but biases and LayerNorm.
-4. **Watching.** A progress bar (loss, MLM / NSP accuracy, tokens/s); every step appended to
+   ``(--seed, s)``, BERT's linear warm-up then linear decay of the learning rate
+   (``minibert.reference.schedules``), gradient clipping and weight decay on everything but biases and
+   LayerNorm.
+4. **Watching** (``minibert.pretrain_report``). A progress bar (loss, MLM / NSP accuracy, tokens/s); every step appended to
    ``OUT/metrics.jsonl``; evaluation on the held-out documents every ``--eval-every`` steps; loss and
    accuracy curves in ``OUT/curves.png``.
 5. **Checkpoints.** ``OUT/last`` every ``--save-every`` steps and at the end (``minibert.trainer_state``):
    loads in ``transformers`` unchanged, and ``--resume`` continues it with the same loss trajectory.
 6. **Summary.** Final train / eval loss, MLM and NSP accuracy, and the *unigram baseline*: the MLM
    accuracy of always guessing the most frequent masked token, the score to beat.
+
+Try it: ``python -m minibert.pretrain`` (five minutes on two CPU cores), then
+``python -m minibert.fill_mask --model runs/pretrain/last "The [MASK] statement exits a loop."``.
 
 Several processes: ``torchrun --nproc_per_node N -m minibert pretrain ...`` runs data parallel
 (DistributedDataParallel, gloo on CPU, nccl on GPU). Each rank trains on a disjoint part of every global
