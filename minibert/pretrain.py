@@ -12,9 +12,9 @@ The loop, in the order it happens:
    ``(--seed, s)``, BERT's linear warm-up then linear decay of the learning rate
    (``minibert.reference.schedules``), gradient clipping and weight decay on everything but biases and
    LayerNorm.
-4. **Watching** (``minibert.pretrain_report``). A progress bar (loss, MLM / NSP accuracy, tokens/s); every step appended to
-   ``OUT/metrics.jsonl``; evaluation on the held-out documents every ``--eval-every`` steps; loss and
-   accuracy curves in ``OUT/curves.png``.
+4. **Watching** (``minibert.pretrain_report``). A progress bar (loss, MLM / NSP accuracy, tokens/s);
+   every step appended to ``OUT/metrics.jsonl``; evaluation on the held-out documents every
+   ``--eval-every`` steps; loss and accuracy curves in ``OUT/curves.png``.
 5. **Checkpoints.** ``OUT/last`` every ``--save-every`` steps and at the end (``minibert.trainer_state``):
    loads in ``transformers`` unchanged, and ``--resume`` continues it with the same loss trajectory.
 6. **Summary.** Final train / eval loss, MLM and NSP accuracy, and the *unigram baseline*: the MLM
