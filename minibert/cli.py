@@ -138,8 +138,8 @@ def _run_corpus(args) -> int:
 
 def _add_demo(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train a vocabulary on the built-in corpus and tokenize a sentence",
-                              description="The main job (until pretraining exists): learn a WordPiece "
-                                          "vocabulary from Python's documentation, then tokenize a sentence.")
+                              description="A one-minute first look: learn a WordPiece vocabulary from "
+                                          "Python's documentation, then tokenize a sentence step by step.")
     p.add_argument("--out", default="runs/vocab", help="folder for the vocabulary (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=vocab.DEFAULT_VOCAB_SIZE,
                    help="number of tokens (default: %(default)s)")
@@ -156,8 +156,45 @@ def _run_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# pretrain (the main job) and fill-mask: their options live beside their code
 
-VERBS = [_add_train_vocab, _add_tokenize, _add_corpus, _add_demo]
+def _add_pretrain(subparsers) -> None:
+    from minibert import pretrain
+
+    p = subparsers.add_parser("pretrain", help="pretrain a BERT on masked-LM + next-sentence prediction",
+                              description="Pretrain a BERT from scratch on masked-LM + next-sentence "
+                                          "prediction (default: the built-in corpus, about 5 minutes).")
+    pretrain.add_arguments(p)
+    p.set_defaults(run=_run_pretrain)
+
+
+def _run_pretrain(args) -> int:
+    from minibert import pretrain
+
+    pretrain.run(args)
+    return 0
+
+
+def _add_fill_mask(subparsers) -> None:
+    from minibert import fill_mask
+
+    p = subparsers.add_parser("fill-mask", help="predict the words behind [MASK] with a trained model",
+                              description="Print the top-k predictions, with probabilities, for every "
+                                          "[MASK] in a text.")
+    fill_mask.add_arguments(p)
+    p.set_defaults(run=_run_fill_mask)
+
+
+def _run_fill_mask(args) -> int:
+    from minibert import fill_mask
+
+    fill_mask.run(args)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+
+VERBS = [_add_pretrain, _add_fill_mask, _add_train_vocab, _add_tokenize, _add_corpus, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

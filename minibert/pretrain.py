@@ -83,8 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--corpus", nargs="+", default=["builtin"],
                    help="text files / folders (one sentence per line, blank line between documents), "
                         "or 'builtin' (default): the Python documentation that ships with Python")
-    g.add_argument("--vocab", default=None, help="directory holding vocab.txt (default: minibert's bundled "
-                                                 "vocabulary, see `minibert vocab`)")
+    g.add_argument("--vocab", default=None, help="directory holding vocab.txt (default: the vocabulary trained on "
+                                                 "the built-in corpus, cached on first use; see `minibert train-vocab`)")
     g.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default 128)")
     g.add_argument("--dupe-factor", type=int, default=DEFAULT_DUPE_FACTOR,
                    help=f"copies of the corpus, each with different masks (default {DEFAULT_DUPE_FACTOR})")
