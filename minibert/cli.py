@@ -2,7 +2,8 @@
 
 Each verb is two small functions: ``_add_<verb>(subparsers)`` declares its arguments and
 ``_run_<verb>(args)`` does the work and returns the exit status. Adding a verb means writing those two
-and listing the first in ``VERBS``.
+and listing the first in ``VERBS``. A verb whose work is a module of its own (``pretrain``, ``fill-mask``)
+takes that module's ``add_arguments(parser)`` and ``run(args)`` instead.
 
 User errors (a missing file, a corpus that is not UTF-8, a vocabulary size that cannot work, an output
 path that is a file) are printed as ``minibert: error: ...`` with exit status 2, like argparse's own usage
@@ -11,6 +12,7 @@ errors, instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
@@ -156,40 +158,32 @@ def _run_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
-# pretrain (the main job) and fill-mask: their options live beside their code
+# pretrain (the main job) and fill-mask: their options and work live beside their code, in modules that
+# expose add_arguments(parser) and run(args)
+
+def _add_module_verb(subparsers, verb: str, module_name: str, help: str, description: str) -> None:
+    module = importlib.import_module(module_name)
+    p = subparsers.add_parser(verb, help=help, description=description)
+    module.add_arguments(p)
+
+    def run(args) -> int:
+        module.run(args)
+        return 0
+
+    p.set_defaults(run=run)
+
 
 def _add_pretrain(subparsers) -> None:
-    from minibert import pretrain
-
-    p = subparsers.add_parser("pretrain", help="pretrain a BERT on masked-LM + next-sentence prediction",
-                              description="Pretrain a BERT from scratch on masked-LM + next-sentence "
-                                          "prediction (default: the built-in corpus, about 5 minutes).")
-    pretrain.add_arguments(p)
-    p.set_defaults(run=_run_pretrain)
-
-
-def _run_pretrain(args) -> int:
-    from minibert import pretrain
-
-    pretrain.run(args)
-    return 0
+    _add_module_verb(subparsers, "pretrain", "minibert.pretrain",
+                     help="pretrain a BERT on masked-LM + next-sentence prediction",
+                     description="Pretrain a BERT from scratch on masked-LM + next-sentence prediction "
+                                 "(default: the built-in corpus, about 5 minutes).")
 
 
 def _add_fill_mask(subparsers) -> None:
-    from minibert import fill_mask
-
-    p = subparsers.add_parser("fill-mask", help="predict the words behind [MASK] with a trained model",
-                              description="Print the top-k predictions, with probabilities, for every "
-                                          "[MASK] in a text.")
-    fill_mask.add_arguments(p)
-    p.set_defaults(run=_run_fill_mask)
-
-
-def _run_fill_mask(args) -> int:
-    from minibert import fill_mask
-
-    fill_mask.run(args)
-    return 0
+    _add_module_verb(subparsers, "fill-mask", "minibert.fill_mask",
+                     help="predict the words behind [MASK] with a trained model",
+                     description="Print the top-k predictions, with probabilities, for every [MASK] in a text.")
 
 
 # ----------------------------------------------------------------------------------------------------
