@@ -62,22 +62,13 @@ def _extension_build():
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
-def _read_readme() -> str:
-    """README.md as the long description ("" while it does not exist yet, so a fresh tree still builds)."""
-    path = os.path.join(HERE, "README.md")
-    if not os.path.exists(path):
-        return ""
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
 ext_modules, cmdclass = _extension_build()
 
 setup(
     name="minibert",
     version="0.1.0",
     description="BERT pretraining from scratch: a readable NumPy reference and a fast PyTorch + C++/CUDA path",
-    long_description=_read_readme(),
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["minibert", "minibert.*"]),
