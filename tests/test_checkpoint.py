@@ -15,13 +15,7 @@ CFG = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_hea
            max_position_embeddings=12)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: a second torch thread only adds contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def hf_pretraining(**kw):

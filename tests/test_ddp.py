@@ -18,7 +18,9 @@ import torch
 from minibert import pretrain
 from minibert.modeling import BertForPreTraining
 
-from test_pretrain import one_torch_thread, read_rows, tiny_args, tiny_data  # noqa: F401  (fixtures)
+from test_pretrain import read_rows, tiny_args, tiny_data  # noqa: F401  (tiny_data is a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXACT = ["--dtype", "float64", "--dropout", "0", "--eval-every", "0", "--save-every", "0"]
