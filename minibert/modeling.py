@@ -204,19 +204,25 @@ class BertSelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
 
 
-class BertSelfOutput(nn.Module):
-    """Attention output projection, dropout, then the post-LN residual: LayerNorm(x + dropout(W a))."""
+class BertResidualOutput(nn.Module):
+    """Projection back to the hidden size, dropout, then the post-LN residual: LayerNorm(x + dropout(W a)).
 
-    def __init__(self, config: BertConfig, layer_index: int):
+    Both sub-blocks of a layer end this way: after attention (``attention.output``: [B, S, H] -> [B, S, H],
+    dropout site SITE_ATTENTION_OUTPUT) and after the feed-forward expansion (``output``: [B, S, I] ->
+    [B, S, H], site SITE_FFN_OUTPUT). HF names the two classes BertSelfOutput and BertOutput; only the
+    attribute names reach the state dict, so one class serves both.
+    """
+
+    def __init__(self, config: BertConfig, layer_index: int, in_features: int, site: int):
         super().__init__()
         self.config = config
         self.layer_index = layer_index
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.site = site
+        self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, context, residual, dropout: DropoutPlan) -> torch.Tensor:
-        out = dropout.apply(self.dense(context), self.config.hidden_dropout_prob,
-                            self.layer_index, SITE_ATTENTION_OUTPUT)
+    def forward(self, hidden, residual, dropout: DropoutPlan) -> torch.Tensor:
+        out = dropout.apply(self.dense(hidden), self.config.hidden_dropout_prob, self.layer_index, self.site)
         return self.LayerNorm(out + residual)
 
 
@@ -226,7 +232,7 @@ class BertAttention(nn.Module):
     def __init__(self, config: BertConfig, layer_index: int, attn_implementation: str = "eager"):
         super().__init__()
         self.self = BertSelfAttention(config, layer_index, attn_implementation)
-        self.output = BertSelfOutput(config, layer_index)
+        self.output = BertResidualOutput(config, layer_index, config.hidden_size, SITE_ATTENTION_OUTPUT)
 
     def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
         return self.output(self.self(hidden_states, mask, dropout), hidden_states, dropout)
@@ -254,22 +260,6 @@ class BertIntermediate(nn.Module):
         return dense_gelu(self.dense, hidden_states, self.approximate, self.gelu_implementation)
 
 
-class BertOutput(nn.Module):
-    """Feed-forward contraction, dropout, post-LN residual: [B, S, I] -> [B, S, H]."""
-
-    def __init__(self, config: BertConfig, layer_index: int):
-        super().__init__()
-        self.config = config
-        self.layer_index = layer_index
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, intermediate, residual, dropout: DropoutPlan) -> torch.Tensor:
-        out = dropout.apply(self.dense(intermediate), self.config.hidden_dropout_prob,
-                            self.layer_index, SITE_FFN_OUTPUT)
-        return self.LayerNorm(out + residual)
-
-
 class BertLayer(nn.Module):
     """One encoder layer: self-attention block, then feed-forward block, each with a residual + LayerNorm."""
 
@@ -278,7 +268,7 @@ class BertLayer(nn.Module):
         super().__init__()
         self.attention = BertAttention(config, layer_index, attn_implementation)
         self.intermediate = BertIntermediate(config, gelu_implementation)
-        self.output = BertOutput(config, layer_index)
+        self.output = BertResidualOutput(config, layer_index, config.intermediate_size, SITE_FFN_OUTPUT)
 
     def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
         attention_output = self.attention(hidden_states, mask, dropout)
