@@ -9,6 +9,8 @@
 // dS = P (dP Z - D), and each warp adds its part of dQ = scale dS K with float atomics.
 // All arithmetic is float32 whatever the storage type.
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda_common.cuh"
 #include "dropout_hash.h"
@@ -37,7 +39,7 @@ template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
 attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                          const uint8_t* __restrict__ key_mask, T* __restrict__ out, float* __restrict__ lse,
-                         AttentionShape sh, float scale, DropoutArgs dropout) {
+                         AttentionShape sh, float scale, DropoutArgs dropout, int64_t row_blocks) {
   extern __shared__ float smem[];
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
   const int64_t ks_stride = D + 1;  // +1 float: lanes reading k_s[lane][d] hit different banks
@@ -45,7 +47,8 @@ attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const
   float* k_s = q_s + kBlockRows * D;           // [kTileKeys][D + 1]
   float* v_s = k_s + kTileKeys * ks_stride;    // [kTileKeys][D]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t bh = blockIdx.y, b = bh / sh.heads, i0 = static_cast<int64_t>(blockIdx.x) * kBlockRows;
+  // One flat grid index: (batch * heads) x row blocks may exceed the 65535 limit of gridDim.y.
+  const int64_t bh = blockIdx.x / row_blocks, b = bh / sh.heads, i0 = (blockIdx.x % row_blocks) * kBlockRows;
 
   for (int64_t e = threadIdx.x; e < kBlockRows * D; e += blockDim.x) {
     const int64_t i = i0 + e / D;
@@ -132,7 +135,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 attention_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ q, const T* __restrict__ k,
                           const T* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ row_d,
                           const uint8_t* __restrict__ key_mask, float* __restrict__ dq_acc, T* __restrict__ dk,
-                          T* __restrict__ dv, AttentionShape sh, float scale, DropoutArgs dropout) {
+                          T* __restrict__ dv, AttentionShape sh, float scale, DropoutArgs dropout,
+                          int64_t key_blocks) {
   extern __shared__ float smem[];
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
   constexpr int kChunk = 32;                // query rows staged per step
@@ -141,8 +145,8 @@ attention_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ 
   float* lse_s = do_s + kChunk * D;         // [kChunk]
   float* d_s = lse_s + kChunk;              // [kChunk]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t bh = blockIdx.y, b = bh / sh.heads;
-  const int64_t key0 = static_cast<int64_t>(blockIdx.x) * kTileKeys + warp * kKeysPerWarp;
+  const int64_t bh = blockIdx.x / key_blocks, b = bh / sh.heads;
+  const int64_t key0 = (blockIdx.x % key_blocks) * kTileKeys + warp * kKeysPerWarp;
 
   float kr[kKeysPerWarp][kDPerLane], vr[kKeysPerWarp][kDPerLane];
   float dkr[kKeysPerWarp][kDPerLane], dvr[kKeysPerWarp][kDPerLane];
@@ -237,15 +241,21 @@ cudaError_t attention_forward_cuda(ScalarKind kind, const void* q, const void* k
                                    const uint8_t* key_mask, void* out, float* lse, const AttentionShape& shape,
                                    float scale, const DropoutArgs& dropout, cudaStream_t stream) {
   if (shape.head_dim < 1 || shape.head_dim > kCudaMaxHeadDim) return cudaErrorInvalidValue;
-  const dim3 grid(static_cast<unsigned>((shape.seq_q + kBlockRows - 1) / kBlockRows),
-                  static_cast<unsigned>(shape.batch * shape.heads));
+  const char* choice = std::getenv("MINIBERT_CUDA_ATTENTION");
+  const bool simt_asked = choice != nullptr && std::strcmp(choice, "simt") == 0;
+  if (!simt_asked && attention_forward_tc_supported(kind, shape.head_dim)) {
+    return attention_forward_tc_cuda(kind, q, k, v, key_mask, out, lse, shape, scale, dropout, stream);
+  }
+  const int64_t row_blocks = (shape.seq_q + kBlockRows - 1) / kBlockRows;
+  if (row_blocks * shape.batch * shape.heads > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const unsigned grid = static_cast<unsigned>(row_blocks * shape.batch * shape.heads);
   const size_t smem = sizeof(float) * (kBlockRows * shape.head_dim + kTileKeys * (shape.head_dim + 1) +
                                        kTileKeys * shape.head_dim);
   return dispatch_kind(kind, [&](auto tag) {
     using T = decltype(tag);
     attention_forward_kernel<T><<<grid, kWarps * 32, smem, stream>>>(
         static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), key_mask,
-        static_cast<T*>(out), lse, shape, scale, dropout);
+        static_cast<T*>(out), lse, shape, scale, dropout, row_blocks);
   });
 }
 
@@ -256,8 +266,9 @@ cudaError_t attention_backward_cuda(ScalarKind kind, const void* grad_out, const
                                     cudaStream_t stream) {
   if (shape.head_dim < 1 || shape.head_dim > kCudaMaxHeadDim) return cudaErrorInvalidValue;
   const int64_t rows = shape.batch * shape.heads * shape.seq_q;
-  const dim3 grid(static_cast<unsigned>((shape.seq_k + kTileKeys - 1) / kTileKeys),
-                  static_cast<unsigned>(shape.batch * shape.heads));
+  const int64_t key_blocks = (shape.seq_k + kTileKeys - 1) / kTileKeys;
+  if (key_blocks * shape.batch * shape.heads > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const unsigned grid = static_cast<unsigned>(key_blocks * shape.batch * shape.heads);
   const size_t smem = sizeof(float) * (2 * 32 * shape.head_dim + 2 * 32);
   return dispatch_kind(kind, [&](auto tag) {
     using T = decltype(tag);
@@ -266,7 +277,7 @@ cudaError_t attention_backward_cuda(ScalarKind kind, const void* grad_out, const
     attention_backward_kernel<T><<<grid, kWarps * 32, smem, stream>>>(
         static_cast<const T*>(grad_out), static_cast<const T*>(q), static_cast<const T*>(k),
         static_cast<const T*>(v), lse, row_d, key_mask, dq_acc, static_cast<T*>(dk), static_cast<T*>(dv), shape,
-        scale, dropout);
+        scale, dropout, key_blocks);
   });
 }
 

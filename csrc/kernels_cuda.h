@@ -18,6 +18,14 @@ cudaError_t attention_forward_cuda(ScalarKind kind, const void* q, const void* k
                                    const uint8_t* key_mask, void* out, float* lse, const AttentionShape& shape,
                                    float scale, const DropoutArgs& dropout, cudaStream_t stream);
 
+// The tensor-core forward of attention_cuda_tc.cu: float16/bfloat16, head_dim a multiple of 16, sm_80+.
+// attention_forward_cuda calls it wherever attention_forward_tc_supported() says so, unless the
+// environment variable MINIBERT_CUDA_ATTENTION=simt asks for the SIMT kernel (to compare the two).
+bool attention_forward_tc_supported(ScalarKind kind, int64_t head_dim);
+cudaError_t attention_forward_tc_cuda(ScalarKind kind, const void* q, const void* k, const void* v,
+                                      const uint8_t* key_mask, void* out, float* lse, const AttentionShape& shape,
+                                      float scale, const DropoutArgs& dropout, cudaStream_t stream);
+
 // dq_acc: float32 [B, H, Sq, D], ZEROED by the caller (key tiles add into it atomically; the caller
 // converts it to the input dtype). row_d: float32 [B, H, Sq] scratch for D = rowsum(dO * O) - grad_lse.
 // grad_lse may be null. dk, dv: like k, v, written directly (each block owns its keys).

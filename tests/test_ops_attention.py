@@ -217,16 +217,24 @@ def test_cuda_float32_matches_reference(shape, dropout_p):
 
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("kernel", ["default", "simt"])  # default: tensor cores where D % 16 == 0
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 4, 200, 200, 64), (1, 2, 77, 130, 128)])
-def test_cuda_low_precision_within_twice_torch_error(dtype, shape):
-    """FlashAttention's rule: error vs float64 at most ~2x that of torch's own attention at this dtype."""
+@pytest.mark.parametrize("shape", [(2, 4, 200, 200, 64), (1, 2, 77, 130, 128), (2, 3, 37, 45, 48),
+                                   (1, 2, 33, 70, 40), (3, 1, 1, 5, 16)])
+def test_cuda_low_precision_within_twice_torch_error(shape, dtype, dropout_p, kernel, monkeypatch):
+    """FlashAttention's rule: error vs float64 at most ~2x that of torch's own attention at this dtype.
+
+    Both CUDA forward kernels (the tensor-core one for float16/bfloat16 with D a multiple of 16, and the
+    SIMT one, forced by MINIBERT_CUDA_ATTENTION=simt) with the same dropout mask as NumPy."""
+    if kernel == "simt":
+        monkeypatch.setenv("MINIBERT_CUDA_ATTENTION", "simt")
     inputs = make_inputs(shape, dtype=dtype, device="cuda")
     q, k, v, dout, mask = inputs
-    ref = reference(*inputs, 0.0, 0, 0)
-    got = fused(*inputs, 0.0, 0, 0)
+    ref = reference(*inputs, dropout_p, 13, 2)
+    got = fused(*inputs, dropout_p, 13, 2)
     qt, kt, vt = (t.clone().requires_grad_() for t in (q, k, v))
-    eager = ops._attention_eager(qt, kt, vt, mask != 0, shape[-1] ** -0.5, 0.0, 0, 0)
+    eager = ops._attention_eager(qt, kt, vt, mask != 0, shape[-1] ** -0.5, dropout_p, 13, 2)
     eager.backward(dout)
     for name, g, e, r in zip(("out", "dq", "dk", "dv"), got, (eager, qt.grad, kt.grad, vt.grad), ref):
         torch_err = rel_err(e, r)
