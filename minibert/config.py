@@ -37,6 +37,8 @@ class BertConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     classifier_dropout: float | None = None
+    # Names of a classifier's labels, {class id: name}; written with label2id as HF does. None: unnamed.
+    id2label: dict[int, str] | None = None
 
     def __post_init__(self):
         self.validate()
@@ -62,6 +64,13 @@ class BertConfig:
         if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"BertConfig.classifier_dropout must be in [0, 1) or None, "
                              f"got {self.classifier_dropout!r}")
+        if self.id2label is not None:
+            if (not isinstance(self.id2label, dict) or sorted(self.id2label) != list(range(self.num_labels))
+                    or not all(isinstance(v, str) for v in self.id2label.values())):
+                raise ValueError(f"BertConfig.id2label must map every class id 0..{self.num_labels - 1} "
+                                 f"(num_labels={self.num_labels}) to a name, got {self.id2label!r}")
+            if len(set(self.id2label.values())) != self.num_labels:
+                raise ValueError(f"BertConfig.id2label names two classes alike: {self.id2label!r}")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"BertConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
         if not 0 <= self.pad_token_id < self.vocab_size:
@@ -82,6 +91,11 @@ class BertConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as HF writes it (plus ``model_type`` so ``transformers.AutoConfig`` reads it)."""
         d = dataclasses.asdict(self)
+        if self.id2label is None:
+            del d["id2label"]
+        else:  # JSON object keys are strings; HF writes the reverse map too
+            d["id2label"] = {str(i): name for i, name in sorted(self.id2label.items())}
+            d["label2id"] = {name: i for i, name in sorted(self.id2label.items())}
         d["model_type"] = "bert"
         d["position_embedding_type"] = "absolute"
         return d
@@ -98,8 +112,14 @@ class BertConfig:
                              f"(config has {d['position_embedding_type']!r})")
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
-        if "num_labels" not in d and isinstance(d.get("id2label"), dict):
-            kwargs["num_labels"] = len(d["id2label"])
+        if isinstance(d.get("id2label"), dict):
+            try:
+                kwargs["id2label"] = {int(i): name for i, name in d["id2label"].items()}
+            except ValueError as e:
+                raise ValueError(f"config.json's id2label keys must be class ids, got {d['id2label']!r}") from e
+            kwargs.setdefault("num_labels", len(d["id2label"]))
+            if kwargs["id2label"] == {i: f"LABEL_{i}" for i in range(kwargs["num_labels"])}:
+                del kwargs["id2label"]  # HF's default names: nothing was named
         return cls(**kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:

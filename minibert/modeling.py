@@ -19,6 +19,7 @@ Shapes: B = batch, S = sequence length, H = hidden size, A = attention heads, D 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minibert import checkpoint, ops
+from minibert.io import atomic_write_text
 from minibert.config import BertConfig
 from minibert.reference.model import (EMBEDDINGS_LAYER, SITE_ATTENTION_OUTPUT, SITE_ATTENTION_PROBS,
                                       SITE_EMBEDDINGS, SITE_FFN_OUTPUT, dropout_site_offset)
@@ -707,6 +709,192 @@ class BertForMaskedLM(BertPreTrainedModel):
                                                          self.config.vocab_size, masked_positions_only)
         out.loss = out.mlm_loss
         return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Fine-tuning heads (Devlin et al., 2018, section 4): sentence classification and SQuAD-style span QA.
+# ------------------------------------------------------------------------------------------------------
+# The classifier's dropout is the one dropout site outside the encoder. It is numbered as site 0 of
+# "layer L" (one past the last encoder layer): a counter range no encoder site uses, shared with
+# minibert.reference.heads so both backends drop the same elements.
+SITE_CLASSIFIER = 0
+
+
+@dataclasses.dataclass
+class FinetuneOutput:
+    """What a fine-tuning model returns; fields a model does not compute are None."""
+
+    logits: torch.Tensor | None = None         # [B, num_labels] (classification)
+    start_logits: torch.Tensor | None = None   # [B, S] (question answering)
+    end_logits: torch.Tensor | None = None     # [B, S]
+    loss: torch.Tensor | None = None
+
+
+class BertForFinetuning(BertPreTrainedModel):
+    """What both fine-tuning models share: encoding, and starting from any BERT checkpoint.
+
+    ``from_pretrained`` accepts a checkpoint of the same model type (everything is loaded), a pretraining
+    checkpoint (``cls.*`` dropped, the new head initialised as HF does) or a bare encoder. The names of
+    freshly initialised and of dropped parameters are kept in ``newly_initialized`` and ``dropped``, so a
+    caller can say what happened (``loading_report``).
+    """
+
+    head_prefix = ""  # "classifier." or "qa_outputs."
+
+    def _encode_batch(self, input_ids, attention_mask, token_type_ids, dropout_seed):
+        self._check_inputs(input_ids, attention_mask, token_type_ids, None)
+        plan = self.bert._dropout_plan(dropout_seed)
+        return self.bert._encode(input_ids, attention_mask, token_type_ids, None, plan), plan
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, attn_implementation: str = "eager",
+                        gelu_implementation: str = "eager", dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", **config_overrides):
+        """Load the encoder (and this head, if the checkpoint has it) from an HF-format directory.
+
+        ``config_overrides`` (``num_labels``, ``id2label``, ``classifier_dropout``, ...) replace fields of
+        the checkpoint's config. A checkpoint head whose shape differs from the requested one (say 3
+        labels saved, ``num_labels=2`` asked) is an error, not a silent re-initialisation. Returned in
+        eval mode.
+        """
+        config = BertConfig.from_pretrained(directory)
+        config = BertConfig.from_dict({**config.to_dict(), **config_overrides})
+        model = cls(config, attn_implementation=attn_implementation, gelu_implementation=gelu_implementation)
+        state = checkpoint.normalize_keys(dict(checkpoint.load_state_dict(directory)))
+        own = model.state_dict()
+        model.dropped = sorted(k for k in state if k not in own)
+        wrong = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} wanted"
+                 for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            hint = (" The checkpoint was fine-tuned with another number of labels: pass its num_labels, or "
+                    "start from the pretrained encoder instead." if any(w.startswith(cls.head_prefix)
+                                                                     for w in wrong) else "")
+            raise ValueError(f"{directory}: weights do not fit {cls.__name__}:\n  " + "\n  ".join(wrong) + hint)
+        # The pooler and the head may be missing (a masked-LM checkpoint has no pooler, a pretraining one no
+        # head): they keep their fresh init. Anything else missing means this is not a BERT of this config.
+        missing = sorted(k for k in own if k not in state
+                         and not k.startswith((cls.head_prefix, "bert.pooler.")))
+        if missing:
+            raise ValueError(f"{directory} is not a BERT checkpoint matching its config.json: the encoder "
+                             f"weights {missing[:4]}{' ...' if len(missing) > 4 else ''} are missing")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for key, value in state.items():
+                if key in params:
+                    params[key].copy_(torch.as_tensor(value))
+        model.newly_initialized = sorted(k for k in own if k not in state)
+        return model.to(device=device, dtype=dtype).eval()
+
+    def loading_report(self) -> str:
+        """One line saying which parameters ``from_pretrained`` initialised and which it dropped."""
+        parts = []
+        new, dropped = getattr(self, "newly_initialized", []), getattr(self, "dropped", [])
+        if new:
+            parts.append(f"initialised {len(new)} new parameter tensors ({', '.join(new)}): "
+                         f"they are trained from scratch by fine-tuning")
+        if dropped:
+            heads = sorted({k.split(".")[0] + "." + k.split(".")[1] if k.startswith("cls.") else k
+                            for k in dropped})
+            parts.append(f"dropped {len(dropped)} checkpoint tensors this model has no use for "
+                         f"({', '.join(heads)})")
+        return "; ".join(parts) if parts else "every parameter came from the checkpoint"
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+        """As ``BertPreTrainedModel.save_pretrained``, plus ``architectures`` in config.json (HF's field)."""
+        super().save_pretrained(directory, tokenizer)
+        d = {**self.config.to_dict(), "architectures": [type(self).__name__]}
+        atomic_write_text(os.path.join(directory, "config.json"), json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+class BertForSequenceClassification(BertForFinetuning):
+    """BERT + a linear classifier on the pooled [CLS] vector: ``num_labels`` classes, or 1 = regression.
+
+    logits = classifier(dropout(pooler_output)), [B, num_labels]. Loss as HF infers ``problem_type``:
+    cross-entropy of integer class ids when ``num_labels > 1``, mean squared error of float targets when
+    ``num_labels == 1`` (a regression such as STS-B).
+    """
+
+    head_prefix = "classifier."
+    unused_checkpoint_prefixes = ("cls.",)
+
+    def __init__(self, config: BertConfig, attn_implementation: str = "eager",
+                 gelu_implementation: str = "eager"):
+        super().__init__(config)
+        self.bert = BertModel(config, True, attn_implementation, gelu_implementation, init_weights=False)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                dropout_seed: int | None = None) -> FinetuneOutput:
+        """``logits [B, num_labels]``; with ``labels [B]`` (class ids, or floats for regression) the loss."""
+        out, plan = self._encode_batch(input_ids, attention_mask, token_type_ids, dropout_seed)
+        p = self.config.classifier_dropout
+        p = self.config.hidden_dropout_prob if p is None else p
+        pooled = plan.apply(out.pooler_output, p, self.config.num_hidden_layers, SITE_CLASSIFIER)
+        logits = self.classifier(pooled)                              # [B, num_labels]
+        return FinetuneOutput(logits=logits, loss=None if labels is None else self.loss(logits, labels))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of class ids, or mean squared error of targets when ``num_labels == 1``."""
+        n = self.config.num_labels
+        if n == 1:
+            if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (logits.shape[0],):
+                raise ValueError(f"regression labels (num_labels=1) must be a [batch] float tensor, got "
+                                 f"{getattr(labels, 'shape', type(labels).__name__)}")
+            return F.mse_loss(logits[:, 0], labels.to(logits.dtype))
+        _check_ids("labels", labels, logits.shape[:1], 0, n,
+                   f"class labels are ids 0..{n - 1} (num_labels={n}), one per sequence")
+        return F.cross_entropy(logits, labels.long())
+
+
+class BertForQuestionAnswering(BertForFinetuning):
+    """BERT + a start/end span classifier over every token (SQuAD-style extractive QA).
+
+    ``qa_outputs`` Linear(H, 2) maps each final hidden state to a start and an end logit, [B, S] each.
+    There is no pooler (HF builds this model without one).
+    """
+
+    head_prefix = "qa_outputs."
+    unused_checkpoint_prefixes = ("cls.", "bert.pooler.")
+
+    def __init__(self, config: BertConfig, attn_implementation: str = "eager",
+                 gelu_implementation: str = "eager"):
+        super().__init__(config)
+        self.bert = BertModel(config, False, attn_implementation, gelu_implementation, init_weights=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
+                end_positions=None, dropout_seed: int | None = None) -> FinetuneOutput:
+        """Start and end logits ``[B, S]``; with ``start_positions``/``end_positions [B]`` the span loss.
+
+        loss = (CE(start) + CE(end)) / 2. As in HF, every position gets logits (padding and question
+        tokens too): post-processing only ever picks spans of context tokens.
+        """
+        out, _ = self._encode_batch(input_ids, attention_mask, token_type_ids, dropout_seed)
+        logits = self.qa_outputs(out.last_hidden_state)               # [B, S, 2]
+        start_logits, end_logits = logits[..., 0], logits[..., 1]     # [B, S] each
+        loss = None
+        if start_positions is not None or end_positions is not None:
+            if start_positions is None or end_positions is None:
+                raise ValueError("give both start_positions and end_positions, or neither")
+            loss = (span_loss(start_logits, start_positions, "start_positions")
+                    + span_loss(end_logits, end_positions, "end_positions")) / 2
+        return FinetuneOutput(start_logits=start_logits, end_logits=end_logits, loss=loss)
+
+
+def span_loss(logits: torch.Tensor, positions: torch.Tensor, name: str = "positions") -> torch.Tensor:
+    """Mean cross-entropy of token positions ``[B]`` under ``logits [B, S]``, HF's rule for the outside.
+
+    HF clamps positions to [0, S] and ignores S: an answer cut off by the window (a position >= S) does not
+    count. A batch where every position is ignored has loss 0 here (HF's mean would be 0/0 = NaN).
+    """
+    batch, seq = logits.shape
+    _check_ids(name, positions, (batch,), 0, 2**62,
+               "positions are token indices into the sequence (0 = [CLS] = no answer)")
+    positions = positions.long().clamp(max=seq)
+    kept = (positions != seq).sum()
+    return F.cross_entropy(logits, positions, ignore_index=seq, reduction="sum") / kept.clamp(min=1)
 
 
 def _show_your_work() -> None:
