@@ -10,7 +10,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from minibert import tokenizer as tk
+from minibert.tokenizer import unicode_tables
 from minibert.tokenizer import (SPECIAL_TOKENS, BasicTokenizer, BertTokenizer, WordpieceTokenizer, load_vocab,
                                 main, show_work)
 
@@ -69,17 +69,17 @@ def test_wordpiece_greedy_longest_match_and_unk():
 
 def test_character_classes():
     for ch in " \t\r\n\u00a0\u3000\u2028":
-        assert tk._is_whitespace(ch), repr(ch)
+        assert unicode_tables.is_whitespace(ch), repr(ch)
     for ch in "A-\x1c":
-        assert not tk._is_whitespace(ch), repr(ch)
+        assert not unicode_tables.is_whitespace(ch), repr(ch)
     for ch in "\x00\x05\x7f\u200b\ufeff\ufffd\ue000":
-        assert tk._is_removed(ch), repr(ch)
+        assert unicode_tables.is_removed(ch), repr(ch)
     for ch in "A \t\r\n\U0001f4a9\u0378":  # \u0378 is unassigned: the fast tokenizer keeps it
-        assert not tk._is_removed(ch), repr(ch)
+        assert not unicode_tables.is_removed(ch), repr(ch)
     for ch in "-$`.^~\u00bf\u3001":
-        assert tk._is_punctuation(ch), repr(ch)
+        assert unicode_tables.is_punctuation(ch), repr(ch)
     for ch in "A 1\u00e9\u4e2d":
-        assert not tk._is_punctuation(ch), repr(ch)
+        assert not unicode_tables.is_punctuation(ch), repr(ch)
 
 
 # ---- BasicTokenizer ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Thousands of seeded random strings (ASCII words, punctuation, accented Latin, CJ
 characters, every kind of whitespace, special tokens, very long words), single and paired, under every
 flag combination and truncation strategy: ids, token type ids, masks and character offsets must be
 identical. A summary line reports the counts. A second test sweeps every Unicode code point through the
-normalizer and pre-tokenizer, which pins down the character tables in ``minibert/tokenizer.py``.
+normalizer and pre-tokenizer, which pins down the character tables in ``minibert/tokenizer/unicode_tables.py``.
 """
 import random
 import unicodedata

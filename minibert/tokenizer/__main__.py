@@ -1,6 +1,6 @@
-"""``python -m minibert.tokenizer``: show every stage of tokenizing a text."""
+"""``python -m minibert.tokenizer [--vocab DIR_OR_VOCAB_TXT] [--cased] [--pair TEXT] TEXT``: show every stage."""
 import sys
 
-from minibert.tokenizer.basic import main
+from minibert.tokenizer.show import main
 
 sys.exit(main())
