@@ -1,0 +1,15 @@
+"""The assignments an instructor can hand out, by name."""
+from __future__ import annotations
+
+from minibert.assignments import backprop, losses_and_adamw, masking
+from minibert.assignments.base import Assignment
+
+ASSIGNMENTS = {a.name: a for a in (backprop.ASSIGNMENT, losses_and_adamw.ASSIGNMENT, masking.ASSIGNMENT)}
+
+
+def get(name: str) -> Assignment:
+    """The assignment called ``name``; ValueError naming the ones that exist otherwise."""
+    if name not in ASSIGNMENTS:
+        raise ValueError(f"unknown assignment {name!r}; choose one of: {', '.join(ASSIGNMENTS)} "
+                         f"(`python -m minibert.assignments list` describes them)")
+    return ASSIGNMENTS[name]
