@@ -30,9 +30,11 @@ batch (``global batch = --batch-size x N x --grad-accum``); rank 0 logs and save
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -306,24 +308,58 @@ def evaluate(backend, batches: list[dict], rank: int, world_size: int, device) -
     return _metrics(_all_reduce(totals, world_size, device))
 
 
-def _plan_steps(backend, batches: StepBatches, eval_batches, args, world_size: int, device) -> int:
-    """Steps that fit in ``--minutes``: time a few training steps and one evaluation, then divide.
+def _train_step(backend, micro_batches: list[dict], step: int, lr: float, seed: int, rank: int,
+                world_size: int, device) -> tuple[dict, float]:
+    """One optimizer step: forward and backward over this rank's micro-batches, then clip and AdamW at ``lr``.
 
-    Two untimed steps come first (the first calls allocate and warm caches), then the median of three
-    timed ones. Their gradients are thrown away and nothing else changes (dropout seeds are counter-based,
-    the data order is a function of the step), so a --minutes run that planned N steps trains exactly as
-    a --steps N run would. Rank 0's plan is broadcast so all ranks agree.
+    Returns the step's statistics summed over all ranks and the pre-clip gradient norm. The dropout seeds
+    are a pure function of ``(seed, step, micro-step, rank)``, so the step can be replayed exactly.
     """
-    micro = batches[0]
-    norm = _all_reduce({k: sum(count_batch(b)[k] for b in micro) for k in ("n_masked", "n_examples")},
-                       world_size, device)
-    seeds = [0] * len(micro)
+    counts = {k: sum(count_batch(b)[k] for b in micro_batches) for k in ("n_masked", "n_examples")}
+    norm = _all_reduce(counts, world_size, device)
+    seeds = [derived_seed(seed, step, a, rank) for a in range(len(micro_batches))]
+    stats = backend.forward_backward(micro_batches, norm, seeds)
+    grad_norm = backend.optimizer_step(lr)
+    return _all_reduce(stats, world_size, device), grad_norm
+
+
+def _train_row(step_done: int, stats: dict, lr: float, grad_norm: float, seconds: float) -> dict:
+    """The metrics line of one training step."""
+    return {"split": "train", "step": step_done, **_metrics(stats), "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": stats["n_tokens"] / seconds}
+
+
+def _plan_steps(backend, batches: StepBatches, eval_batches, args, rank: int, world_size: int, device) -> int:
+    """Steps that fit in ``--minutes``: time a few whole training steps and one evaluation, then divide.
+
+    A timed step is everything a step of the loop does: build the batch (unless worker processes build
+    it in the background), forward, backward, clip, AdamW and the metrics line. Timing only
+    forward and backward planned ~10% too many steps, so the time budget stopped runs before the
+    learning rate had decayed to 0. Two untimed steps come first (the first calls allocate and warm
+    caches), then the median of five timed ones.
+
+    The steps run at learning rate 0, which leaves every weight bit for bit unchanged (AdamW's move and
+    its decoupled weight decay are both multiplied by the rate), and the optimizer's moments are put back
+    afterwards; dropout seeds are counter-based and the data order is a function of the step. So a
+    --minutes run that planned N steps trains exactly as a --steps N run would. Rank 0's plan is
+    broadcast so all ranks agree.
+    """
+    fresh_optimizer = copy.deepcopy(backend.optimizer_state())
     times = []
-    for i in range(5):
-        t0 = time.perf_counter()
-        backend.forward_backward(micro, norm, seeds)
-        times.append(time.perf_counter() - t0)
-    backend.zero_grad()
+    with tempfile.TemporaryDirectory() as scratch:
+        metrics_path = os.path.join(scratch, METRICS_FILE)
+        for step in range(7):
+            # With --num-workers, background processes build the batches while the model trains.
+            micro_batches = batches[step] if args.num_workers else None
+            t0 = time.perf_counter()
+            if micro_batches is None:
+                micro_batches = batches[step]
+            lr = 0.0  # (the schedule is one formula per step: nothing worth timing)
+            stats, grad_norm = _train_step(backend, micro_batches, step, lr, args.seed, rank, world_size,
+                                           device)
+            append_metrics(metrics_path, _train_row(step + 1, stats, lr, grad_norm, time.perf_counter() - t0))
+            times.append(time.perf_counter() - t0)
+    backend.load_optimizer_state(fresh_optimizer)
     step_s = float(np.median(times[2:]))
     eval_s = 0.0
     if eval_batches:
@@ -384,7 +420,8 @@ def _train(args, rank: int, world_size: int, device) -> dict:
                           world_size=world_size, seed=args.seed, pad_id=config.pad_token_id,
                           max_seq_length=args.max_seq_length, num_steps=0, masking=d.masking)
     if state is None:
-        total_steps = args.steps or _plan_steps(backend, batches, d.eval_batches, args, world_size, device)
+        total_steps = args.steps or _plan_steps(backend, batches, d.eval_batches, args, rank, world_size,
+                                                device)
     batches.num_steps = total_steps
     warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * total_steps)
 
@@ -439,19 +476,13 @@ def _train(args, rank: int, world_size: int, device) -> dict:
     smooth: dict = {}
     t_step = time.perf_counter()
     for step, micro_batches in zip(range(start_step, total_steps), loader):
-        counts = {k: sum(count_batch(b)[k] for b in micro_batches) for k in ("n_masked", "n_examples")}
-        norm = _all_reduce(counts, world_size, device)
-        seeds = [derived_seed(args.seed, step, a, rank) for a in range(len(micro_batches))]
-        stats = backend.forward_backward(micro_batches, norm, seeds)
         lr = linear_warmup_decay(step, args.lr, warmup, total_steps)
-        grad_norm = backend.optimizer_step(lr)
-        stats = _all_reduce(stats, world_size, device)
+        stats, grad_norm = _train_step(backend, micro_batches, step, lr, args.seed, rank, world_size, device)
         step_done = step + 1
         seconds = time.perf_counter() - t_step  # includes waiting for this step's batch
         train_seconds += seconds
         tokens_seen += stats["n_tokens"]
-        row = {"split": "train", "step": step_done, **_metrics(stats), "lr": lr, "grad_norm": grad_norm,
-               "tokens_per_s": stats["n_tokens"] / seconds}
+        row = _train_row(step_done, stats, lr, grad_norm, seconds)
         if rank == 0:
             rows.append(row)
             append_metrics(metrics_path, row)

@@ -151,10 +151,6 @@ class TorchBackend:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def zero_grad(self) -> None:
-        """Drop accumulated gradients (used after timing a step without applying it)."""
-        self.optimizer.zero_grad(set_to_none=True)
-
     @torch.no_grad()
     def evaluate(self, batch: dict) -> dict:
         """Summed statistics of ``batch`` with dropout off."""
@@ -244,10 +240,6 @@ class NumpyBackend:
         self.optimizer.step(grads, lr=lr)
         self.grads = None
         return norm
-
-    def zero_grad(self) -> None:
-        """Drop accumulated gradients (used after timing a step without applying it)."""
-        self.grads = None
 
     def evaluate(self, batch: dict) -> dict:
         """Summed statistics of ``batch`` with dropout off."""
