@@ -95,6 +95,9 @@ def _read_question(qa: dict, qas_id: str, context: str, where: str) -> SquadExam
                         [{"text": a["text"], "answer_start": a["answer_start"]} for a in answers], impossible)
 
 
+_JSON_TYPES = {str: "a string", list: "a list", int: "an integer"}
+
+
 def _field(obj, name: str, kind: type, where: str):
     """``obj[name]``, which must exist and be a ``kind``; else a ValueError saying so."""
     if not isinstance(obj, dict):
@@ -102,7 +105,7 @@ def _field(obj, name: str, kind: type, where: str):
     if name not in obj:
         raise ValueError(f"{where}: the field {name!r} is missing")
     if not isinstance(obj[name], kind):
-        raise ValueError(f"{where}: {name!r} must be a {kind.__name__}, got {type(obj[name]).__name__}")
+        raise ValueError(f"{where}: {name!r} must be {_JSON_TYPES[kind]}, got {json.dumps(obj[name])[:40]}")
     return obj[name]
 
 
@@ -111,7 +114,7 @@ def _check_answer(answer, context: str, where: str) -> None:
     text = _field(answer, "text", str, where)
     start = _field(answer, "answer_start", int, where)
     if isinstance(start, bool):
-        raise ValueError(f"{where}: 'answer_start' must be an int, got {start!r}")
+        raise ValueError(f"{where}: 'answer_start' must be an integer, got {json.dumps(start)}")
     if not text.strip():
         raise ValueError(f"{where}: the answer text is empty")
     if not 0 <= start <= len(context) - len(text):
