@@ -39,8 +39,9 @@ class StepBatches(torch.utils.data.Dataset):
     A map-style dataset indexed by step, so a ``DataLoader`` with ``num_workers > 0`` can build the
     next steps' batches in the background while the model trains on the current one.
 
-    ``masking`` (a ``minibert.data.MaskingSpec``) turns on dynamic masking: each micro-batch draws fresh
-    masks from an RNG seeded with ``(seed, step, micro-step, rank)``, so masks too are reproducible.
+    ``masking`` (a ``minibert.data.MaskingSpec``) turns on dynamic masking: each time an instance is
+    batched it gets fresh masks from an RNG seeded with ``(seed, epoch, instance index)``, so masks are
+    reproducible and the same for any number of processes, micro-steps or loader workers.
     """
 
     def __init__(self, instances: list, *, micro_batch_size: int, grad_accum: int, rank: int,
@@ -67,24 +68,32 @@ class StepBatches(torch.utils.data.Dataset):
     def _epoch_permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.instances))
 
-    def global_indices(self, step: int) -> np.ndarray:
-        """Instance indices of the whole global batch of ``step``: ``[grad_accum, world_size, micro]``."""
+    def _stream(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(epoch, instance index) of each example of ``step``'s global batch, both ``[grad_accum, world_size,
+        micro]``."""
         n = len(self.instances)
         positions = step * self.global_batch_size + np.arange(self.global_batch_size)
         epochs, within = np.divmod(positions, n)
         # A batch straddles at most a few epochs (more only when G > n): build each permutation once.
         perms = {int(e): self._epoch_permutation(int(e)) for e in np.unique(epochs)}
         idx = np.array([perms[int(e)][w] for e, w in zip(epochs, within)])
-        return idx.reshape(self.grad_accum, self.world_size, self.micro_batch_size)
+        shape = (self.grad_accum, self.world_size, self.micro_batch_size)
+        return epochs.reshape(shape), idx.reshape(shape)
+
+    def global_indices(self, step: int) -> np.ndarray:
+        """Instance indices of the whole global batch of ``step``: ``[grad_accum, world_size, micro]``."""
+        return self._stream(step)[1]
 
     def __getitem__(self, step: int) -> list[dict]:
-        idx = self.global_indices(step)[:, self.rank]  # [grad_accum, micro]
+        epochs, idx = self._stream(step)
         batches = []
-        for a, micro in enumerate(idx):
-            rng = (random.Random(derived_seed(self.seed, step, a, self.rank)) if self.masking is not None
-                   else None)
+        for epoch, micro in zip(epochs[:, self.rank], idx[:, self.rank]):  # [micro] each, per micro-step
+            # Each instance's masks come from (seed, epoch, instance): the same whichever rank, micro-step
+            # or data-loader worker builds it, so any world size trains on identical masked sequences.
+            rngs = ([random.Random(derived_seed(self.seed, e, i)) for e, i in zip(epoch, micro)]
+                    if self.masking is not None else None)
             batches.append(data.collate([self.instances[i] for i in micro], self.pad_id, self.max_seq_length,
-                                        masking=self.masking, rng=rng))
+                                        masking=self.masking, rngs=rngs))
         return batches
 
 

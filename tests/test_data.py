@@ -389,6 +389,30 @@ def test_collate_dynamic_masking_draws_fresh_masks(corpus, tokenizer):
     assert all((again[k] == first[k]).all() for k in first)
 
 
+def test_collate_with_one_rng_per_instance_masks_each_instance_on_its_own(corpus, tokenizer):
+    """With ``rngs``, an instance's masks depend on its generator only, not on its batch-mates or order."""
+    instances = list(create_training_instances(corpus[:20], tokenizer, max_seq_length=MAX_LEN, dupe_factor=1,
+                                               dynamic_masking=True, seed=4))[:5]
+    spec = MaskingSpec.from_tokenizer(tokenizer)
+    seeds = random.Random(7).sample(range(10**9), len(instances))
+    together = collate(instances, 0, MAX_LEN, masking=spec, rngs=[random.Random(s) for s in seeds])
+    for b in (3, 0, 4):  # alone, in another order: the same row
+        alone = collate([instances[b]], 0, MAX_LEN, masking=spec, rngs=[random.Random(seeds[b])])
+        n = len(instances[b].tokens)
+        for key in ("input_ids", "labels"):
+            assert alone[key][0, :n].tolist() == together[key][b, :n].tolist()
+        # and the same masks as mask_tokens drawing from that generator directly
+        tokens, positions, labels = mask_tokens(instances[b].tokens, spec, random.Random(seeds[b]))
+        assert alone["input_ids"][0, :n].tolist() == tokens and alone["labels"][0, positions].tolist() == labels
+    assert (together["labels"] != IGNORE_INDEX).sum() > 0
+    with pytest.raises(ValueError, match="not both"):
+        collate(instances, 0, MAX_LEN, masking=spec, rng=random.Random(0), rngs=[random.Random(0)] * 5)
+    with pytest.raises(ValueError, match="not both"):
+        collate(instances, 0, MAX_LEN, masking=spec)
+    with pytest.raises(ValueError, match="4 generators for 5 instances"):
+        collate(instances, 0, MAX_LEN, masking=spec, rngs=[random.Random(0)] * 4)
+
+
 def test_to_torch(static_instances):
     torch = pytest.importorskip("torch")
     from minibert.data import to_torch

@@ -5,6 +5,11 @@ each, so the global batch (2 x 2 ranks x 2 micro-steps = 8) holds the same eight
 Because the loss is normalised by the global batch (``minibert.pretrain_backends``), the gradients are
 the same sums in a different order: in float64 with dropout off, losses and final weights agree to
 rounding (1e-10).
+
+Masks are dynamic (``--dynamic-masking``): each sequence gets fresh masks every time it is batched, from
+an RNG seeded with (seed, epoch, instance) alone, so the two ranks, each building its own micro-batches,
+mask every sequence exactly as the single process does. (Static masks are fixed per instance, so the
+same check with them would only repeat the data partition this one already covers.)
 """
 import json
 import os
@@ -23,11 +28,11 @@ from test_pretrain import read_rows, tiny_args, tiny_data  # noqa: F401  (tiny_d
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXACT = ["--dtype", "float64", "--dropout", "0", "--eval-every", "0", "--save-every", "0"]
+EXACT = ["--dtype", "float64", "--dropout", "0", "--eval-every", "0", "--save-every", "0", "--dynamic-masking"]
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tiny_data, tmp_path):  # noqa: F811
+def test_two_gloo_processes_match_one_process_with_dynamic_masking(tiny_data, tmp_path):  # noqa: F811
     single = tmp_path / "single"
     pretrain.main(tiny_args(tiny_data, single, 4, *EXACT))
 

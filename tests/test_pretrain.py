@@ -59,6 +59,46 @@ def test_step_batches_partition_global_batch_across_ranks():
     assert not np.array_equal(stream[:n], stream[n:2 * n])  # a fresh order per epoch
 
 
+def test_dynamic_masks_do_not_depend_on_world_size_or_micro_steps(tiny_data):
+    """An instance's dynamic masks are a function of (seed, epoch, instance): 1 rank x 1 micro-batch of 8,
+    2 ranks x 2 micro-steps of 2 and 4 ranks x 1 of 2 mask every sequence of a step identically."""
+    from minibert import data
+    from minibert.tokenizer import BertTokenizer
+    tokenizer = BertTokenizer.from_pretrained(tiny_data[1])
+    with open(tiny_data[0], encoding="utf-8") as f:
+        documents = [d.split("\n") for d in f.read().strip().split("\n\n")]
+    instances = list(data.create_training_instances(documents[:12], tokenizer, max_seq_length=32, dupe_factor=1,
+                                                    dynamic_masking=True, seed=1))
+    masking = data.MaskingSpec.from_tokenizer(tokenizer)
+
+    def masked_rows(world, accum, micro, step):
+        """instance index -> (input ids, labels) of every sequence in ``step``'s global batch."""
+        rows = {}
+        for rank in range(world):
+            sb = StepBatches(instances, micro_batch_size=micro, grad_accum=accum, rank=rank, world_size=world,
+                             seed=3, pad_id=0, max_seq_length=32, num_steps=100, masking=masking)
+            for batch, idx in zip(sb[step], sb.global_indices(step)[:, rank]):
+                for b, i in enumerate(idx):
+                    rows[int(i)] = (batch["input_ids"][b][batch["attention_mask"][b] == 1].tolist(),
+                                    batch["labels"][b][batch["attention_mask"][b] == 1].tolist())
+        return rows
+
+    n = len(instances)
+    for step in (0, n // 8 + 1):  # the first epoch, and one that starts the next
+        one = masked_rows(1, 1, 8, step)
+        assert len(one) == 8 and any(label != -100 for _, labels in one.values() for label in labels)
+        assert masked_rows(2, 2, 2, step) == one
+        assert masked_rows(4, 1, 2, step) == one
+    # The same instance in the next epoch gets new masks.
+    sb = StepBatches(instances, micro_batch_size=n, grad_accum=1, rank=0, world_size=1, seed=3, pad_id=0,
+                     max_seq_length=32, num_steps=2, masking=masking)
+    (first,), (second,) = sb[0], sb[1]
+    order0, order1 = sb.global_indices(0).reshape(-1), sb.global_indices(1).reshape(-1)
+    first_labels = first["labels"][np.argsort(order0)]
+    second_labels = second["labels"][np.argsort(order1)]
+    assert (first_labels != second_labels).any()
+
+
 def test_training_decreases_loss_and_checkpoint_loads_in_transformers(tiny_data, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "run"

@@ -12,6 +12,7 @@ The arrays use HF ``transformers`` names, so a batch feeds our models and ``Bert
 from __future__ import annotations
 
 import random
+from typing import Sequence
 
 import numpy as np
 
@@ -21,23 +22,30 @@ IGNORE_INDEX = -100
 
 
 def collate(instances, pad_id: int, max_seq_length: int, *, pad_to: str = "longest",
-            masking: MaskingSpec | None = None, rng: random.Random | None = None) -> dict:
+            masking: MaskingSpec | None = None, rng: random.Random | None = None,
+            rngs: Sequence[random.Random] | None = None) -> dict:
     """Stack ``instances`` into a dict of ``np.ndarray`` (see the module docstring for the keys).
 
     ``pad_to="longest"`` pads to the longest instance of the batch (less compute on short batches);
     ``pad_to="max_length"`` pads every batch to ``max_seq_length`` (fixed shapes, e.g. for compiled
     models). An instance longer than ``max_seq_length`` is an error, never silently cut.
 
-    Dynamic masking: pass ``masking`` (a :class:`MaskingSpec`) and ``rng`` to draw fresh masks now, from
-    each instance's original tokens (an already-masked instance is unmasked first).
+    Dynamic masking: pass ``masking`` (a :class:`MaskingSpec`) to draw fresh masks now, from each
+    instance's original tokens (an already-masked instance is unmasked first), and either ``rng``, one
+    ``random.Random`` that the instances draw from in turn, or ``rngs``, one per instance. With ``rngs`` an
+    instance's masks depend only on its own generator, not on which batch, rank or worker it lands in
+    (``minibert.pretrain_data.StepBatches`` seeds each from the instance and the epoch).
     """
     if pad_to not in ("longest", "max_length"):
         raise ValueError(f"pad_to must be 'longest' or 'max_length', got {pad_to!r}")
     instances = list(instances)
     if not instances:
         raise ValueError("collate needs at least one instance")
-    if masking is not None and rng is None:
-        raise ValueError("dynamic masking needs an rng: collate(..., masking=spec, rng=random.Random(seed))")
+    if masking is not None and (rng is None) == (rngs is None):
+        raise ValueError("dynamic masking needs an rng or one rng per instance, not both: "
+                         "collate(..., masking=spec, rng=random.Random(seed)) or rngs=[random.Random(s) ...]")
+    if rngs is not None and len(rngs) != len(instances):
+        raise ValueError(f"rngs has {len(rngs)} generators for {len(instances)} instances; pass one per instance")
 
     rows = []  # (tokens, positions, labels) per instance
     for n, instance in enumerate(instances):
@@ -48,7 +56,7 @@ def collate(instances, pad_id: int, max_seq_length: int, *, pad_to: str = "longe
             raise ValueError(f"instance {n} has {len(instance.tokens)} tokens but {len(instance.segment_ids)} "
                              "segment ids")
         if masking is not None:
-            rows.append(mask_tokens(instance.original_tokens(), masking, rng))
+            rows.append(mask_tokens(instance.original_tokens(), masking, rng if rngs is None else rngs[n]))
         else:
             rows.append((instance.tokens, instance.masked_lm_positions, instance.masked_lm_labels))
     if masking is None and not any(positions for _, positions, _ in rows):
