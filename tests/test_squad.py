@@ -229,6 +229,13 @@ def test_labels_use_first_answer_strip_spaces_and_split_characters(tok):
     s, e = feature.start_position, feature.end_position
     assert context[feature.offsets[s][0]:feature.offsets[e][1]] == "Oslo"
     assert tok.convert_ids_to_tokens(feature.input_ids[s:e + 1]) == ["oslo"]
+    # One character, two tokens: "İ" lower-cases to "i" + U+0307, both spanning it; the label covers both.
+    dotted = BertTokenizer({t: i for i, t in enumerate(list(SPECIAL_TOKENS) + ["in", "i", "##\u0307", "city"])},
+                           do_lower_case=True, strip_accents=False)
+    example = SquadExample("z", "in?", "in İ city", [{"text": "İ", "answer_start": 3}])
+    (feature,) = make_features([example], dotted, max_seq_length=16, doc_stride=2, max_query_length=4)
+    assert feature.offsets[4:7] == [(0, 2), (3, 4), (3, 4)]  # [CLS] in [UNK] [SEP] | in i ##̇ city [SEP]
+    assert (feature.start_position, feature.end_position) == (5, 6)
     # Both answer tokens inside one window; an answer over the window edge labels [CLS] in that window.
     long = SquadExample("y", "who?", "river " * 40 + "Oslo tower", [{"text": "Oslo tower", "answer_start": 240}])
     features = make_features([long], tok, max_seq_length=16, doc_stride=3, max_query_length=4)
@@ -257,14 +264,15 @@ def test_postprocess_hand_computed_nbest():
     start_1 = np.array([1.0, 0.1, 6.0, 0.2, 0.3, 0.5, 0.4, 5.0, 0.6, 4.0, 3.0, 0.7, 7.0, 0.8])
     end_1 = np.array([2.0, 0.1, 0.2, 0.3, 6.5, 0.4, 3.5, 0.5, 0.6, 5.0, 4.5, 0.7, 0.8, 8.0])
     #                    CLS  who  met   ?  SEP   in oslo    . SEP  pad...
-    start_2 = np.array([4.0, 0.1, 0.2, 0.3, 0.4, 0.5, 8.0, 9.0, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1])
+    start_2 = np.array([4.0, 0.1, 0.2, 0.3, 0.4, 0.5, 8.2, 9.0, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1])
     end_2 = np.array([4.0, 0.1, 0.2, 0.3, 0.4, 0.05, 0.2, 0.5, 0.01, 0.02, 0.03, 0.04, 0.06, 0.07])
     predictions, nbest = postprocess(examples, features, [start_1, start_2], [end_1, end_2], n_best_size=5,
                                      max_answer_length=3)
     # Window 1, top-5 starts 12 (pad), 2 (question), 7 "bob", 9 "oslo", 10 "." (not max context: rejected);
     # top-5 ends 13 (pad), 4 ([SEP]), 9, 10, 6. bob..oslo = 5 + 5 = 10; bob..'.' is 4 tokens (too long);
     # bob..met ends before it starts; oslo..oslo = 4 + 5 = 9; oslo..'.' = 4 + 4.5 = 8.5.
-    # Window 2: "." (9.0, max context) .. "." (0.5) = 9.5; "oslo" starts at 8.0 but is not max context here.
+    # Window 2: "." (9.0, max context) .. "." (0.5) = 9.5; "oslo" starts at 8.2 but is not max context here
+    # (scored, it would give "Oslo." 8.7).
     assert [(c["text"], c["answer_start"], c["start_logit"] + c["end_logit"]) for c in nbest["oslo"]] == \
         [("Bob in Oslo", 8, 10.0), (".", 19, 9.5), ("Oslo", 15, 9.0), ("Oslo.", 15, 8.5)]
     scores = np.array([10.0, 9.5, 9.0, 8.5])
@@ -288,8 +296,8 @@ def test_postprocess_v2_null_threshold():
     start[0, 7], end[0, 9] = 5.0, 4.0   # best span "Bob in Oslo": 9.0
     start[:, 0], end[:, 0] = [4.0, 6.0], [3.5, 5.0]  # null scores 7.5 and 11: the lower one counts
     kwargs = dict(version_2_with_negative=True, n_best_size=5, max_answer_length=3)
-    # null - best = 7.5 - 9 = -1.5
-    for threshold, expected in ((0.0, "Bob in Oslo"), (-1.4, "Bob in Oslo"), (-1.6, ""), (-5.0, "")):
+    # null - best = 7.5 - 9 = -1.5: the null answer wins when that exceeds the threshold (strictly)
+    for threshold, expected in ((0.0, "Bob in Oslo"), (-1.5, "Bob in Oslo"), (-1.55, ""), (-5.0, "")):
         predictions, nbest = postprocess(examples, features, start, end, null_score_diff_threshold=threshold,
                                          **kwargs)
         assert predictions["oslo"] == expected, threshold
