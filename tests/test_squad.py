@@ -7,7 +7,9 @@ context offsets. It is re-written here from that description and run on a few hu
 examples with long contexts, answers at window edges, accents, capitals and CJK.
 """
 import json
+import pathlib
 import random
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -20,7 +22,7 @@ from minibert.finetune.squad import (SquadExample, SquadFeature, evaluate, exact
 from minibert.finetune.squad_features import doc_windows, max_context_windows
 from minibert.tokenizer import SPECIAL_TOKENS, BertTokenizer
 
-DATA = __import__("pathlib").Path(__file__).parent / "data"
+DATA = pathlib.Path(__file__).parent / "data"
 
 WORDS = ("the a an of in on at to and or river city museum tower capital country world year summer bridge "
          "king queen war peace song book school station market garden forest mountain island harbour "
@@ -330,7 +332,7 @@ def test_round_trip_labels_to_logits_to_answers(tok, version_2):
     examples = []
     for i in range(60):
         context = _text(rng, rng.randint(10, 120))
-        words = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", context)]
+        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", context)]
         start = end = 0
         while not normalize_answer(context[start:end]):  # v1.1 F1 of "the" against "the" is 0, officially
             a = rng.randrange(len(words))
