@@ -1,7 +1,7 @@
 """A BERT vocabulary on disk: ``vocab.txt``, one token per line, the line number is the token's id.
 
-Also the five special tokens every BERT vocabulary reserves, and the strict JSON reader that
-``tokenizer_config.json`` and HF's ``tokenizer.json`` go through.
+Also the five special tokens every BERT vocabulary reserves, and the JSON reader (clear errors for a
+file that is not UTF-8 JSON) that ``tokenizer_config.json`` and HF's ``tokenizer.json`` go through.
 """
 from __future__ import annotations
 
