@@ -2,8 +2,9 @@
 
 Each verb is two small functions: ``_add_<verb>(subparsers)`` declares its arguments and
 ``_run_<verb>(args)`` does the work and returns the exit status. Adding a verb means writing those two
-and listing the first in ``VERBS``. A verb whose work is a module of its own (``pretrain``, ``fill-mask``)
-takes that module's ``add_arguments(parser)`` and ``run(args)`` instead.
+and listing the first in ``VERBS``. A verb whose work is a module of its own (``pretrain``, ``fill-mask``,
+``finetune classify``, ``finetune squad``) takes that module's ``add_arguments(parser)`` and ``run(args)``
+instead.
 
 User errors (a missing file, a corpus that is not UTF-8, a vocabulary size that cannot work, an output
 path that is a file) are printed as ``minibert: error: ...`` with exit status 2, like argparse's own usage
@@ -186,9 +187,22 @@ def _add_fill_mask(subparsers) -> None:
                      description="Print the top-k predictions, with probabilities, for every [MASK] in a text.")
 
 
+def _add_finetune(subparsers) -> None:
+    p = subparsers.add_parser("finetune", help="fine-tune a BERT: classify (sentences) or squad (QA)",
+                              description="Fine-tune a pretrained BERT on a downstream task.")
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    _add_module_verb(tasks, "classify", "minibert.finetune.classify",
+                     help="sentence / sentence-pair classification or regression (TSV, CSV, JSONL)",
+                     description="Fine-tune a classifier on the pooled [CLS] vector (default data: a built-in "
+                                 "task, 'language reference or module docstring?').")
+    _add_module_verb(tasks, "squad", "minibert.finetune.qa",
+                     help="SQuAD v1.1 / v2.0 extractive question answering",
+                     description="Fine-tune start/end span prediction on SQuAD-format JSON; prints EM and F1.")
+
+
 # ----------------------------------------------------------------------------------------------------
 
-VERBS = [_add_pretrain, _add_fill_mask, _add_train_vocab, _add_tokenize, _add_corpus, _add_demo]
+VERBS = [_add_pretrain, _add_fill_mask, _add_finetune, _add_train_vocab, _add_tokenize, _add_corpus, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
