@@ -240,3 +240,13 @@ def test_cli_reports_bad_input_as_errors(tmp_path, tiny_model, capsys):
     BertForSequenceClassification(config).save_pretrained(three, BertTokenizer.from_pretrained(tiny_model))
     assert cli.main(classify_args(str(three), tmp_path / "o", train, train)) == 2
     assert "another number of labels" in capsys.readouterr().err
+
+
+def test_continuing_a_fine_tuned_classifier_keeps_its_class_order(tmp_path, tiny_model):
+    config = BertConfig.from_pretrained(tiny_model)
+    config.id2label = {0: "positive", 1: "negative"}  # not the sorted order a fresh run would choose
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "ft", BertTokenizer.from_pretrained(tiny_model))
+    data = write_tsv(tmp_path / "d.tsv", keyword_rows(8, seed=8))
+    run_classify(classify_args(str(tmp_path / "ft"), tmp_path / "o", data, data, "--epochs", "1"))
+    saved = json.loads((tmp_path / "o" / "last" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "positive", "1": "negative"}

@@ -341,6 +341,7 @@ def _load_data(args):
 
 def run(args) -> dict:
     """Fine-tune a classifier as ``args`` say; returns the summary (also OUT/summary.json)."""
+    from minibert.config import BertConfig
     from minibert.modeling import BertForSequenceClassification
     from minibert.tokenizer import BertTokenizer
 
@@ -355,6 +356,9 @@ def run(args) -> dict:
         if len(names) < 2:
             raise ValueError(f"the training data has a single label {names}: a classifier needs at least two")
         id2label = dict(enumerate(names))
+        saved = BertConfig.from_pretrained(resume.model_dir).id2label
+        if saved is not None and set(saved.values()) == set(names):
+            id2label = saved  # continuing a fine-tuned classifier: keep its class order
         overrides = {"num_labels": len(names), "id2label": id2label}
     label2id = None if id2label is None else {v: k for k, v in id2label.items()}
     train_targets, dev_targets = label_ids(train, label2id), label_ids(dev, label2id)
