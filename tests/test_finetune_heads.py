@@ -152,3 +152,26 @@ def test_span_loss_ignores_positions_outside_the_sequence_like_hf():
     assert span_loss(logits, torch.tensor([9, 7, 8])).item() == 0.0  # nothing kept: 0, not NaN
     with pytest.raises(ValueError, match="must lie in"):
         span_loss(logits, torch.tensor([-1, 0, 1]))
+
+
+@pytest.mark.parametrize("theirs_name", ["BertModel", "BertForMaskedLM"])
+def test_real_hf_encoder_directories_load_with_the_missing_parts_initialised(tmp_path, one_torch_thread,
+                                                                             theirs_name):
+    config = BertConfig(**TINY)
+    torch.manual_seed(11)
+    hf = getattr(transformers, theirs_name)(transformers.BertConfig(**config.to_dict()))
+    perturb_(hf, seed=12)
+    hf.save_pretrained(tmp_path)
+    model = BertForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    encoder = hf if theirs_name == "BertModel" else hf.bert
+    batch = random_batch(config, seed=13, num_labels=2)
+    with torch.no_grad():
+        want = encoder.eval()(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        got = model.bert(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    assert rel(got.last_hidden_state, want.last_hidden_state) < 1e-5
+    expected_new = ["classifier.bias", "classifier.weight"]
+    if theirs_name == "BertForMaskedLM":  # HF builds its masked-LM model without a pooler
+        expected_new = ["bert.pooler.dense.bias", "bert.pooler.dense.weight"] + expected_new
+    else:
+        assert rel(got.pooler_output, want.pooler_output) < 1e-5
+    assert model.newly_initialized == expected_new
