@@ -81,11 +81,15 @@ def _check_mask_tokens(student, modules, gen):
             maskable = sum(token not in spec.special_ids for token in ids)
             budget = min(spec.max_predictions_per_seq, max(1, round(maskable * spec.masked_lm_prob)))
             if whole_word:
-                chosen = set(positions)
-                split = [w for w in _words(ids, spec) if 0 < len(chosen & set(w)) < len(w)]
-                if split or not 0 < len(positions) <= budget:
-                    raise AssertionError(f"{what}: whole words must be chosen whole, at most {budget} positions; "
-                                         f"got {len(positions)} positions, split words {split[:2]}")
+                chosen, words = set(positions), _words(ids, spec)
+                split = [w for w in words if 0 < len(chosen & set(w)) < len(w)]
+                # A word is skipped only when it does not fit what is left of the budget, so at the end no
+                # unchosen word fits (and a sequence of long words can end with fewer, even 0, positions).
+                fits = [w for w in words if not chosen & set(w) and len(w) <= budget - len(positions)]
+                if split or len(positions) > budget or fits:
+                    raise AssertionError(f"{what}: whole words must be chosen whole, at most {budget} positions, "
+                                         f"until no unchosen word fits; got {len(positions)} positions, split "
+                                         f"words {split[:2]}, unchosen words that fit {fits[:2]}")
             elif len(positions) != budget:
                 raise AssertionError(f"{what}: {maskable} maskable tokens need round(0.15 * n) capped at "
                                      f"{spec.max_predictions_per_seq} = {budget} predictions, got {len(positions)}")
