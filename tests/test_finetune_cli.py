@@ -118,7 +118,6 @@ def test_classify_learns_a_keyword_task_reproducibly_and_resumes(tmp_path, tiny_
     assert resumed["history"] == summary["history"]
 
 
-@pytest.mark.slow
 def test_classify_regression_and_csv_with_pairs(tmp_path, tiny_model):
     # Target = number of keywords in text + text_pair, a regression the model can count its way to.
     gen = np.random.default_rng(3)
@@ -182,8 +181,8 @@ def squad_file(path, n: int, seed: int) -> str:
 def test_squad_learns_to_find_the_inserted_fact(tmp_path, tiny_model):
     train, dev = squad_file(tmp_path / "train.json", 400, seed=5), squad_file(tmp_path / "dev.json", 60, seed=6)
     argv = ["finetune", "squad", "--model", tiny_model, "--out", str(tmp_path / "qa"), "--train", train, "--dev",
-            dev, "--epochs", "5", "--batch-size", "16", "--lr", "1e-3", "--max-seq-length", "64", "--max-query-length", "16",
-            "--doc-stride", "32", "--quiet"]
+            dev, "--epochs", "5", "--batch-size", "16", "--lr", "1e-3", "--max-seq-length", "64",
+            "--max-query-length", "16", "--doc-stride", "32", "--quiet"]
     assert cli.main(argv) == 0
     summary = json.loads((tmp_path / "qa" / "summary.json").read_text())
     assert summary["best"]["exact_match"] >= 90 and summary["best"]["f1"] >= 90

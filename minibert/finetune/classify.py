@@ -412,3 +412,15 @@ def write_predictions(args, checkpoint_dir: str, device) -> str:
     atomic_write_text(path, "\n".join(lines) + "\n")
     print(f"wrote {len(examples)} predictions to {path}")
     return path
+
+
+def main(argv=None) -> dict:
+    """``python -m minibert.finetune.classify``: the same as ``minibert finetune classify``."""
+    parser = argparse.ArgumentParser(prog="minibert finetune classify",
+                                     description="Fine-tune a BERT classifier (default: the built-in task).")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -122,3 +122,15 @@ def run(args) -> dict:
           f"F1 {metrics['f1']:.2f} over {metrics['total']} questions; wrote {PREDICTIONS_FILE} and "
           f"{NBEST_FILE} to {args.out}")
     return summary
+
+
+def main(argv=None) -> dict:
+    """``python -m minibert.finetune.qa``: the same as ``minibert finetune squad``."""
+    parser = argparse.ArgumentParser(prog="minibert finetune squad",
+                                     description="Fine-tune a BERT for SQuAD-style question answering.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
