@@ -249,3 +249,11 @@ def test_continuing_a_fine_tuned_classifier_keeps_its_class_order(tmp_path, tiny
     run_classify(classify_args(str(tmp_path / "ft"), tmp_path / "o", data, data, "--epochs", "1"))
     saved = json.loads((tmp_path / "o" / "last" / "config.json").read_text())
     assert saved["id2label"] == {"0": "positive", "1": "negative"}
+
+
+def test_resume_refuses_other_settings(tmp_path, tiny_model, capsys):
+    data = write_tsv(tmp_path / "d.tsv", keyword_rows(8, seed=9))
+    run_classify(classify_args(tiny_model, tmp_path / "o", data, data, "--epochs", "1"))
+    assert cli.main(classify_args(tiny_model, tmp_path / "o", data, data, "--epochs", "1", "--lr", "5e-4",
+                                  "--resume")) == 2
+    assert "lr: checkpoint 0.001, now 0.0005" in capsys.readouterr().err
