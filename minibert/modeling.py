@@ -4,6 +4,10 @@ Module and parameter names copy HuggingFace's BERT exactly (``bert.encoder.layer
 ``cls.predictions.bias``, ...), so ``state_dict()`` keys are HF's keys and checkpoints move between
 ``transformers``, ``minibert.reference`` and this model with no renaming.
 
+Models: ``BertModel`` (the encoder), ``BertForPreTraining`` (MLM + NSP), ``BertForMaskedLM``, and the
+fine-tuning models ``BertForSequenceClassification`` and ``BertForQuestionAnswering`` (section 4 of the
+paper; ``minibert finetune`` trains them).
+
 Two things differ from a plain port, both for the project's contracts (DESIGN.md):
 
 * **Backends are a switch.** ``attn_implementation`` picks how attention is computed ("eager" matmul +
