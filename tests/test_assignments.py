@@ -28,6 +28,14 @@ BUGS = {
         "attention_backward": ("dk = (dscores.transpose(0, 1, 3, 2) @ q) * scale",
                                "dk = dscores.transpose(0, 1, 3, 2) @ q"),
     },
+    "blocks": {
+        "embeddings_backward": ("L.embedding_backward(dsum.sum(axis=0, keepdims=True), c_pos)",
+                                "L.embedding_backward(dsum[:1], c_pos)"),
+        "self_attention_backward": ("    dx = dres\n", "    dx = 0.0\n"),
+        "feed_forward_backward": ("return dres + (dpre2 @ w1).reshape(x.shape)", "return (dpre2 @ w1).reshape(x.shape)"),
+        "pooler_backward": ("dpooled * (1.0 - pooled * pooled)", "dpooled * (1.0 - pooled)"),
+        "mlm_head_backward": ("dt = L.gelu_backward(dt, c_gelu)", "dt = dt * c_gelu[1]"),
+    },
     "losses_and_adamw": {
         "log_softmax": ("return x - (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True)))",
                         "return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))"),

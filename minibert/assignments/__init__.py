@@ -7,7 +7,8 @@ An instructor makes a handout, students fill in the bodies, the grader scores ea
     python -m minibert.assignments grade backprop handout/ --json report.json
 
 * :mod:`~minibert.assignments.base`: what an assignment and a task are; the shared checks;
-* :mod:`~minibert.assignments.backprop`, :mod:`~minibert.assignments.losses_and_adamw`,
+* :mod:`~minibert.assignments.backprop` (layers' backward passes), :mod:`~minibert.assignments.blocks`
+  (sub-modules' backward passes), :mod:`~minibert.assignments.losses_and_adamw`,
   :mod:`~minibert.assignments.masking`: the assignments, each with its checks;
 * :mod:`~minibert.assignments.handout`: ``make`` (cutting with ``ast``, writing structure.md);
 * :mod:`~minibert.assignments.grader`: ``grade`` (isolated imports, per-function points, the report).

@@ -1,10 +1,11 @@
 """The assignments an instructor can hand out, by name."""
 from __future__ import annotations
 
-from minibert.assignments import backprop, losses_and_adamw, masking
+from minibert.assignments import backprop, blocks, losses_and_adamw, masking
 from minibert.assignments.base import Assignment
 
-ASSIGNMENTS = {a.name: a for a in (backprop.ASSIGNMENT, losses_and_adamw.ASSIGNMENT, masking.ASSIGNMENT)}
+ASSIGNMENTS = {a.name: a for a in (backprop.ASSIGNMENT, blocks.ASSIGNMENT, losses_and_adamw.ASSIGNMENT,
+                                         masking.ASSIGNMENT)}
 
 
 def get(name: str) -> Assignment:
