@@ -329,14 +329,16 @@ def _train_row(step_done: int, stats: dict, lr: float, grad_norm: float, seconds
             "tokens_per_s": stats["n_tokens"] / seconds}
 
 
-def _plan_steps(backend, batches: StepBatches, eval_batches, args, rank: int, world_size: int, device) -> int:
-    """Steps that fit in ``--minutes``: time a few whole training steps and one evaluation, then divide.
+def _plan_steps(backend, batches: StepBatches, d, tokenizer, args, rank: int, world_size: int, device) -> int:
+    """Steps that fit in ``--minutes``: time whole training steps and the periodic work, then divide.
 
     A timed step is everything a step of the loop does: build the batch (unless worker processes build
-    it in the background), forward, backward, clip, AdamW and the metrics line. Timing only
-    forward and backward planned ~10% too many steps, so the time budget stopped runs before the
-    learning rate had decayed to 0. Two untimed steps come first (the first calls allocate and warm
-    caches), then the median of five timed ones.
+    it in the background), forward, backward, clip, AdamW and the metrics line. Timing only forward and
+    backward planned ~10% too many steps, so the time budget stopped runs before the learning rate had
+    decayed to 0. Two untimed steps come first (the first calls allocate and warm caches), then the
+    median of five timed ones. The periodic work is timed once each and counted as often as it will run,
+    the final round included: an evaluation with its curves plot (every --eval-every steps) and a
+    checkpoint (every --save-every steps), both written to a scratch folder here.
 
     The steps run at learning rate 0, which leaves every weight bit for bit unchanged (AdamW's move and
     its decoupled weight decay are both multiplied by the rate), and the optimizer's moments are put back
@@ -345,7 +347,8 @@ def _plan_steps(backend, batches: StepBatches, eval_batches, args, rank: int, wo
     broadcast so all ranks agree.
     """
     fresh_optimizer = copy.deepcopy(backend.optimizer_state())
-    times = []
+    times, rows = [], []
+    eval_s = save_s = 0.0
     with tempfile.TemporaryDirectory() as scratch:
         metrics_path = os.path.join(scratch, METRICS_FILE)
         for step in range(7):
@@ -357,18 +360,31 @@ def _plan_steps(backend, batches: StepBatches, eval_batches, args, rank: int, wo
             lr = 0.0  # (the schedule is one formula per step: nothing worth timing)
             stats, grad_norm = _train_step(backend, micro_batches, step, lr, args.seed, rank, world_size,
                                            device)
-            append_metrics(metrics_path, _train_row(step + 1, stats, lr, grad_norm, time.perf_counter() - t0))
+            rows.append(_train_row(step + 1, stats, lr, grad_norm, time.perf_counter() - t0))
+            append_metrics(metrics_path, rows[-1])
             times.append(time.perf_counter() - t0)
+        if d.eval_batches:
+            t0 = time.perf_counter()
+            # Every rank evaluates alone here: no collective, the same estimate.
+            rows.append({"split": "eval", "step": 7, **evaluate(backend, d.eval_batches, 0, 1, device)})
+            eval_s = time.perf_counter() - t0
+            if rank == 0:
+                curves = os.path.join(scratch, CURVES_FILE)
+                save_curves(rows, curves, d.unigram_accuracy)  # the first plot imports matplotlib, once a run
+                t0 = time.perf_counter()
+                save_curves(rows, curves, d.unigram_accuracy)
+                eval_s += time.perf_counter() - t0
+        if rank == 0:  # the optimizer holds its full moments now, as it will at every save
+            t0 = time.perf_counter()
+            trainer_state.save_checkpoint(scratch, lambda directory: backend.save_model(directory, tokenizer),
+                                          {"optimizer": backend.optimizer_state()})
+            save_s = time.perf_counter() - t0
     backend.load_optimizer_state(fresh_optimizer)
     step_s = float(np.median(times[2:]))
-    eval_s = 0.0
-    if eval_batches:
-        t0 = time.perf_counter()
-        evaluate(backend, eval_batches, 0, 1, device)  # every rank alone: no collective, same estimate
-        eval_s = time.perf_counter() - t0
     budget = args.minutes * 60.0
-    n_evals = budget / step_s / args.eval_every if args.eval_every else 0.0
-    steps = int((budget - eval_s * (n_evals + 1)) / step_s)
+    n_evals = budget / step_s / args.eval_every if args.eval_every and d.eval_batches else 0.0
+    n_saves = budget / step_s / args.save_every if args.save_every else 0.0
+    steps = int((budget - eval_s * (n_evals + 1) - save_s * (n_saves + 1)) / step_s)
     return _broadcast_int(max(1, steps), world_size, device)
 
 
@@ -420,8 +436,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
                           world_size=world_size, seed=args.seed, pad_id=config.pad_token_id,
                           max_seq_length=args.max_seq_length, num_steps=0, masking=d.masking)
     if state is None:
-        total_steps = args.steps or _plan_steps(backend, batches, d.eval_batches, args, rank, world_size,
-                                                device)
+        total_steps = args.steps or _plan_steps(backend, batches, d, tokenizer, args, rank, world_size, device)
     batches.num_steps = total_steps
     warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * total_steps)
 
