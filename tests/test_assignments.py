@@ -180,6 +180,17 @@ def test_crashes_in_student_code_are_reported_per_function(tmp_path):
         "cross_entropy_backward": 3, "Adam._adam": 2, "AdamW._update": 2}
 
 
+def test_an_endless_loop_is_stopped_and_costs_only_its_function(tmp_path):
+    folder = solution("masking", tmp_path)
+    masking = folder / "masking.py"
+    masking.write_text(masking.read_text().replace(
+        "    candidates = [i for i, token", "    while True:\n        pass\n    candidates = [i for i, token"))
+    report = grade("masking", folder, time_limit_s=0.5)
+    rows = {r["function"]: r for r in report["functions"]}
+    assert rows["mask_tokens"]["status"] == "timeout" and "0.5 s" in rows["mask_tokens"]["message"]
+    assert points(report) == {**full("masking"), "mask_tokens": 0}
+
+
 def test_a_seed_reproduces_a_report_and_fresh_seeds_differ(tmp_path):
     folder = solution("backprop", tmp_path)
     first, again = grade("backprop", folder, seed=11), grade("backprop", folder, seed=11)

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from minibert.assignments import ASSIGNMENTS, format_report, grade, make, write_report
+from minibert.assignments.grader import DEFAULT_TIME_LIMIT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grade_parser.add_argument("dir", help="the student's folder (a filled-in handout)")
     grade_parser.add_argument("--json", metavar="F", help="also write the report as JSON to F")
     grade_parser.add_argument("--seed", type=int, help="random inputs to test on (default: fresh each run)")
+    grade_parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="S",
+                              help="seconds each function may run before it is stopped (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             paths = make(args.name, args.dir, force=args.force)
             print(f"wrote {len(paths)} files to {args.dir}: {', '.join(p.name for p in paths)}")
         else:
-            report = grade(args.name, args.dir, seed=args.seed)
+            report = grade(args.name, args.dir, seed=args.seed, time_limit_s=args.time_limit)
             print(format_report(report))
             if args.json:
                 write_report(report, args.json)

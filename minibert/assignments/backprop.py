@@ -14,14 +14,16 @@ from minibert.reference import layers as P
 FILE = "reference/layers.py"
 
 
-def _grade(what, student, forward, inputs, cache_forward, gen, names):
-    """Shared by every check: ``forward(**inputs)`` -> y; the student's backward of (dy, cache) must match
-    the pristine backward and central differences for every input in ``names`` (in return order)."""
-    y, cache = cache_forward()
+def _grade(what, student, pristine, forward, inputs, gen):
+    """Shared by every check: ``y, cache = forward(**inputs)``; the student's backward of (dy, cache) must
+    match ``pristine`` (the library's backward) and central differences for every array in ``inputs``,
+    returned in the order of ``inputs``."""
+    names = list(inputs)
+    y, cache = forward(**inputs)
     dy = gen.standard_normal(np.shape(y))
     got = student(dy, cache)
     got = got if isinstance(got, tuple) else (got,)
-    want = getattr(P, what.split("(")[0])(dy, cache)
+    want = pristine(dy, cache)
     want = want if isinstance(want, tuple) else (want,)
     if len(got) != len(want):
         raise AssertionError(f"{what}: returned {len(got)} gradient(s), expected {len(want)} ({', '.join(names)})")
@@ -32,49 +34,39 @@ def _grade(what, student, forward, inputs, cache_forward, gen, names):
 
 
 def _check_linear_backward(student, modules, gen):
-    x, w, b = gen.standard_normal((2, 3, 5)), gen.standard_normal((4, 5)), gen.standard_normal(4)
-    inputs = {"x": x, "weight": w, "bias": b}
-    _grade("linear_backward", student, lambda **a: P.linear_forward(a["x"], a["weight"], a["bias"]), inputs,
-           lambda: P.linear_forward(x, w, b), gen, ["x", "weight", "bias"])
+    inputs = {"x": gen.standard_normal((2, 3, 5)), "weight": gen.standard_normal((4, 5)),
+              "bias": gen.standard_normal(4)}
+    _grade("linear_backward", student, P.linear_backward, P.linear_forward, inputs, gen)
 
 
 def _check_layernorm_backward(student, modules, gen):
-    x = gen.standard_normal((3, 4, 6)) * 2.0 + 0.5
-    gamma, beta = 1.0 + gen.standard_normal(6), gen.standard_normal(6)
-    inputs = {"x": x, "gamma": gamma, "beta": beta}
-    eps = 1e-12
-    _grade("layernorm_backward", student, lambda **a: P.layernorm_forward(a["x"], a["gamma"], a["beta"], eps),
-           inputs, lambda: P.layernorm_forward(x, gamma, beta, eps), gen, ["x", "gamma", "beta"])
+    inputs = {"x": gen.standard_normal((3, 4, 6)) * 2.0 + 0.5, "gamma": 1.0 + gen.standard_normal(6),
+              "beta": gen.standard_normal(6)}
+    _grade("layernorm_backward", student, P.layernorm_backward,
+           lambda x, gamma, beta: P.layernorm_forward(x, gamma, beta, 1e-12), inputs, gen)
 
 
 def _check_gelu_backward(student, modules, gen):
     for approximate in ("none", "tanh"):
-        x = gen.standard_normal((4, 7)) * 2.0
-        _grade(f"gelu_backward(approximate={approximate!r})", student,
-               lambda **a: P.gelu_forward(a["x"], approximate), {"x": x},
-               lambda: P.gelu_forward(x, approximate), gen, ["x"])
+        _grade(f"gelu_backward(approximate={approximate!r})", student, P.gelu_backward,
+               lambda x: P.gelu_forward(x, approximate), {"x": gen.standard_normal((4, 7)) * 2.0}, gen)
 
 
 def _check_softmax_backward(student, modules, gen):
     for axis in (-1, 1):
-        x = gen.standard_normal((3, 5, 4)) * 3.0
-        _grade(f"softmax_backward(axis={axis})", student, lambda **a: P.softmax_forward(a["x"], axis), {"x": x},
-               lambda: P.softmax_forward(x, axis), gen, ["x"])
+        _grade(f"softmax_backward(axis={axis})", student, P.softmax_backward,
+               lambda x: P.softmax_forward(x, axis), {"x": gen.standard_normal((3, 5, 4)) * 3.0}, gen)
 
 
 def _check_attention_backward(student, modules, gen):
     B, H, S, D = 2, 2, 5, 3
-    q, k, v = (gen.standard_normal((B, H, S, D)) for _ in range(3))
-    inputs = {"q": q, "k": k, "v": v}
+    inputs = {name: gen.standard_normal((B, H, S, D)) for name in ("q", "k", "v")}
     seed = int(gen.integers(2 ** 31))
-    # Row 1 pads its last two keys (their probabilities are 0); dropout 0.2 makes the mask part of backward.
-    for mask, p in ((None, 0.0), (np.array([[1] * S, [1] * (S - 2) + [0, 0]]), 0.0),
-                    (np.array([[1] * S, [1] * (S - 2) + [0, 0]]), 0.2)):
-        def forward(q, k, v, mask=mask, p=p):
-            return P.attention_forward(q, k, v, mask, None, p, seed)
-
+    padded = np.array([[1] * S, [1] * (S - 2) + [0, 0]])  # sequence 1: its last two keys get probability 0
+    # Dropout 0.2 makes the regenerated mask part of the backward pass.
+    for mask, p in ((None, 0.0), (padded, 0.0), (padded, 0.2)):
         _grade(f"attention_backward(mask={'none' if mask is None else 'padding'}, dropout_p={p})", student,
-               forward, inputs, lambda: forward(q, k, v), gen, ["q", "k", "v"])
+               P.attention_backward, lambda q, k, v: P.attention_forward(q, k, v, mask, None, p, seed), inputs, gen)
 
 
 ASSIGNMENT = Assignment(

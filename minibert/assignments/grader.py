@@ -7,12 +7,15 @@ and reported for that function only; the grader itself never stops early.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import os
 import secrets
+import signal
 import sys
+import threading
 import traceback
 import uuid
 from pathlib import Path
@@ -23,9 +26,38 @@ from minibert.assignments.catalog import get
 from minibert.io import atomic_write_text
 
 
+DEFAULT_TIME_LIMIT = 60.0  # seconds per function; a correct one needs well under 1 s
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised inside student code that runs past the time limit. A BaseException, so that a student's
+    ``except Exception:`` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise TimeLimitExceeded in the code run inside after ``seconds`` (an infinite loop in a student's
+    function must not hang the grader). Works in the main thread on POSIX; elsewhere there is no limit."""
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeLimitExceeded(f"still running after {seconds:g} s (an infinite loop?)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @dataclasses.dataclass
 class FunctionResult:
-    """The grade of one function: ``status`` is "pass", "fail", "not implemented", "error" or "missing"."""
+    """The grade of one function: ``status`` is "pass", "fail", "not implemented", "error", "timeout" or
+    "missing"."""
 
     file: str
     function: str
@@ -69,11 +101,13 @@ def _resolve(module, qualified_name: str):
     return obj
 
 
-def grade(name: str, student_dir: str | os.PathLike, seed: int | None = None) -> dict:
+def grade(name: str, student_dir: str | os.PathLike, seed: int | None = None,
+          time_limit_s: float | None = DEFAULT_TIME_LIMIT) -> dict:
     """Grade the student's folder for assignment ``name``; returns the report as a dict.
 
     ``seed`` makes a run reproducible; by default a fresh one is drawn (and recorded in the report), so
-    each run tests on new random inputs. Report keys: assignment, student_dir, seed, score, max_score,
+    each run tests on new random inputs. ``time_limit_s`` bounds each function's check (None: no limit).
+    Report keys: assignment, student_dir, seed, score, max_score,
     functions (a list of :class:`FunctionResult` as dicts).
     """
     assignment = get(name)
@@ -90,7 +124,7 @@ def grade(name: str, student_dir: str | os.PathLike, seed: int | None = None) ->
     try:
         for index, task in enumerate(assignment.tasks):
             gen = np.random.default_rng([seed, index])
-            results.append(_grade_task(task, modules, import_errors, gen))
+            results.append(_grade_task(task, modules, import_errors, gen, time_limit_s))
     finally:
         for module in modules.values():
             if module is not None:
@@ -100,7 +134,7 @@ def grade(name: str, student_dir: str | os.PathLike, seed: int | None = None) ->
             "functions": [dataclasses.asdict(r) for r in results]}
 
 
-def _grade_task(task, modules, import_errors, gen) -> FunctionResult:
+def _grade_task(task, modules, import_errors, gen, seconds) -> FunctionResult:
     """Run one task's check on the student's function; every outcome becomes a FunctionResult."""
     def result(status, message="", points=0):
         return FunctionResult(task.handout_name, task.function, points, task.points, status, message)
@@ -112,9 +146,13 @@ def _grade_task(task, modules, import_errors, gen) -> FunctionResult:
         student = _resolve(module, task.function)
     except AttributeError:
         return result("missing", f"{task.handout_name} has no {task.function}")
-    with np.errstate(all="ignore"):  # a student's overflow is reported by the check, not as a warning
+    # np.errstate: a student's overflow is reported by the check (as NaN or inf), not as a warning.
+    with np.errstate(all="ignore"):
         try:
-            task.check(student, modules, gen)
+            with time_limit(seconds):
+                task.check(student, modules, gen)
+        except TimeLimitExceeded as exc:
+            return result("timeout", str(exc))
         except NotImplementedError:
             return result("not implemented", "raises NotImplementedError")
         except AssertionError as exc:
