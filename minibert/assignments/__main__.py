@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
             for assignment in ASSIGNMENTS.values():
                 print(f"{assignment.name}: {assignment.title} ({assignment.max_points} points)")
                 for task in assignment.tasks:
-                    print(f"    {task.handout_name:<14} {task.function:<24} {task.points} point{'s' * (task.points != 1)}")
+                    plural = "s" if task.points != 1 else ""
+                    print(f"    {task.handout_name:<14} {task.function:<24} {task.points} point{plural}")
         elif args.action == "make":
             paths = make(args.name, args.dir, force=args.force)
             print(f"wrote {len(paths)} files to {args.dir}: {', '.join(p.name for p in paths)}")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
-
 from minibert.assignments.base import Assignment, Task, assert_raises
 from minibert.data import masking as PM
 from minibert.data import instances as PI
@@ -28,7 +26,7 @@ def _vocab(gen):
     return [tokens[i] for i in order]
 
 
-def _sequence(gen, spec, continuation_ids, ordinary_ids):
+def _sequence(gen, continuation_ids, ordinary_ids):
     """[CLS] A [SEP] B [SEP] as ids, with ## pieces following words."""
     def segment(n):
         ids = []
@@ -63,7 +61,7 @@ def _check_mask_tokens(student, modules, gen):
         spec = PM.MaskingSpec.from_vocab(tokens, whole_word_mask=whole_word, max_predictions_per_seq=8)
         seed = int(gen.integers(2 ** 31))
         for n in range(600):
-            ids = _sequence(gen, spec, continuation, ordinary)
+            ids = _sequence(gen, continuation, ordinary)
             what = f"mask_tokens(whole_word_mask={whole_word}) on sequence {n}"
             masked, positions, labels = student(list(ids), spec, random.Random(seed + n))
             again = student(list(ids), spec, random.Random(seed + n))
