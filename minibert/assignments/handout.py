@@ -87,7 +87,8 @@ def structure_md(assignment: Assignment, sources: dict[str, str]) -> str:
            f"Write the body of each function below in the file named, in this folder. Every other line of "
            f"those files is minibert's own code: keep signatures, names and return shapes as they are, and "
            f"call the helpers that are already there. {assignment.max_points} points in all; each function "
-           f"is graded on its own, so one wrong function costs only its own points.", "",
+           f"is graded on its own, so one wrong function costs only its own points. The grader imports the files "
+           f"of this folder by path; everything they import from `minibert` is the installed library.", "",
            "| file | function | points | what the grader checks |", "|---|---|---|---|"]
     for task in assignment.tasks:
         out.append(f"| `{task.handout_name}` | `{task.function}` | {task.points} | {task.grading} |")
