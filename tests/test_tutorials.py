@@ -45,11 +45,13 @@ def run_notebook(path: Path) -> None:
                                  f"{traceback.format_exc()}") from None
 
 
-def test_there_are_notebooks():
+def test_notebooks_are_described_and_end_with_checks():
     assert len(NOTEBOOKS) >= 6, [p.name for p in NOTEBOOKS]
     readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
     for path in NOTEBOOKS:
         assert path.name in readme, f"tutorials/README.md does not describe {path.name}"
+        code = [cell for cell in load_notebook(path)["cells"] if cell["cell_type"] == "code"]
+        assert "assert " in "".join(code[-1]["source"]), f"{path.name} must end with its checks (asserts)"
 
 
 @pytest.mark.slow
