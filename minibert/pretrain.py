@@ -381,10 +381,11 @@ def _plan_steps(backend, batches: StepBatches, d, tokenizer, args, rank: int, wo
             save_s = time.perf_counter() - t0
     backend.load_optimizer_state(fresh_optimizer)
     step_s = float(np.median(times[2:]))
-    budget = args.minutes * 60.0
-    n_evals = budget / step_s / args.eval_every if args.eval_every and d.eval_batches else 0.0
-    n_saves = budget / step_s / args.save_every if args.save_every else 0.0
-    steps = int((budget - eval_s * (n_evals + 1) - save_s * (n_saves + 1)) / step_s)
+    # N steps take N * step_s, plus an evaluation every E steps and at the end, plus a checkpoint every
+    # C steps and at the end: solve  budget = N * (step_s + eval_s / E + save_s / C) + eval_s + save_s.
+    per_step = step_s + (eval_s / args.eval_every if args.eval_every else 0.0)
+    per_step += save_s / args.save_every if args.save_every else 0.0
+    steps = int((args.minutes * 60.0 - eval_s - save_s) / per_step)
     return _broadcast_int(max(1, steps), world_size, device)
 
 
