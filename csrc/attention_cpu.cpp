@@ -10,9 +10,10 @@
 // The forward keeps its scores key-major (st[key, query]): q is transposed once per work item (with
 // the scale folded in), so s^T = k (scale q)^T reads k rows in place, the online-softmax statistics of
 // all queries of the tile update together as vector operations, and o = diag(alpha) o + p v reads the
-// key-major p in place. All products go through `gemm`, an 8 x 2-vector register-blocked loop nest that
-// the compiler turns into broadcast + FMA vector code; operands are zero-padded to whole register
-// blocks only where a tile is partial, and padding keys get probability 0.
+// key-major p in place. All products go through `gemm`, a register-blocked loop nest (8 x 2 vectors on
+// AVX-512) that the compiler turns into broadcast + FMA vector code, built once per vector width
+// (run_widest_vectors in math_cpu.h); operands are zero-padded to whole register blocks only where a
+// tile is partial, and padding keys get probability 0.
 #include <algorithm>
 #include <cstring>
 #include <cmath>
@@ -26,39 +27,40 @@
 namespace minibert {
 namespace {
 
-constexpr int kVectorBytes = 64;  // one AVX-512 register, two AVX2 registers
-template <typename T>
-constexpr int64_t kNR = kVectorBytes / sizeof(T);  // elements per vector
-constexpr int64_t kMR = 8;                         // rows of the register block
-constexpr int64_t kNV = 2;                         // vectors per row of the register block
-template <typename T>
-constexpr int64_t kNC = kNV * kNR<T>;  // columns of the register block
+// The register block of `gemm` for vectors of VB bytes (64: AVX-512, 32: AVX2, 16: SSE2): kMR rows x
+// kNV vectors. AVX-512 has 32 vector registers, so 8 x 2 = 16 accumulators fit beside the operands;
+// AVX2 and SSE2 have 16, so 4 x 2 = 8 (the fewest that still hide the FMA latency).
+template <int VB>
+constexpr int64_t kMR = VB == 64 ? 8 : 4;
+constexpr int64_t kNV = 2;
+template <typename T, int VB>
+constexpr int64_t kNC = kNV * (VB / sizeof(T));  // columns of the register block
 constexpr int64_t kBQ = kCpuQueryTile;
 constexpr int64_t kBK = 64;  // keys per tile
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // C[m, n] = A[m, kdim] @ B[kdim, n], or C = diag(row_scale) C + A @ B when accumulate (row_scale null
-// means 1). m % kMR == 0, n % kNC<T> == 0; B and C are row-major (row strides ldb, ldc). A is read
-// through two strides, A[i, p] = a[i * a_rs + p * a_cs], so a transposed operand (a_rs = 1) needs no
-// copy. The register block is kMR rows x kNV vectors (GCC vector extension): 16 accumulators, the
-// number that hides the 4-cycle FMA latency at one or two FMAs per cycle. Each step over p loads kNV
-// vectors of a row of B, broadcasts one element of A per row and does an outer-product update; the
-// AVX-512 clone runs it as 16 zmm FMAs with memory-broadcast operands.
-template <typename T>
+// means 1). m % kMR<VB> == 0, n % kNC<T, VB> == 0; B and C are row-major (row strides ldb, ldc). A is
+// read through two strides, A[i, p] = a[i * a_rs + p * a_cs], so a transposed operand (a_rs = 1) needs
+// no copy. The accumulators of a kMR x kNV block of C stay in vector registers (GCC vector extension)
+// for the whole kdim loop; each step loads kNV vectors of a row of B, broadcasts one element of A per
+// row and does an outer-product update: on AVX-512, 16 zmm FMAs per 2 loads and 8 broadcasts.
+template <int VB, typename T>
 MB_INLINE void gemm(const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c, int64_t ldc,
                     int64_t m, int64_t n, int64_t kdim, bool accumulate, const T* row_scale = nullptr) {
-  typedef T Vec __attribute__((vector_size(kVectorBytes)));
-  for (int64_t i = 0; i < m; i += kMR) {
-    for (int64_t j = 0; j < n; j += kNC<T>) {
-      Vec acc[kMR][kNV];
+  typedef T Vec __attribute__((vector_size(VB)));
+  constexpr int64_t kRows = kMR<VB>, kNR = VB / sizeof(T);
+  for (int64_t i = 0; i < m; i += kRows) {
+    for (int64_t j = 0; j < n; j += kNC<T, VB>) {
+      Vec acc[kRows][kNV];
 #pragma GCC unroll 8
-      for (int64_t r = 0; r < kMR; ++r) {
+      for (int64_t r = 0; r < kRows; ++r) {
         const T s = row_scale ? row_scale[i + r] : T(1);
 #pragma GCC unroll 2
         for (int64_t u = 0; u < kNV; ++u) {
           if (accumulate) {
-            std::memcpy(&acc[r][u], c + (i + r) * ldc + j + u * kNR<T>, sizeof(Vec));
+            std::memcpy(&acc[r][u], c + (i + r) * ldc + j + u * kNR, sizeof(Vec));
             acc[r][u] *= s;
           } else {
             acc[r][u] = Vec{};
@@ -70,18 +72,18 @@ MB_INLINE void gemm(const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t 
       for (int64_t p = 0; p < kdim; ++p, ap += a_cs, bp += ldb) {
         Vec bv[kNV];
 #pragma GCC unroll 2
-        for (int64_t u = 0; u < kNV; ++u) std::memcpy(&bv[u], bp + u * kNR<T>, sizeof(Vec));
+        for (int64_t u = 0; u < kNV; ++u) std::memcpy(&bv[u], bp + u * kNR, sizeof(Vec));
 #pragma GCC unroll 8
-        for (int64_t r = 0; r < kMR; ++r) {
+        for (int64_t r = 0; r < kRows; ++r) {
           const T ar = ap[r * a_rs];
 #pragma GCC unroll 2
           for (int64_t u = 0; u < kNV; ++u) acc[r][u] += ar * bv[u];
         }
       }
 #pragma GCC unroll 8
-      for (int64_t r = 0; r < kMR; ++r)
+      for (int64_t r = 0; r < kRows; ++r)
 #pragma GCC unroll 2
-        for (int64_t u = 0; u < kNV; ++u) std::memcpy(c + (i + r) * ldc + j + u * kNR<T>, &acc[r][u], sizeof(Vec));
+        for (int64_t u = 0; u < kNV; ++u) std::memcpy(c + (i + r) * ldc + j + u * kNR, &acc[r][u], sizeof(Vec));
     }
   }
 }
@@ -153,12 +155,12 @@ MB_INLINE void online_softmax_tile(T* st, const T* valid, int64_t kb, T* m, T* l
   }
 }
 
-template <typename T>
+template <int VB, typename T>
 MB_INLINE void forward_items(const T* q, const T* k, const T* v, const uint8_t* key_mask, T* out, T* lse,
                              const AttentionShape& sh, T scale, const DropoutArgs& dropout,
                              int64_t item_begin, int64_t item_end) {
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
-  const int64_t Dp = round_up(D, kNC<T>);
+  const int64_t Dp = round_up(D, kNC<T, VB>);
   const int64_t n_qt = (Sq + kBQ - 1) / kBQ;
   const T neg_inf = -std::numeric_limits<T>::infinity();
   // Scratch: qt = scale * q^T [D, kBQ] (query-major columns), st = scores / probabilities [kBK, kBQ],
@@ -179,14 +181,14 @@ MB_INLINE void forward_items(const T* q, const T* k, const T* v, const uint8_t* 
     std::fill(l.begin(), l.end(), T(0));
 
     for (int64_t j0 = 0; j0 < Sk; j0 += kBK) {
-      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kMR);
+      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kMR<VB>);
       if (key_validity(mask_row, j0, kb, valid.data()) == 0) continue;  // a tile of padding: skip
       const T* k_tile = k + (bh * Sk + j0) * D;
       if (kb_p != kb) {  // last tile: zero rows up to the register block
         load_padded(k_tile, kb, D, k_pad.data(), kb_p, D, T(1));
         k_tile = k_pad.data();
       }
-      gemm(k_tile, D, int64_t(1), qt.data(), kBQ, st.data(), kBQ, kb_p, kBQ, D, false);  // st = k (scale q)^T
+      gemm<VB>(k_tile, D, int64_t(1), qt.data(), kBQ, st.data(), kBQ, kb_p, kBQ, D, false);  // st = k (scale q)^T
       online_softmax_tile(st.data(), valid.data(), kb, m.data(), l.data(), alpha.data());
       if (dropout.threshold != 0) {
         const T inv_keep = static_cast<T>(dropout.inv_keep);
@@ -204,7 +206,7 @@ MB_INLINE void forward_items(const T* q, const T* k, const T* v, const uint8_t* 
         ldv = Dp;
       }
       // o = diag(alpha) o + p v, reading p = st^T in place (a_rs = 1) and only the kb real keys
-      gemm(st.data(), int64_t(1), kBQ, v_tile, ldv, o.data(), Dp, kBQ, Dp, kb, true, alpha.data());
+      gemm<VB>(st.data(), int64_t(1), kBQ, v_tile, ldv, o.data(), Dp, kBQ, Dp, kb, true, alpha.data());
     }
 
     for (int64_t r = 0; r < rows; ++r) {
@@ -217,13 +219,13 @@ MB_INLINE void forward_items(const T* q, const T* k, const T* v, const uint8_t* 
   }
 }
 
-template <typename T>
+template <int VB, typename T>
 MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T* v, const T* out,
                               const T* lse, const T* grad_lse, const uint8_t* key_mask, T* dq, T* dk, T* dv,
                               const AttentionShape& sh, T scale, const DropoutArgs& dropout, int64_t bh_begin,
                               int64_t bh_end) {
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
-  const int64_t Dp = round_up(D, kNC<T>), Sq_p = round_up(Sq, kBQ);
+  const int64_t Dp = round_up(D, kNC<T, VB>), Sq_p = round_up(Sq, kBQ);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   // Whole-sequence buffers are [S, D]-sized (never [S, S]): scaled q, dO and the dq accumulator.
   std::vector<T> qs(Sq_p * Dp), dos(Sq_p * Dp), dq_acc(Sq_p * Dp), row_lse(Sq_p), row_d(Sq_p);
@@ -253,7 +255,7 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
     }
 
     for (int64_t j0 = 0; j0 < Sk; j0 += kBK) {
-      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kNC<T>);
+      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kNC<T, VB>);
       const bool any_valid = key_validity(mask_row, j0, kb, valid.data()) > 0;
       std::fill(dk_acc.begin(), dk_acc.end(), T(0));
       std::fill(dv_acc.begin(), dv_acc.end(), T(0));
@@ -269,8 +271,8 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
         for (int64_t i0 = 0; i0 < Sq_p; i0 += kBQ) {
           const T* q_tile = qs.data() + i0 * Dp;
           const T* do_tile = dos.data() + i0 * Dp;
-          gemm(q_tile, Dp, int64_t(1), kt.data(), kBK, p.data(), kBK, kBQ, kb_p, Dp, false);     // s = q k^T
-          gemm(do_tile, Dp, int64_t(1), vt.data(), kBK, dp.data(), kBK, kBQ, kb_p, Dp, false);   // dP = dO v^T
+          gemm<VB>(q_tile, Dp, int64_t(1), kt.data(), kBK, p.data(), kBK, kBQ, kb_p, Dp, false);     // s = q k^T
+          gemm<VB>(do_tile, Dp, int64_t(1), vt.data(), kBK, dp.data(), kBK, kBQ, kb_p, Dp, false);   // dP = dO v^T
           const bool with_dropout = dropout.threshold != 0;
           for (int64_t r = 0; r < kBQ; ++r) {
             T* pr = p.data() + r * kBK;
@@ -299,9 +301,9 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
           // dp now holds dS [kBQ, kb_p]; rows with no keys and padding rows are zero. The two products
           // with a transposed tile read it in place through the gemm's strides (a_rs = 1).
           const T* pz = with_dropout ? pd.data() : p.data();
-          gemm(pz, int64_t(1), kBK, do_tile, Dp, dv_acc.data(), Dp, kb_p, Dp, kBQ, true);        // dV += (PZ)^T dO
-          gemm(dp.data(), int64_t(1), kBK, q_tile, Dp, dk_acc.data(), Dp, kb_p, Dp, kBQ, true);  // dK += dS^T (scale q)
-          gemm(dp.data(), kBK, int64_t(1), ks.data(), Dp, dq_acc.data() + i0 * Dp, Dp, kBQ, Dp, kb_p, true);  // dQ += dS (scale k)
+          gemm<VB>(pz, int64_t(1), kBK, do_tile, Dp, dv_acc.data(), Dp, kb_p, Dp, kBQ, true);        // dV += (PZ)^T dO
+          gemm<VB>(dp.data(), int64_t(1), kBK, q_tile, Dp, dk_acc.data(), Dp, kb_p, Dp, kBQ, true);  // dK += dS^T (scale q)
+          gemm<VB>(dp.data(), kBK, int64_t(1), ks.data(), Dp, dq_acc.data() + i0 * Dp, Dp, kBQ, Dp, kb_p, true);  // dQ += dS (scale k)
         }
       }
       for (int64_t j = 0; j < kb; ++j)
@@ -315,37 +317,45 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
   }
 }
 
+// The per-vector-width entry points for run_widest_vectors (math_cpu.h).
+struct Forward {
+  template <int VB, typename... Args>
+  MB_INLINE static void run(Args... args) { forward_items<VB>(args...); }
+};
+struct Backward {
+  template <int VB, typename... Args>
+  MB_INLINE static void run(Args... args) { backward_pairs<VB>(args...); }
+};
+
 }  // namespace
 
-MB_CPU_CLONES void attention_forward_cpu(const float* q, const float* k, const float* v, const uint8_t* key_mask,
-                                         float* out, float* lse, const AttentionShape& shape, float scale,
-                                         const DropoutArgs& dropout, int64_t item_begin, int64_t item_end) {
-  forward_items(q, k, v, key_mask, out, lse, shape, scale, dropout, item_begin, item_end);
+void attention_forward_cpu(const float* q, const float* k, const float* v, const uint8_t* key_mask, float* out,
+                           float* lse, const AttentionShape& shape, float scale, const DropoutArgs& dropout,
+                           int64_t item_begin, int64_t item_end) {
+  run_widest_vectors<Forward>(q, k, v, key_mask, out, lse, shape, scale, dropout, item_begin, item_end);
 }
 
-MB_CPU_CLONES void attention_forward_cpu(const double* q, const double* k, const double* v,
-                                         const uint8_t* key_mask, double* out, double* lse,
-                                         const AttentionShape& shape, double scale, const DropoutArgs& dropout,
-                                         int64_t item_begin, int64_t item_end) {
-  forward_items(q, k, v, key_mask, out, lse, shape, scale, dropout, item_begin, item_end);
+void attention_forward_cpu(const double* q, const double* k, const double* v, const uint8_t* key_mask,
+                           double* out, double* lse, const AttentionShape& shape, double scale,
+                           const DropoutArgs& dropout, int64_t item_begin, int64_t item_end) {
+  run_widest_vectors<Forward>(q, k, v, key_mask, out, lse, shape, scale, dropout, item_begin, item_end);
 }
 
-MB_CPU_CLONES void attention_backward_cpu(const float* grad_out, const float* q, const float* k, const float* v,
-                                          const float* out, const float* lse, const float* grad_lse,
-                                          const uint8_t* key_mask, float* dq, float* dk, float* dv,
-                                          const AttentionShape& shape, float scale, const DropoutArgs& dropout,
-                                          int64_t bh_begin, int64_t bh_end) {
-  backward_pairs(grad_out, q, k, v, out, lse, grad_lse, key_mask, dq, dk, dv, shape, scale, dropout, bh_begin,
-                 bh_end);
+void attention_backward_cpu(const float* grad_out, const float* q, const float* k, const float* v,
+                            const float* out, const float* lse, const float* grad_lse, const uint8_t* key_mask,
+                            float* dq, float* dk, float* dv, const AttentionShape& shape, float scale,
+                            const DropoutArgs& dropout, int64_t bh_begin, int64_t bh_end) {
+  run_widest_vectors<Backward>(grad_out, q, k, v, out, lse, grad_lse, key_mask, dq, dk, dv, shape, scale,
+                               dropout, bh_begin, bh_end);
 }
 
-MB_CPU_CLONES void attention_backward_cpu(const double* grad_out, const double* q, const double* k,
-                                          const double* v, const double* out, const double* lse,
-                                          const double* grad_lse, const uint8_t* key_mask, double* dq, double* dk,
-                                          double* dv, const AttentionShape& shape, double scale,
-                                          const DropoutArgs& dropout, int64_t bh_begin, int64_t bh_end) {
-  backward_pairs(grad_out, q, k, v, out, lse, grad_lse, key_mask, dq, dk, dv, shape, scale, dropout, bh_begin,
-                 bh_end);
+void attention_backward_cpu(const double* grad_out, const double* q, const double* k, const double* v,
+                            const double* out, const double* lse, const double* grad_lse,
+                            const uint8_t* key_mask, double* dq, double* dk, double* dv,
+                            const AttentionShape& shape, double scale, const DropoutArgs& dropout,
+                            int64_t bh_begin, int64_t bh_end) {
+  run_widest_vectors<Backward>(grad_out, q, k, v, out, lse, grad_lse, key_mask, dq, dk, dv, shape, scale,
+                               dropout, bh_begin, bh_end);
 }
 
 }  // namespace minibert
