@@ -28,7 +28,7 @@ namespace minibert {
 
 // Kernels written with explicit vectors (GCC's vector_size extension) must also pick their vector
 // width per instruction set: target_clones compiles one source three times with ONE width, and GCC
-// lowers 64-byte vectors on AVX2 through the stack (10x slower than 32-byte ones). Such a kernel is a
+// lowers 64-byte vectors on AVX2 through the stack (6x slower than 32-byte ones). Such a kernel is a
 // struct with an MB_INLINE `template <int VB> static void run(...)`; run_widest_vectors<Kernel>(...)
 // calls run<64> built for AVX-512, run<32> for AVX2+FMA, or run<16> (SSE2 / other CPUs). The environment
 // variable MINIBERT_CPU_VECTOR_BYTES=32 or 16 caps the width, so tests can run the narrower builds on a
