@@ -7,9 +7,13 @@
 // P = exp(s - lse) and never stores P either. Backward also uses D_i = rowsum(dO_i * O_i), which equals
 // sum_j P_ij dP_ij (with or without dropout) and turns the softmax backward into dS = P * (dP - D).
 //
-// The matrix products inside a tile go through gemm_tile, a 4 x 16 register-blocked loop nest that the
-// compiler turns into broadcast + FMA vector code; tiles are copied into zero-padded buffers first so
-// every block is full (no remainder loops), and padding keys get probability 0.
+// The forward keeps its scores key-major (st[key, query]): q is transposed once per work item (with
+// the scale folded in), so s^T = k (scale q)^T reads k rows in place, the online-softmax statistics of
+// all queries of the tile update together as vector operations, and o = diag(alpha) o + p v reads the
+// key-major p in place. All products go through `gemm`, a register-blocked loop nest (8 x 2 vectors on
+// AVX-512) that the compiler turns into broadcast + FMA vector code, built once per vector width
+// (run_widest_vectors in math_cpu.h); operands are zero-padded to whole register blocks only where a
+// tile is partial, and padding keys get probability 0.
 #include <algorithm>
 #include <cstring>
 #include <cmath>
@@ -23,50 +27,73 @@
 namespace minibert {
 namespace {
 
-constexpr int64_t kMR = 4;    // rows of the register block
-constexpr int kVectorBytes = 64;  // columns of the register block: one AVX-512 / two AVX2 registers
-template <typename T>
-constexpr int64_t kNR = kVectorBytes / sizeof(T);
+// The register block of `gemm` for vectors of VB bytes (64: AVX-512, 32: AVX2, 16: SSE2): kMR rows x
+// kNV vectors. AVX-512 has 32 vector registers, so 8 x 2 = 16 accumulators fit beside the operands;
+// AVX2 and SSE2 have 16, so 4 x 2 = 8 (the fewest that still hide the FMA latency).
+template <int VB>
+constexpr int64_t kMR = VB == 64 ? 8 : 4;
+constexpr int64_t kNV = 2;
+template <typename T, int VB>
+constexpr int64_t kNC = kNV * (VB / sizeof(T));  // columns of the register block
 constexpr int64_t kBQ = kCpuQueryTile;
-constexpr int64_t kBK = 64;   // keys per tile
+constexpr int64_t kBK = 64;  // keys per tile
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// C[m, n] (+)= A[m, kdim] @ B[kdim, n]; m % kMR == 0, n % kNR<T> == 0; row strides lda, ldb, ldc.
-// The register block is kMR rows x one 64-byte vector (GCC vector extension): each step broadcasts one
-// element of A and does a multiply-add with a row of B, i.e. an outer-product update, which the AVX-512
-// clone runs as 1 zmm FMA per row and the AVX2 clone as 2 ymm FMAs.
-template <typename T>
-MB_INLINE void gemm_tile(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t m,
-                         int64_t n, int64_t kdim, bool accumulate) {
-  typedef T Vec __attribute__((vector_size(kVectorBytes)));
-  for (int64_t i = 0; i < m; i += kMR) {
-    for (int64_t j = 0; j < n; j += kNR<T>) {
-      Vec acc[kMR];
-#pragma GCC unroll 4
-      for (int64_t r = 0; r < kMR; ++r) {
-        if (accumulate)
-          std::memcpy(&acc[r], c + (i + r) * ldc + j, sizeof(Vec));
-        else
-          acc[r] = Vec{} ;
+// C[m, n] = A[m, kdim] @ B[kdim, n], or C = diag(row_scale) C + A @ B when accumulate (row_scale null
+// means 1). m % kMR<VB> == 0, n % kNC<T, VB> == 0; B and C are row-major (row strides ldb, ldc). A is
+// read through two strides, A[i, p] = a[i * a_rs + p * a_cs], so a transposed operand (a_rs = 1) needs
+// no copy. The accumulators of a kMR x kNV block of C stay in vector registers (GCC vector extension)
+// for the whole kdim loop; each step loads kNV vectors of a row of B, broadcasts one element of A per
+// row and does an outer-product update: on AVX-512, 16 zmm FMAs per 2 loads and 8 broadcasts.
+template <int VB, typename T>
+MB_INLINE void gemm(const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c, int64_t ldc,
+                    int64_t m, int64_t n, int64_t kdim, bool accumulate, const T* row_scale = nullptr) {
+  typedef T Vec __attribute__((vector_size(VB)));
+  constexpr int64_t kRows = kMR<VB>, kNR = VB / sizeof(T);
+  for (int64_t i = 0; i < m; i += kRows) {
+    for (int64_t j = 0; j < n; j += kNC<T, VB>) {
+      Vec acc[kRows][kNV];
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < kRows; ++r) {
+        const T s = row_scale ? row_scale[i + r] : T(1);
+#pragma GCC unroll 2
+        for (int64_t u = 0; u < kNV; ++u) {
+          if (accumulate) {
+            std::memcpy(&acc[r][u], c + (i + r) * ldc + j + u * kNR, sizeof(Vec));
+            acc[r][u] *= s;
+          } else {
+            acc[r][u] = Vec{};
+          }
+        }
       }
-      for (int64_t p = 0; p < kdim; ++p) {
-        Vec bp;
-        std::memcpy(&bp, b + p * ldb + j, sizeof(Vec));
-#pragma GCC unroll 4
-        for (int64_t r = 0; r < kMR; ++r) acc[r] += a[(i + r) * lda + p] * bp;
+      const T* ap = a + i * a_rs;
+      const T* bp = b + j;
+      for (int64_t p = 0; p < kdim; ++p, ap += a_cs, bp += ldb) {
+        Vec bv[kNV];
+#pragma GCC unroll 2
+        for (int64_t u = 0; u < kNV; ++u) std::memcpy(&bv[u], bp + u * kNR, sizeof(Vec));
+#pragma GCC unroll 8
+        for (int64_t r = 0; r < kRows; ++r) {
+          const T ar = ap[r * a_rs];
+#pragma GCC unroll 2
+          for (int64_t u = 0; u < kNV; ++u) acc[r][u] += ar * bv[u];
+        }
       }
-#pragma GCC unroll 4
-      for (int64_t r = 0; r < kMR; ++r) std::memcpy(c + (i + r) * ldc + j, &acc[r], sizeof(Vec));
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < kRows; ++r)
+#pragma GCC unroll 2
+        for (int64_t u = 0; u < kNV; ++u) std::memcpy(c + (i + r) * ldc + j + u * kNR, &acc[r][u], sizeof(Vec));
     }
   }
 }
 
-// dst[c, r] = src[r, c] for a rows x cols block (row strides ld_src, ld_dst).
+// dst[c, r] = alpha * src[r, c] for a rows x cols block (row strides ld_src, ld_dst).
 template <typename T>
-MB_INLINE void transpose(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t rows, int64_t cols) {
+MB_INLINE void transpose(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t rows, int64_t cols,
+                         T alpha = T(1)) {
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = alpha * src[r * ld_src + c];
 }
 
 // Copy rows [0, rows) of a [*, d] matrix into a zeroed [rows_p, dp] buffer, multiplied by alpha.
@@ -89,68 +116,97 @@ MB_INLINE int64_t key_validity(const uint8_t* key_mask_row, int64_t j0, int64_t 
   return count;
 }
 
-// Multiply row `p` of probabilities by keep / (1 - p) for attention element indices row_index + j.
+// One key tile of the online softmax, on scores stored key-major: st[j * kBQ + i] = s(query i, key j).
+// Key-major makes every step a vector operation across kBQ queries (a row of st), so the running max m,
+// running sum l and the rescale factor alpha = exp(m_old - m_new) of all queries are updated together
+// with no horizontal reductions. Overwrites st with the unnormalised probabilities exp(s - m_new)
+// (0 for padding keys) and sets l = alpha * l + rowsum; the caller rescales o by alpha.
 template <typename T>
-MB_INLINE void apply_dropout_row(T* p, const DropoutArgs& dropout, uint64_t row_index, int64_t kb) {
-  const T inv_keep = static_cast<T>(dropout.inv_keep);
-  for (int64_t j = 0; j < kb; ++j)
-    p[j] *= dropout_keep(dropout.base, row_index + j, dropout.threshold) ? inv_keep : T(0);
+MB_INLINE void online_softmax_tile(T* st, const T* valid, int64_t kb, T* m, T* l, T* alpha) {
+  T tile_max[kBQ];
+  std::fill(tile_max, tile_max + kBQ, -std::numeric_limits<T>::infinity());
+  for (int64_t j = 0; j < kb; ++j) {
+    if (valid[j] == T(0)) continue;
+    const T* row = st + j * kBQ;
+#pragma omp simd
+    for (int64_t i = 0; i < kBQ; ++i) tile_max[i] = std::max(tile_max[i], row[i]);
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < kBQ; ++i) {
+    const T m_new = std::max(m[i], tile_max[i]);
+    // m = -inf before the first useful tile: exp(-inf) may come out as a denormal-sized number from
+    // exp_approx, but it only multiplies l = 0 and o = 0, so nothing leaks.
+    alpha[i] = exp_approx(m[i] - m_new);
+    m[i] = m_new;
+    l[i] *= alpha[i];
+  }
+  for (int64_t j = 0; j < kb; ++j) {
+    T* row = st + j * kBQ;
+    if (valid[j] == T(0)) {
+      std::fill(row, row + kBQ, T(0));
+      continue;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < kBQ; ++i) {
+      const T p = exp_approx(row[i] - m[i]);
+      row[i] = p;
+      l[i] += p;  // l sums the probabilities before dropout: the softmax normaliser
+    }
+  }
 }
 
-template <typename T>
+template <int VB, typename T>
 MB_INLINE void forward_items(const T* q, const T* k, const T* v, const uint8_t* key_mask, T* out, T* lse,
                              const AttentionShape& sh, T scale, const DropoutArgs& dropout,
                              int64_t item_begin, int64_t item_end) {
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
-  const int64_t Dp = round_up(D, kNR<T>);
+  const int64_t Dp = round_up(D, kNC<T, VB>);
   const int64_t n_qt = (Sq + kBQ - 1) / kBQ;
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  std::vector<T> qs(kBQ * Dp), kt(Dp * kBK), vs(kBK * Dp), s(kBQ * kBK), o(kBQ * Dp), valid(kBK);
-  std::vector<T> m(kBQ), l(kBQ);
+  // Scratch: qt = scale * q^T [D, kBQ] (query-major columns), st = scores / probabilities [kBK, kBQ],
+  // o = unnormalised output [kBQ, Dp]; k_pad / v_pad only for a last partial key tile / D % kNC != 0.
+  std::vector<T> qt(D * kBQ), st(kBK * kBQ), o(kBQ * Dp), k_pad(kBK * D), v_pad(kBK * Dp), valid(kBK);
+  std::vector<T> m(kBQ), l(kBQ), alpha(kBQ);
 
   for (int64_t item = item_begin; item < item_end; ++item) {
     const int64_t bh = item / n_qt, i0 = (item % n_qt) * kBQ, b = bh / sh.heads;
-    const int64_t rows = std::min(kBQ, Sq - i0), rows_p = round_up(rows, kMR);
+    const int64_t rows = std::min(kBQ, Sq - i0);
     const uint8_t* mask_row = key_mask ? key_mask + b * Sk : nullptr;
-    load_padded(q + (bh * Sq + i0) * D, rows, D, qs.data(), rows_p, Dp, scale);  // fold the scale into q
+    // q is transposed once per item, not k once per key tile: the score product then reads k in place.
+    // The scale is folded in here, once, instead of into every score.
+    std::fill(qt.begin(), qt.end(), T(0));
+    transpose(q + (bh * Sq + i0) * D, D, qt.data(), kBQ, rows, D, scale);
     std::fill(o.begin(), o.end(), T(0));
     std::fill(m.begin(), m.end(), neg_inf);
     std::fill(l.begin(), l.end(), T(0));
 
     for (int64_t j0 = 0; j0 < Sk; j0 += kBK) {
-      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kNR<T>);
+      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kMR<VB>);
       if (key_validity(mask_row, j0, kb, valid.data()) == 0) continue;  // a tile of padding: skip
       const T* k_tile = k + (bh * Sk + j0) * D;
-      std::fill(kt.begin(), kt.end(), T(0));
-      transpose(k_tile, D, kt.data(), kBK, kb, D);  // kt: [Dp, kBK]
-      load_padded(v + (bh * Sk + j0) * D, kb, D, vs.data(), kb_p, Dp, T(1));
-      gemm_tile(qs.data(), Dp, kt.data(), kBK, s.data(), kBK, rows_p, kb_p, Dp, false);  // s = q k^T
-
-      for (int64_t r = 0; r < rows; ++r) {
-        T* sr = s.data() + r * kBK;
-        // `omp simd` lets the compiler vectorise these reductions (it may not reorder float sums alone).
-        T tile_max = neg_inf;
-#pragma omp simd reduction(max : tile_max)
-        for (int64_t j = 0; j < kb_p; ++j) tile_max = std::max(tile_max, valid[j] != T(0) ? sr[j] : neg_inf);
-        const T m_new = std::max(m[r], tile_max);
-        // m[r] = -inf on the first useful tile: exp(-inf) may come out as a denormal-sized number from
-        // exp_approx, but it only multiplies l = 0 and o = 0, so nothing leaks.
-        const T alpha = exp_approx(m[r] - m_new);
-        T row_sum = 0;
-#pragma omp simd reduction(+ : row_sum)
-        for (int64_t j = 0; j < kb_p; ++j) {
-          const T p = valid[j] * exp_approx(sr[j] - m_new);
-          sr[j] = p;
-          row_sum += p;
-        }
-        m[r] = m_new;
-        l[r] = l[r] * alpha + row_sum;  // l sums the probabilities before dropout: softmax normaliser
-        if (dropout.threshold != 0)
-          apply_dropout_row(sr, dropout, static_cast<uint64_t>((bh * Sq + i0 + r) * Sk + j0), kb);
-        T* orow = o.data() + r * Dp;
-        for (int64_t c = 0; c < Dp; ++c) orow[c] *= alpha;
+      if (kb_p != kb) {  // last tile: zero rows up to the register block
+        load_padded(k_tile, kb, D, k_pad.data(), kb_p, D, T(1));
+        k_tile = k_pad.data();
       }
-      gemm_tile(s.data(), kBK, vs.data(), Dp, o.data(), Dp, rows_p, Dp, kb_p, true);  // o += p v
+      gemm<VB>(k_tile, D, int64_t(1), qt.data(), kBQ, st.data(), kBQ, kb_p, kBQ, D, false);  // st = k (scale q)^T
+      online_softmax_tile(st.data(), valid.data(), kb, m.data(), l.data(), alpha.data());
+      if (dropout.threshold != 0) {
+        const T inv_keep = static_cast<T>(dropout.inv_keep);
+        for (int64_t j = 0; j < kb; ++j)
+          for (int64_t i = 0; i < rows; ++i) {
+            const uint64_t index = static_cast<uint64_t>((bh * Sq + i0 + i) * Sk + j0 + j);
+            st[j * kBQ + i] *= dropout_keep(dropout.base, index, dropout.threshold) ? inv_keep : T(0);
+          }
+      }
+      const T* v_tile = v + (bh * Sk + j0) * D;
+      int64_t ldv = D;
+      if (Dp != D) {  // head size not a multiple of the register block: zero columns up to it
+        load_padded(v_tile, kb, D, v_pad.data(), kb, Dp, T(1));
+        v_tile = v_pad.data();
+        ldv = Dp;
+      }
+      // o = diag(alpha) o + p v, reading p = st^T in place (a_rs = 1) and only the kb real keys
+      gemm<VB>(st.data(), int64_t(1), kBQ, v_tile, ldv, o.data(), Dp, kBQ, Dp, kb, true, alpha.data());
     }
 
     for (int64_t r = 0; r < rows; ++r) {
@@ -163,19 +219,19 @@ MB_INLINE void forward_items(const T* q, const T* k, const T* v, const uint8_t* 
   }
 }
 
-template <typename T>
+template <int VB, typename T>
 MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T* v, const T* out,
                               const T* lse, const T* grad_lse, const uint8_t* key_mask, T* dq, T* dk, T* dv,
                               const AttentionShape& sh, T scale, const DropoutArgs& dropout, int64_t bh_begin,
                               int64_t bh_end) {
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
-  const int64_t Dp = round_up(D, kNR<T>), Sq_p = round_up(Sq, kBQ);
+  const int64_t Dp = round_up(D, kNC<T, VB>), Sq_p = round_up(Sq, kBQ);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   // Whole-sequence buffers are [S, D]-sized (never [S, S]): scaled q, dO and the dq accumulator.
   std::vector<T> qs(Sq_p * Dp), dos(Sq_p * Dp), dq_acc(Sq_p * Dp), row_lse(Sq_p), row_d(Sq_p);
   std::vector<T> kt(Dp * kBK), ks(kBK * Dp), vt(Dp * kBK), valid(kBK);
   std::vector<T> dk_acc(kBK * Dp), dv_acc(kBK * Dp);
-  std::vector<T> p(kBQ * kBK), pd(kBQ * kBK), pt(kBK * kBQ), dp(kBQ * kBK), dst(kBK * kBQ);
+  std::vector<T> p(kBQ * kBK), pd(kBQ * kBK), dp(kBQ * kBK);
 
   for (int64_t bh = bh_begin; bh < bh_end; ++bh) {
     const int64_t b = bh / sh.heads;
@@ -199,7 +255,7 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
     }
 
     for (int64_t j0 = 0; j0 < Sk; j0 += kBK) {
-      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kNR<T>);
+      const int64_t kb = std::min(kBK, Sk - j0), kb_p = round_up(kb, kNC<T, VB>);
       const bool any_valid = key_validity(mask_row, j0, kb, valid.data()) > 0;
       std::fill(dk_acc.begin(), dk_acc.end(), T(0));
       std::fill(dv_acc.begin(), dv_acc.end(), T(0));
@@ -215,8 +271,8 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
         for (int64_t i0 = 0; i0 < Sq_p; i0 += kBQ) {
           const T* q_tile = qs.data() + i0 * Dp;
           const T* do_tile = dos.data() + i0 * Dp;
-          gemm_tile(q_tile, Dp, kt.data(), kBK, p.data(), kBK, kBQ, kb_p, Dp, false);     // s = q k^T
-          gemm_tile(do_tile, Dp, vt.data(), kBK, dp.data(), kBK, kBQ, kb_p, Dp, false);   // dP = dO v^T
+          gemm<VB>(q_tile, Dp, int64_t(1), kt.data(), kBK, p.data(), kBK, kBQ, kb_p, Dp, false);     // s = q k^T
+          gemm<VB>(do_tile, Dp, int64_t(1), vt.data(), kBK, dp.data(), kBK, kBQ, kb_p, Dp, false);   // dP = dO v^T
           const bool with_dropout = dropout.threshold != 0;
           for (int64_t r = 0; r < kBQ; ++r) {
             T* pr = p.data() + r * kBK;
@@ -242,13 +298,12 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
             }
             for (int64_t j = 0; j < kb_p; ++j) dpr[j] = pr[j] * (dpr[j] - d_r);  // dS = P (dP Z - D)
           }
-          // dp now holds dS [kBQ, kb_p]; rows with no keys and padding rows are zero.
-          transpose(with_dropout ? pd.data() : p.data(), kBK, pt.data(), kBQ, kBQ, kb_p);
-          transpose(dp.data(), kBK, dst.data(), kBQ, kBQ, kb_p);
-          gemm_tile(pt.data(), kBQ, do_tile, Dp, dv_acc.data(), Dp, kb_p, Dp, kBQ, true);   // dV += (PZ)^T dO
-          gemm_tile(dst.data(), kBQ, q_tile, Dp, dk_acc.data(), Dp, kb_p, Dp, kBQ, true);   // dK += dS^T (scale q)
-          // dQ += dS (scale k)
-          gemm_tile(dp.data(), kBK, ks.data(), Dp, dq_acc.data() + i0 * Dp, Dp, kBQ, Dp, kb_p, true);
+          // dp now holds dS [kBQ, kb_p]; rows with no keys and padding rows are zero. The two products
+          // with a transposed tile read it in place through the gemm's strides (a_rs = 1).
+          const T* pz = with_dropout ? pd.data() : p.data();
+          gemm<VB>(pz, int64_t(1), kBK, do_tile, Dp, dv_acc.data(), Dp, kb_p, Dp, kBQ, true);        // dV += (PZ)^T dO
+          gemm<VB>(dp.data(), int64_t(1), kBK, q_tile, Dp, dk_acc.data(), Dp, kb_p, Dp, kBQ, true);  // dK += dS^T (scale q)
+          gemm<VB>(dp.data(), kBK, int64_t(1), ks.data(), Dp, dq_acc.data() + i0 * Dp, Dp, kBQ, Dp, kb_p, true);  // dQ += dS (scale k)
         }
       }
       for (int64_t j = 0; j < kb; ++j)
@@ -262,37 +317,45 @@ MB_INLINE void backward_pairs(const T* grad_out, const T* q, const T* k, const T
   }
 }
 
+// The per-vector-width entry points for run_widest_vectors (math_cpu.h).
+struct Forward {
+  template <int VB, typename... Args>
+  MB_INLINE static void run(Args... args) { forward_items<VB>(args...); }
+};
+struct Backward {
+  template <int VB, typename... Args>
+  MB_INLINE static void run(Args... args) { backward_pairs<VB>(args...); }
+};
+
 }  // namespace
 
-MB_CPU_CLONES void attention_forward_cpu(const float* q, const float* k, const float* v, const uint8_t* key_mask,
-                                         float* out, float* lse, const AttentionShape& shape, float scale,
-                                         const DropoutArgs& dropout, int64_t item_begin, int64_t item_end) {
-  forward_items(q, k, v, key_mask, out, lse, shape, scale, dropout, item_begin, item_end);
+void attention_forward_cpu(const float* q, const float* k, const float* v, const uint8_t* key_mask, float* out,
+                           float* lse, const AttentionShape& shape, float scale, const DropoutArgs& dropout,
+                           int64_t item_begin, int64_t item_end) {
+  run_widest_vectors<Forward>(q, k, v, key_mask, out, lse, shape, scale, dropout, item_begin, item_end);
 }
 
-MB_CPU_CLONES void attention_forward_cpu(const double* q, const double* k, const double* v,
-                                         const uint8_t* key_mask, double* out, double* lse,
-                                         const AttentionShape& shape, double scale, const DropoutArgs& dropout,
-                                         int64_t item_begin, int64_t item_end) {
-  forward_items(q, k, v, key_mask, out, lse, shape, scale, dropout, item_begin, item_end);
+void attention_forward_cpu(const double* q, const double* k, const double* v, const uint8_t* key_mask,
+                           double* out, double* lse, const AttentionShape& shape, double scale,
+                           const DropoutArgs& dropout, int64_t item_begin, int64_t item_end) {
+  run_widest_vectors<Forward>(q, k, v, key_mask, out, lse, shape, scale, dropout, item_begin, item_end);
 }
 
-MB_CPU_CLONES void attention_backward_cpu(const float* grad_out, const float* q, const float* k, const float* v,
-                                          const float* out, const float* lse, const float* grad_lse,
-                                          const uint8_t* key_mask, float* dq, float* dk, float* dv,
-                                          const AttentionShape& shape, float scale, const DropoutArgs& dropout,
-                                          int64_t bh_begin, int64_t bh_end) {
-  backward_pairs(grad_out, q, k, v, out, lse, grad_lse, key_mask, dq, dk, dv, shape, scale, dropout, bh_begin,
-                 bh_end);
+void attention_backward_cpu(const float* grad_out, const float* q, const float* k, const float* v,
+                            const float* out, const float* lse, const float* grad_lse, const uint8_t* key_mask,
+                            float* dq, float* dk, float* dv, const AttentionShape& shape, float scale,
+                            const DropoutArgs& dropout, int64_t bh_begin, int64_t bh_end) {
+  run_widest_vectors<Backward>(grad_out, q, k, v, out, lse, grad_lse, key_mask, dq, dk, dv, shape, scale,
+                               dropout, bh_begin, bh_end);
 }
 
-MB_CPU_CLONES void attention_backward_cpu(const double* grad_out, const double* q, const double* k,
-                                          const double* v, const double* out, const double* lse,
-                                          const double* grad_lse, const uint8_t* key_mask, double* dq, double* dk,
-                                          double* dv, const AttentionShape& shape, double scale,
-                                          const DropoutArgs& dropout, int64_t bh_begin, int64_t bh_end) {
-  backward_pairs(grad_out, q, k, v, out, lse, grad_lse, key_mask, dq, dk, dv, shape, scale, dropout, bh_begin,
-                 bh_end);
+void attention_backward_cpu(const double* grad_out, const double* q, const double* k, const double* v,
+                            const double* out, const double* lse, const double* grad_lse,
+                            const uint8_t* key_mask, double* dq, double* dk, double* dv,
+                            const AttentionShape& shape, double scale, const DropoutArgs& dropout,
+                            int64_t bh_begin, int64_t bh_end) {
+  run_widest_vectors<Backward>(grad_out, q, k, v, out, lse, grad_lse, key_mask, dq, dk, dv, shape, scale,
+                               dropout, bh_begin, bh_end);
 }
 
 }  // namespace minibert
