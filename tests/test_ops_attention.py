@@ -5,6 +5,10 @@ and off (same seed/offset => same mask as NumPy), sequence lengths that are not 
 tiles, head sizes 16..128, gradcheck, opcheck, the saved log-sum-exp, and bad input. CUDA variants run
 where a GPU exists (fp16/bf16 held to the FlashAttention rule: error at most ~2x torch's own).
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -196,6 +200,19 @@ def test_native_checks_before_touching_memory(bad, match):
     m = torch.ones(2, 10, dtype=torch.bool)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.minibert.attention_forward(*bad(q, k, v, m), 0.25, 0.0, 0, 0)
+
+
+@pytest.mark.parametrize("vector_bytes", ["32", "16"])
+def test_narrower_cpu_builds_match_reference(vector_bytes):
+    """The AVX2 (32-byte) and SSE2 (16-byte) builds of the CPU kernels, which an AVX-512 machine never
+    picks by itself: the forward/backward, padding and dropout tests above, rerun in a process where
+    MINIBERT_CPU_VECTOR_BYTES caps the vector width (the kernels read it once per process)."""
+    env = dict(os.environ, MINIBERT_CPU_VECTOR_BYTES=vector_bytes)
+    chosen = "float64_matches or float32_matches or all_padding or log_sum_exp or gradcheck or same_seed"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                             "-k", chosen], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
 
 
 # ---------------------------------------------------------------------------------------------- CUDA
