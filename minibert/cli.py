@@ -168,8 +168,8 @@ def _add_module_verb(subparsers, verb: str, module_name: str, help: str, descrip
     module.add_arguments(p)
 
     def run(args) -> int:
-        module.run(args)
-        return 0
+        status = module.run(args)  # pretrain returns its summary dict; assignments its exit status
+        return status if isinstance(status, int) else 0
 
     p.set_defaults(run=run)
 
@@ -200,9 +200,17 @@ def _add_finetune(subparsers) -> None:
                      description="Fine-tune start/end span prediction on SQuAD-format JSON; prints EM and F1.")
 
 
+def _add_assignment(subparsers) -> None:
+    _add_module_verb(subparsers, "assignment", "minibert.assignments.__main__",
+                     help="cut classroom assignments from the code and grade them function by function",
+                     description="list the assignments, make a handout (function bodies cut, structure.md), "
+                                 "or grade a student's folder.")
+
+
 # ----------------------------------------------------------------------------------------------------
 
-VERBS = [_add_pretrain, _add_fill_mask, _add_finetune, _add_train_vocab, _add_tokenize, _add_corpus, _add_demo]
+VERBS = [_add_pretrain, _add_fill_mask, _add_finetune, _add_assignment, _add_train_vocab, _add_tokenize,
+         _add_corpus, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

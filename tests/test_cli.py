@@ -119,3 +119,17 @@ def test_show_merges_prints_the_hand_computed_first_merges(tmp_path, capsys):
     assert "merge     2: 'p' + '##u' -> 'pu'  count(ab)=17  score=0.0278\n" in printed  # 1/36
     assert "merge     3" not in printed
     assert "held-out text: none (the corpus has fewer than 10 documents)" in printed
+
+
+def test_assignment_verb_cuts_and_grades_a_handout(tmp_path, capsys):
+    """`minibert assignment make` then `grade` on the untouched handout: every function scores 0 of its
+    points as 'not implemented', the exit status is 0, and an unknown name is a one-line error (status 2)."""
+    assert main(["assignment", "make", "losses_and_adamw", str(tmp_path / "handout")]) == 0
+    assert (tmp_path / "handout" / "structure.md").is_file()
+    assert main(["assignment", "grade", "losses_and_adamw", str(tmp_path / "handout"), "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    total = re.search(r"score: (\d+)/(\d+)", out)
+    assert total and total.group(1) == "0" and int(total.group(2)) > 0
+    assert out.count("not implemented") >= 6
+    assert main(["assignment", "grade", "no-such-assignment", str(tmp_path)]) == 2
+    assert "unknown assignment" in capsys.readouterr().err
