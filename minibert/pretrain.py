@@ -425,7 +425,7 @@ def _train(args, rank: int, world_size: int, device) -> dict:
     run_args["global_batch_size"] = global_batch
     run_args["corpus_fingerprint"] = d.fingerprint
     if state is not None:
-        _check_same_run(state["args"], run_args)
+        trainer_state.check_same_run(state["args"], run_args)
 
     backend = _build_backend(args, config, device, world_size, weights_dir)
     start_step = 0
@@ -551,16 +551,6 @@ def _train(args, rank: int, world_size: int, device) -> dict:
         save_curves(rows, os.path.join(out, CURVES_FILE), d.unigram_accuracy)
         print_summary(summary)
     return summary
-
-
-def _check_same_run(saved: dict, now: dict) -> None:
-    """Refuse to resume with settings that would change the loss trajectory."""
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-             if saved.get(k) != now.get(k)]
-    if diffs:
-        raise ValueError("--resume: these settings differ from the run being resumed, so it could not "
-                         "continue the same trajectory:\n  " + "\n  ".join(diffs)
-                         + "\nRepeat the original command line with --resume (or start a fresh --out).")
 
 
 if __name__ == "__main__":

@@ -122,3 +122,13 @@ def load_trainer_state(checkpoint_dir: str) -> dict:
     """Read ``trainer_state.pt`` without executing any pickled code."""
     path = os.path.join(checkpoint_dir, TRAINER_STATE)
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_same_run(saved: dict, now: dict) -> None:
+    """Refuse to resume with settings that would change the loss trajectory."""
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+             if saved.get(k) != now.get(k)]
+    if diffs:
+        raise ValueError("--resume: these settings differ from the run being resumed, so it could not "
+                         "continue the same trajectory:\n  " + "\n  ".join(diffs)
+                         + "\nRepeat the original command line with --resume (or start a fresh --out).")

@@ -34,7 +34,6 @@ import torch
 
 from minibert import trainer_state
 from minibert.io import atomic_write_text
-from minibert.pretrain import _check_same_run
 from minibert.pretrain_backends import ADAM_BETAS, ADAM_EPS
 from minibert.pretrain_data import derived_seed
 from minibert.reference.optim import decays
@@ -131,7 +130,7 @@ class Resume:
         if args.resume:
             self.model_dir = trainer_state.find_checkpoint(args.out)
             self.state = trainer_state.load_trainer_state(self.model_dir)
-            _check_same_run(self.state["args"], run_args(args))
+            trainer_state.check_same_run(self.state["args"], run_args(args))
         else:
             self.model_dir = model_directory(args.model)
 
