@@ -21,7 +21,7 @@ from minibert import checkpoint
 from minibert.config import BertConfig
 from minibert.reference import blocks, losses
 from minibert.reference import layers as L
-from minibert.reference.model import BertModel, dropout_site_offset
+from minibert.reference.model import BertModel, dropout_site_offset, init_params
 
 SITE_CLASSIFIER = 0  # (layer L) dropout on the pooled vector before the classifier
 
@@ -29,21 +29,11 @@ SITE_CLASSIFIER = 0  # (layer L) dropout on the pooled vector before the classif
 def _init_params(config: BertConfig, head: str, out_features: int, pooler: bool, dtype,
                  seed: int) -> dict[str, np.ndarray]:
     """HF's init of the encoder (optionally without pooler) and a Linear(H, out_features) head."""
-    gen = np.random.default_rng(seed)
     shapes = checkpoint.expected_shapes(config, pretraining_heads=False)
     if not pooler:
         shapes = {k: v for k, v in shapes.items() if not k.startswith("bert.pooler.")}
     shapes[head + ".weight"], shapes[head + ".bias"] = (out_features, config.hidden_size), (out_features,)
-    params = {}
-    for name, shape in shapes.items():
-        if "LayerNorm" in name:
-            value = np.ones(shape) if name.endswith(".weight") else np.zeros(shape)
-        elif name.endswith(".bias"):
-            value = np.zeros(shape)
-        else:
-            value = gen.normal(0.0, config.initializer_range, size=shape)
-        params[name] = value.astype(dtype)
-    return params
+    return init_params(config, dtype, seed, shapes)
 
 
 class _Finetuning:

@@ -54,12 +54,16 @@ def dropout_site_offset(layer: int, site: int, numel: int) -> int:
     return ((layer + 1) * SITES_PER_LAYER + site) * SITE_STRIDE
 
 
-def init_params(config: BertConfig, dtype=np.float32, seed: int = 0) -> dict[str, np.ndarray]:
+def init_params(config: BertConfig, dtype=np.float32, seed: int = 0,
+                shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """BERT's initialisation for every BertForPreTraining parameter (Devlin et al.'s ``create_initializer``):
-    weights and embeddings ~ normal(0, initializer_range), biases 0, LayerNorm gamma 1 and beta 0."""
+    weights and embeddings ~ normal(0, initializer_range), biases 0, LayerNorm gamma 1 and beta 0.
+
+    ``shapes`` ({HF name: shape}) initialises another parameter set the same way (a fine-tuning model's).
+    """
     gen = np.random.default_rng(seed)
     params = {}
-    for name, shape in checkpoint.expected_shapes(config).items():
+    for name, shape in (checkpoint.expected_shapes(config) if shapes is None else shapes).items():
         if "LayerNorm" in name:
             value = np.ones(shape) if name.endswith(".weight") else np.zeros(shape)
         elif name.endswith(".bias"):
