@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train", required=True, help="SQuAD-format training JSON (v1.1 or v2.0)")
     g.add_argument("--dev", required=True, help="SQuAD-format dev JSON, scored after every epoch")
     g.add_argument("--doc-stride", type=int, default=squad.DOC_STRIDE,
-                   help=f"tokens between the starts of two context windows (default {squad.DOC_STRIDE})")
+                   help=f"tokens of overlap between consecutive context windows (default {squad.DOC_STRIDE})")
     g.add_argument("--max-query-length", type=int, default=squad.MAX_QUERY_LENGTH,
                    help=f"question tokens kept (default {squad.MAX_QUERY_LENGTH})")
     g.add_argument("--n-best-size", type=int, default=squad.N_BEST_SIZE,
