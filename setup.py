@@ -80,8 +80,8 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        # transformers/tokenizers are test-time oracles only: nothing in minibert imports them.
-        "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15"],
+        # transformers/tokenizers/scipy are test-time oracles only: nothing in minibert needs them.
+        "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15", "scipy"],
     },
     entry_points={"console_scripts": ["minibert = minibert.cli:main"]},
     ext_modules=ext_modules,
