@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+from minibert.tokenizer.encoding import stride_windows
+
 # Defaults of google-research/bert run_squad.py (HF's run_qa.py uses the same numbers).
 MAX_SEQ_LENGTH = 384
 DOC_STRIDE = 128
@@ -52,18 +54,11 @@ def doc_windows(n_tokens: int, window_length: int, doc_stride: int) -> list[tupl
     Windows overlap by ``doc_stride`` tokens (start ``window_length - doc_stride`` apart); the last one
     ends at the last token and may be shorter. ``doc_windows(10, 4, 1) -> [(0, 4), (3, 7), (6, 10)]``.
     """
-    if n_tokens <= window_length:
-        return [(0, n_tokens)]
-    if not 0 <= doc_stride < window_length:
+    if n_tokens > window_length and not 0 <= doc_stride < window_length:
         raise ValueError(f"doc_stride ({doc_stride}) must be smaller than the window ({window_length} context "
                          "tokens) so that windows move forward")
-    windows, start = [], 0
-    while True:
-        stop = min(start + window_length, n_tokens)
-        windows.append((start, stop))
-        if stop == n_tokens:
-            return windows
-        start += window_length - doc_stride
+    # The same windows the tokenizer cuts with return_overflowing_tokens and stride (HF's QA recipe).
+    return stride_windows(n_tokens, window_length, doc_stride)
 
 
 def max_context_windows(windows: list[tuple[int, int]], n_tokens: int) -> list[int]:

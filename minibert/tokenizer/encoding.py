@@ -118,8 +118,8 @@ def _build(tokenizer, text, text_pair, add_special_tokens, truncation, max_lengt
             raise ValueError(f"max_length={max_length} leaves no room for text next to the {n_special} "
                              f"special tokens; use max_length >= {n_special + 1}")
         keep_a, keep_b = _kept_lengths(len(ids_a), n_b, budget, truncation)
-        windows_a = _windows(len(ids_a), keep_a, stride)
-        windows_b = _windows(n_b, keep_b, stride) if ids_b is not None else [None]
+        windows_a = stride_windows(len(ids_a), keep_a, stride)
+        windows_b = stride_windows(n_b, keep_b, stride) if ids_b is not None else [None]
     else:
         windows_a, windows_b = [(0, len(ids_a))], [None if ids_b is None else (0, n_b)]
     # Fast-tokenizer order: (a0, b0), then each later a-window with b0 and every later b-window,
@@ -160,7 +160,7 @@ def _pad(row: tuple, target: int, pad_id: int) -> tuple:
             offsets + [(0, 0)] * n)
 
 
-def _windows(n: int, keep: int, stride: int) -> list[tuple[int, int]]:
+def stride_windows(n: int, keep: int, stride: int) -> list[tuple[int, int]]:
     """Spans ``[start, stop)`` of a sequence of ``n`` tokens cut to ``keep`` tokens; later ones overflow.
 
     Consecutive windows overlap by ``stride`` tokens, so a SQuAD answer cut by one window boundary lies
