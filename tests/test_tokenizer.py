@@ -4,13 +4,14 @@ formats, the documented differences from other BERT tokenizers, bad input and th
 The first group re-states, in our own words, the checks of google-research/bert's tokenization_test.py.
 The exhaustive comparison with HF's fast tokenizer lives in test_tokenizer_conformance.py.
 """
+import gc
 import json
 import unicodedata
 
 import numpy as np
 import pytest
 
-from minibert.tokenizer import unicode_tables
+from minibert.tokenizer import encoding, unicode_tables
 from minibert.tokenizer import (SPECIAL_TOKENS, BasicTokenizer, BertTokenizer, WordpieceTokenizer, load_vocab,
                                 main, show_work)
 
@@ -321,3 +322,30 @@ def test_batch_encoding_is_a_plain_dict(tok):
     assert isinstance(enc, dict) and json.loads(json.dumps(enc)) == enc
     with pytest.raises(AttributeError):
         enc.nothing
+
+
+def test_batch_pauses_the_garbage_collector_and_restores_it(tok, monkeypatch):
+    """A batch runs with the cyclic collector off (for speed) and leaves it as it found it, on or off, also
+    when the batch raises."""
+    seen = []
+    real_build = encoding._build
+
+    def spy(tokenizer, text, *args, **kwargs):
+        seen.append(gc.isenabled())
+        if text == "boom":
+            raise RuntimeError("failed inside the batch")
+        return real_build(tokenizer, text, *args, **kwargs)
+
+    monkeypatch.setattr(encoding, "_build", spy)
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            ids = tok(["unwanted running", "un"], truncation=True, max_length=5)["input_ids"]
+            assert ids == [tok.encode("unwanted running", truncation=True, max_length=5), tok.encode("un")]
+            assert gc.isenabled() == enabled
+            with pytest.raises(RuntimeError, match="inside the batch"):
+                tok(["un", "boom"])
+            assert gc.isenabled() == enabled
+        finally:
+            gc.enable()
+    assert seen and not any(seen)

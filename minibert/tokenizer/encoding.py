@@ -9,6 +9,9 @@ of overflow windows, is the one of HF's fast tokenizer.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+
 from minibert.tokenizer.basic import check_text
 from minibert.tokenizer.vocab_file import CLS_TOKEN, SEP_TOKEN
 
@@ -55,25 +58,26 @@ def encode_batch(tokenizer, text, text_pair=None, add_special_tokens=True, paddi
                                          tokenizer.pad_token_id)
 
     rows, sample_of_row, longest = [], [], 0
-    for index, (a, b) in enumerate(zip(texts, pairs)):
-        windows = _build(tokenizer, a, b, add_special_tokens, truncation, max_length, stride)
-        if not return_overflowing_tokens:
-            windows = windows[:1]
-        rows.extend(windows)
-        sample_of_row.extend([index] * len(windows))
-        # "longest" means the longest first window, as in the fast tokenizer. An overflow window is
-        # never longer, except in the odd pair cut where max_length leaves a single text token.
-        longest = max(longest, len(windows[0][0]))
-    if padding:
-        target = max_length if padding == "max_length" else longest
-        rows = [_pad(row, target, tokenizer.pad_token_id) for row in rows]
+    with _collector_paused():
+        for index, (a, b) in enumerate(zip(texts, pairs)):
+            windows = _build(tokenizer, a, b, add_special_tokens, truncation, max_length, stride)
+            if not return_overflowing_tokens:
+                windows = windows[:1]
+            rows.extend(windows)
+            sample_of_row.extend([index] * len(windows))
+            # "longest" means the longest first window, as in the fast tokenizer. An overflow window is
+            # never longer, except in the odd pair cut where max_length leaves a single text token.
+            longest = max(longest, len(windows[0][0]))
+        if padding:
+            target = max_length if padding == "max_length" else longest
+            rows = [_pad(row, target, tokenizer.pad_token_id) for row in rows]
 
-    names = ["input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "offset_mapping"]
-    wanted = [True, True, True, return_special_tokens_mask, return_offsets_mapping]
-    out = BatchEncoding()
-    for column, (name, want) in enumerate(zip(names, wanted)):
-        if want:
-            out[name] = [row[column] for row in rows]
+        names = ["input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "offset_mapping"]
+        wanted = [True, True, True, return_special_tokens_mask, return_offsets_mapping]
+        out = BatchEncoding()
+        for column, (name, want) in enumerate(zip(names, wanted)):
+            if want:
+                out[name] = [row[column] for row in rows]
     if return_overflowing_tokens:
         out["overflow_to_sample_mapping"] = sample_of_row
     elif not batched and return_tensors is None:
@@ -224,3 +228,23 @@ def _to_tensors(out: BatchEncoding, kind: str) -> BatchEncoding:
         import torch
         arrays = {k: torch.from_numpy(v) for k, v in arrays.items()}
     return BatchEncoding(arrays)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Switch Python's cyclic garbage collector off for one batch (back on afterwards if it was on).
+
+    A batch allocates several small tuples and lists per token (offsets, rows) and keeps them all until it
+    returns. None of them can form a reference cycle, but every 700 allocations the collector runs, and
+    its older generations rescan everything alive, the batch so far and the whole rest of the heap. With a
+    large library such as transformers imported, that scanning took half the time of a 6,000-sentence
+    batch (measured: 28k sentences/s with the collector on, 53k/s off). Reference counting still frees
+    everything as usual; only the cycle search waits until the batch is done.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
