@@ -24,12 +24,12 @@ import tempfile
 
 from _common import print_table, save_figure, save_json, time_fn
 
-from minibert.corpus import builtin_documents
+from minibert.data.corpus import builtin_documents
 from minibert.data import (MaskingSpec, PretrainingShards, collate, create_training_instances, mask_tokens,
                            write_shards)
 from minibert.data.instances import tokenize_documents
 from minibert.tokenizer import BertTokenizer
-from minibert.vocab import default_vocab_dir
+from minibert.tokenizer.train import default_vocab_dir
 
 BATCH_SIZE = 32
 

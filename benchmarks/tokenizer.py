@@ -1,7 +1,7 @@
 """Tokenizer throughput: minibert's pure-Python BertTokenizer vs transformers' Python and Rust tokenizers.
 
 All three tokenize the same sentences of minibert's built-in corpus (Python's own documentation) with the
-same vocabulary (the one ``minibert.vocab.default_vocab_dir()`` trains on that corpus), as one batch call
+same vocabulary (the one ``minibert.tokenizer.train.default_vocab_dir()`` trains on that corpus), as one batch call
 ``tokenizer(texts)`` that returns ids with [CLS]/[SEP]. Before timing, the ids and the offsets are
 checked identical, so the speed compares equal work.
 
@@ -19,9 +19,9 @@ import statistics
 
 from _common import print_table, save_figure, save_json, time_fn
 
-from minibert.corpus import builtin_documents
+from minibert.data.corpus import builtin_documents
 from minibert.tokenizer import BertTokenizer
-from minibert.vocab import default_vocab_dir
+from minibert.tokenizer.train import default_vocab_dir
 
 
 def load_peers(vocab_dir: str) -> dict:

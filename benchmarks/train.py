@@ -49,7 +49,7 @@ from minibert.config import BertConfig  # noqa: E402
 from minibert.reference.model import BertForPreTraining as ReferenceBert  # noqa: E402
 from minibert.reference.optim import AdamW as ReferenceAdamW  # noqa: E402
 from minibert.reference.train import pretraining_step  # noqa: E402
-from minibert.vocab import DEFAULT_VOCAB_SIZE  # noqa: E402
+from minibert.tokenizer.train import DEFAULT_VOCAB_SIZE  # noqa: E402
 
 # The first config is `minibert pretrain`'s default model (--layers 4 --hidden 256 --heads 4
 # --intermediate 1024 --max-seq-length 128) with the default vocabulary size; the second is a smaller one

@@ -27,15 +27,16 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, save_figure, save_json, time_fn  # noqa: E402
 
-from minibert import corpus, vocab  # noqa: E402
+from minibert.data import corpus
+from minibert.tokenizer import train as vocab_trainer  # noqa: E402
 from minibert.tokenizer import SPECIAL_TOKENS, BertTokenizer  # noqa: E402
 
 
 def _train_minibert(documents, size, out_dir, criterion):
     def train():
-        return vocab.train_wordpiece(documents, vocab_size=size, min_frequency=vocab.DEFAULT_MIN_FREQUENCY,
-                                     limit_alphabet=vocab.DEFAULT_LIMIT_ALPHABET, criterion=criterion)
-    return train, lambda learned: vocab.save_vocab(learned, out_dir).tokenize
+        return vocab_trainer.train_wordpiece(documents, vocab_size=size, min_frequency=vocab_trainer.DEFAULT_MIN_FREQUENCY,
+                                     limit_alphabet=vocab_trainer.DEFAULT_LIMIT_ALPHABET, criterion=criterion)
+    return train, lambda learned: vocab_trainer.save_vocab(learned, out_dir).tokenize
 
 
 def _train_hf(documents, size):
@@ -47,8 +48,8 @@ def _train_hf(documents, size):
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(vocab_size=size, min_frequency=vocab.DEFAULT_MIN_FREQUENCY,
-                                            limit_alphabet=vocab.DEFAULT_LIMIT_ALPHABET,
+        trainer = trainers.WordPieceTrainer(vocab_size=size, min_frequency=vocab_trainer.DEFAULT_MIN_FREQUENCY,
+                                            limit_alphabet=vocab_trainer.DEFAULT_LIMIT_ALPHABET,
                                             special_tokens=list(SPECIAL_TOKENS), show_progress=False)
         tok.train_from_iterator(sentences, trainer)
         return tok
@@ -72,20 +73,20 @@ def main(argv=None):
     out_root = tempfile.mkdtemp(prefix="minibert-vocab-bench-")
     for size in args.sizes:
         trainers = {}
-        for criterion in vocab.CRITERIA:
+        for criterion in vocab_trainer.CRITERIA:
             out_dir = os.path.join(out_root, f"{criterion}-{size}")
             trainers[f"minibert ({criterion})"] = _train_minibert(train_docs, size, out_dir, criterion)
         trainers["tokenizers (BPE->WordPiece)"] = _train_hf(train_docs, size)
         for name, (train, tokenize_with) in trainers.items():
             timing = time_fn(train, warmup=1, repeats=args.repeats)
             trained = train()
-            fit = vocab.tokenization_stats(tokenize_with(trained), held_out)
+            fit = vocab_trainer.tokenization_stats(tokenize_with(trained), held_out)
             rows.append({"trainer": name, "vocab_size": size, "train_s": timing["median_s"],
                          "train_s_min": timing["min_s"], **fit})
     print_table(rows, ["trainer", "vocab_size", "train_s", "tokens_per_word", "unk_rate", "words", "tokens"],
                 {"train_s": ".2f", "tokens_per_word": ".3f", "unk_rate": ".5f"})
     # The trained vocabulary must also load in BertTokenizer from its folder (what the CLI writes).
-    for criterion in vocab.CRITERIA:
+    for criterion in vocab_trainer.CRITERIA:
         folder = os.path.join(out_root, f"{criterion}-{args.sizes[-1]}")
         assert len(BertTokenizer.from_pretrained(folder)) == args.sizes[-1]
     shutil.rmtree(out_root)
@@ -93,8 +94,8 @@ def main(argv=None):
     import tokenizers
     path = save_json("vocab", {"corpus": "builtin", "train_corpus": stats, "held_out_documents": len(held_out),
                                "tokenizers": tokenizers.__version__,
-                               "min_frequency": vocab.DEFAULT_MIN_FREQUENCY,
-                               "limit_alphabet": vocab.DEFAULT_LIMIT_ALPHABET, "rows": rows})
+                               "min_frequency": vocab_trainer.DEFAULT_MIN_FREQUENCY,
+                               "limit_alphabet": vocab_trainer.DEFAULT_LIMIT_ALPHABET, "rows": rows})
     print(f"saved {path}")
 
     import matplotlib

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from minibert.io import atomic_write_bytes
+from minibert.files import atomic_write_bytes
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"

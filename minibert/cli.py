@@ -17,7 +17,8 @@ import importlib
 import sys
 import time
 
-from minibert import corpus, vocab
+from minibert.data import corpus
+from minibert.tokenizer import train as vocab_trainer
 
 DEMO_SENTENCE = "The tokenizer splits unaffable words like tokenization into pieces."
 
@@ -29,16 +30,16 @@ def _print_corpus_stats(stats: dict, label: str) -> None:
 
 def _print_merge(merges: list, a: str, b: str, count: int, score: float) -> None:
     merges.append((a, b))
-    print(f"  merge {len(merges):>5}: {a!r} + {b!r} -> {a + b[len(vocab.CONTINUATION):]!r}  "
+    print(f"  merge {len(merges):>5}: {a!r} + {b!r} -> {a + b[len(vocab_trainer.CONTINUATION):]!r}  "
           f"count(ab)={count:,}  score={score:.3g}")
 
 
 def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case: bool, show_merges: int = 0,
-                      criterion: str = vocab.DEFAULT_CRITERION):
+                      criterion: str = vocab_trainer.DEFAULT_CRITERION):
     """Train a vocabulary (holding out every 10th document), print what happened, return the tokenizer.
 
     ``show_merges``: print the first that many merges with their counts and scores. ``criterion``: how
-    merges are scored, see ``vocab.train_wordpiece``.
+    merges are scored, see ``vocab_trainer.train_wordpiece``.
     """
     if corpus_spec == "builtin":
         _print_corpus_stats(corpus.corpus_stats(corpus.builtin_documents()), "corpus (built-in)")
@@ -51,18 +52,18 @@ def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case:
         if len(merges) < show_merges:
             _print_merge(merges, *merge)
 
-    tokenizer = vocab.train_vocab(corpus_spec, vocab_size, out_dir, do_lower_case=do_lower_case,
+    tokenizer = vocab_trainer.train_vocab(corpus_spec, vocab_size, out_dir, do_lower_case=do_lower_case,
                                   on_merge=on_merge if show_merges else None, criterion=criterion)
     seconds = time.perf_counter() - start
     print(f"trained a {len(tokenizer):,}-token WordPiece vocabulary in {seconds:.1f} s -> {out_dir}")
-    held_out = corpus.held_out_split(corpus.load_corpus(corpus_spec), held_out=True, every=vocab.HELD_OUT_EVERY)
-    stats = vocab.tokenization_stats(tokenizer.tokenize, held_out, do_lower_case=do_lower_case)
+    held_out = corpus.held_out_split(corpus.load_corpus(corpus_spec), held_out=True, every=vocab_trainer.HELD_OUT_EVERY)
+    stats = vocab_trainer.tokenization_stats(tokenizer.tokenize, held_out, do_lower_case=do_lower_case)
     if stats["words"]:
-        print(f"held-out text (every {vocab.HELD_OUT_EVERY}th document): {stats['words']:,} words -> "
+        print(f"held-out text (every {vocab_trainer.HELD_OUT_EVERY}th document): {stats['words']:,} words -> "
               f"{stats['tokens']:,} tokens, {stats['tokens_per_word']:.3f} tokens/word, "
               f"[UNK] rate {stats['unk_rate']:.4%}")
     else:
-        print(f"held-out text: none (the corpus has fewer than {vocab.HELD_OUT_EVERY} documents)")
+        print(f"held-out text: none (the corpus has fewer than {vocab_trainer.HELD_OUT_EVERY} documents)")
     return tokenizer
 
 
@@ -75,11 +76,11 @@ def _add_train_vocab(subparsers) -> None:
                                           "sentence per line, blank line between documents.")
     p.add_argument("corpus", nargs="*", metavar="CORPUS",
                    help="text files or folders of *.txt (default: the built-in corpus)")
-    p.add_argument("--vocab-size", type=int, default=vocab.DEFAULT_VOCAB_SIZE,
+    p.add_argument("--vocab-size", type=int, default=vocab_trainer.DEFAULT_VOCAB_SIZE,
                    help="number of tokens, special tokens included (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder to write vocab.txt and tokenizer_config.json to")
     p.add_argument("--cased", action="store_true", help="keep upper case and accents (default: lower-case)")
-    p.add_argument("--criterion", choices=vocab.CRITERIA, default=vocab.DEFAULT_CRITERION,
+    p.add_argument("--criterion", choices=vocab_trainer.CRITERIA, default=vocab_trainer.DEFAULT_CRITERION,
                    help="how a merge a + b is scored: ratio = count(ab) / (count(a) count(b)), or "
                         "likelihood = count(ab) log(N ratio), the gain in log-likelihood of the text of N "
                         "pieces (default: %(default)s)")
@@ -111,7 +112,7 @@ def _add_tokenize(subparsers) -> None:
 def _run_tokenize(args) -> int:
     from minibert import tokenizer
 
-    argv = [args.text, "--vocab", args.vocab or vocab.default_vocab_dir()]
+    argv = [args.text, "--vocab", args.vocab or vocab_trainer.default_vocab_dir()]
     if args.pair is not None:
         argv += ["--pair", args.pair]
     if args.cased:
@@ -144,7 +145,7 @@ def _add_demo(subparsers) -> None:
                               description="A one-minute first look: learn a WordPiece vocabulary from "
                                           "Python's documentation, then tokenize a sentence step by step.")
     p.add_argument("--out", default="runs/vocab", help="folder for the vocabulary (default: %(default)s)")
-    p.add_argument("--vocab-size", type=int, default=vocab.DEFAULT_VOCAB_SIZE,
+    p.add_argument("--vocab-size", type=int, default=vocab_trainer.DEFAULT_VOCAB_SIZE,
                    help="number of tokens (default: %(default)s)")
     p.add_argument("--text", default=DEMO_SENTENCE, help="the sentence to tokenize")
     p.set_defaults(run=_run_demo)

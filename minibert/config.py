@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from minibert.io import atomic_write_text
+from minibert.files import atomic_write_text
 
 # The activations BERT checkpoints name in config.json, mapped to the GELU form they mean.
 # "gelu" is the exact erf form the original TF code used; "gelu_new"/"gelu_tanh"/"gelu_pytorch_tanh"

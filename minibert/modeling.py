@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minibert import checkpoint, ops
-from minibert.io import atomic_write_text
+from minibert.files import atomic_write_text
 from minibert.config import BertConfig
 from minibert.reference.model import (EMBEDDINGS_LAYER, SITE_ATTENTION_OUTPUT, SITE_ATTENTION_PROBS,
                                       SITE_EMBEDDINGS, SITE_FFN_OUTPUT, dropout_site_offset)

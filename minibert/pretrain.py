@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from minibert import trainer_state
 from minibert.config import BertConfig
-from minibert.io import atomic_write_text
+from minibert.files import atomic_write_text
 from minibert.pretrain_backends import STAT_KEYS, NumpyBackend, TorchBackend, count_batch
 from minibert.pretrain_data import StepBatches, derived_seed, prepare_data
 from minibert.pretrain_report import append_metrics, print_summary, read_metrics, save_curves
@@ -407,7 +407,7 @@ def run(args) -> dict:
 
 def _train(args, rank: int, world_size: int, device) -> dict:
     from minibert.tokenizer import BertTokenizer
-    from minibert.vocab import default_vocab_dir
+    from minibert.tokenizer.train import default_vocab_dir
 
     _check_args(args, world_size)
     if args.amp and device.type != "cuda" and rank == 0:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from minibert import data
-from minibert.corpus import held_out_split, load_corpus
+from minibert.data.corpus import held_out_split, load_corpus
 
 
 def derived_seed(*parts: int) -> int:

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from minibert.io import atomic_open
+from minibert.files import atomic_open
 
 def read_metrics(path: str, up_to_step: int) -> list[dict]:
     """Rows of a previous run's metrics.jsonl with step <= ``up_to_step`` (a torn last line is skipped)."""

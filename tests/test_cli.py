@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from minibert import corpus
+from minibert.data import corpus
 from minibert.cli import main
 from minibert.tokenizer import BasicTokenizer, BertTokenizer
 

@@ -6,7 +6,7 @@ import re
 import pydoc_data.topics
 import pytest
 
-from minibert import corpus
+from minibert.data import corpus
 
 
 # ----------------------------------------------------------------------------------------------------

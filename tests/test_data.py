@@ -563,8 +563,8 @@ def test_shard_errors(shard_dir, static_instances, tokenizer, tmp_path):
 
 @pytest.fixture(scope="module")
 def builtin():
-    from minibert.corpus import builtin_documents
-    from minibert.vocab import default_vocab_dir
+    from minibert.data.corpus import builtin_documents
+    from minibert.tokenizer.train import default_vocab_dir
     return builtin_documents(), BertTokenizer.from_pretrained(default_vocab_dir())
 
 

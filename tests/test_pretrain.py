@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from minibert import corpus, pretrain, trainer_state, vocab
+from minibert import pretrain, trainer_state
+from minibert.data import corpus
+from minibert.tokenizer import train as vocab_trainer
 from minibert.modeling import BertForPreTraining
 from minibert.pretrain_data import StepBatches
 
@@ -30,7 +32,7 @@ def tiny_data(tmp_path_factory):
     topics = [corpus.text_to_sentences(topics[name]) for name in sorted(topics)]
     corpus.write_corpus([doc for doc in topics if len(doc) > 3][:40], path)
     vocab_dir = str(root / "vocab")
-    vocab.train_vocab(path, 300, vocab_dir, held_out_every=None)
+    vocab_trainer.train_vocab(path, 300, vocab_dir, held_out_every=None)
     return path, vocab_dir
 
 

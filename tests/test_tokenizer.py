@@ -303,8 +303,8 @@ def test_main_prints_show_work(vocab_file, capsys):
 
 
 def test_main_defaults_to_the_built_in_vocabulary(vocab_file, capsys, monkeypatch):
-    import minibert.vocab
-    monkeypatch.setattr(minibert.vocab, "default_vocab_dir", lambda: str(vocab_file.parent))
+    import minibert.tokenizer.train
+    monkeypatch.setattr(minibert.tokenizer.train, "default_vocab_dir", lambda: str(vocab_file.parent))
     assert main(["hello worlds"]) == 0
     assert "word pieces:  ['hello', 'world', '##s']" in capsys.readouterr().out
 

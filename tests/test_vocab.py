@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from minibert import corpus, vocab
+from minibert.data import corpus
+from minibert.tokenizer import train as vocab_trainer
 from minibert.tokenizer import SPECIAL_TOKENS, BasicTokenizer, BertTokenizer, WordpieceTokenizer
 
 # A small English corpus with enough distinct words for a few hundred merges.
@@ -86,7 +87,7 @@ def test_first_merges_by_hand_likelihood():
     # ~ 14.7. Merge 3 -> "hug". Then N = 62: ("p", "##un") = 12 * log(62 * 12 / (17 * 16)) ~ 12.1 beats
     # ("hug", "##s") = 5 * log(62 * 5 / (15 * 5)) ~ 7.1: merge 4 -> "pun".
     merges = []
-    learned = vocab.train_wordpiece(_HUG_WORDS, vocab_size=16, min_frequency=1,
+    learned = vocab_trainer.train_wordpiece(_HUG_WORDS, vocab_size=16, min_frequency=1,
                                     on_merge=lambda *merge: merges.append(merge))
     assert learned == list(SPECIAL_TOKENS) + ["b", "h", "p", "##g", "##n", "##s", "##u", "##ug", "##un", "hug",
                                               "pun"]
@@ -94,7 +95,7 @@ def test_first_merges_by_hand_likelihood():
     expected = [20 * math.log(113 / 36), 16 * math.log(93 / 16), 15 * math.log(77 / 20),
                 12 * math.log(62 * 12 / (17 * 16))]
     assert [m[3] for m in merges] == pytest.approx(expected, rel=1e-12)
-    assert vocab.train_wordpiece(_HUG_WORDS, vocab_size=16, min_frequency=1, criterion="likelihood") == learned
+    assert vocab_trainer.train_wordpiece(_HUG_WORDS, vocab_size=16, min_frequency=1, criterion="likelihood") == learned
 
 
 def test_first_merges_by_hand_ratio():
@@ -106,17 +107,17 @@ def test_first_merges_by_hand_ratio():
     # Then ##u 19 and (h, ##u) = 15 / (15 * 19) = 1/19 ties with (##u, ##gs) = 5 / (19 * 5) and
     # (b, ##u) = 4 / (4 * 19); (pu, ##n) = 12 / (17 * 16) ~ 0.044 < 1/19. The most frequent wins: "hu".
     word_counts = _HUG_WORDS
-    learned = vocab.train_wordpiece(word_counts, vocab_size=15, min_frequency=1, criterion="ratio")
+    learned = vocab_trainer.train_wordpiece(word_counts, vocab_size=15, min_frequency=1, criterion="ratio")
     assert learned == list(SPECIAL_TOKENS) + ["b", "h", "p", "##g", "##n", "##s", "##u", "##gs", "pu", "hu"]
     # min_frequency=6 forbids ("##g", "##s") (seen 5 times) and (b, ##u) (4). The rest all score 1/36:
     # (h, ##u) 15, (p, ##u) 17, (##u, ##n) 16 and (##u, ##g) = 20 / (36 * 20), the most frequent: "##ug".
     # Now ##u is 16: (##u, ##n) = 16 / (16 * 16) = 0.0625 beats (h, ##ug) = 15 / (15 * 20) = 0.05 and
     # (p, ##u) = 12 / (17 * 16) ~ 0.044: "##un". Then (h, ##ug) = 0.05 beats (p, ##un) ~ 0.044: "hug".
-    learned = vocab.train_wordpiece(word_counts, vocab_size=15, min_frequency=6, criterion="ratio")
+    learned = vocab_trainer.train_wordpiece(word_counts, vocab_size=15, min_frequency=6, criterion="ratio")
     assert learned[12:] == ["##ug", "##un", "hug"]
 
 
-@pytest.mark.parametrize("criterion", vocab.CRITERIA)
+@pytest.mark.parametrize("criterion", vocab_trainer.CRITERIA)
 @pytest.mark.parametrize("min_frequency", [1, 3])
 def test_matches_brute_force_trainer_on_random_corpora(min_frequency, criterion):
     # Few letters, so runs ("a ##a ##a") and pieces reached twice ("##abc") are common.
@@ -127,7 +128,7 @@ def test_matches_brute_force_trainer_on_random_corpora(min_frequency, criterion)
             len({c for w in word_counts for c in w[1:]})
         size = alphabet_size + 30
         expected = _brute_force_wordpiece(word_counts, size, min_frequency, criterion)
-        assert vocab.train_wordpiece(word_counts, vocab_size=size, min_frequency=min_frequency,
+        assert vocab_trainer.train_wordpiece(word_counts, vocab_size=size, min_frequency=min_frequency,
                                      criterion=criterion) == expected
 
 
@@ -141,40 +142,40 @@ def test_count_words_matches_basic_tokenizer_on_whole_sentences():
         basic = BasicTokenizer(do_lower_case=do_lower_case, never_split=SPECIAL_TOKENS)
         expected = Counter(w for doc in documents for s in doc for w in basic.tokenize(s)
                            if w not in SPECIAL_TOKENS)
-        assert vocab.count_words(documents, do_lower_case) == expected
+        assert vocab_trainer.count_words(documents, do_lower_case) == expected
 
 
-@pytest.mark.parametrize("criterion", vocab.CRITERIA)
+@pytest.mark.parametrize("criterion", vocab_trainer.CRITERIA)
 def test_deterministic_exact_size_and_specials_first(criterion):
     documents = _documents(random.Random(), 60)
     # 230: the likelihood criterion runs out of pairs seen twice at ~250 tokens here (the ratio at ~300).
-    learned = vocab.train_wordpiece(documents, vocab_size=230, criterion=criterion)
+    learned = vocab_trainer.train_wordpiece(documents, vocab_size=230, criterion=criterion)
     assert len(learned) == 230 and len(set(learned)) == 230
     assert learned[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert not any(t in SPECIAL_TOKENS for t in learned[5:])
     # Same text in another order (documents, and sentences within them) gives the same vocabulary.
     shuffled = [list(reversed(doc)) for doc in reversed(documents)]
-    assert vocab.train_wordpiece(shuffled, vocab_size=230, criterion=criterion) == learned
-    assert vocab.train_wordpiece(vocab.count_words(documents), vocab_size=230, criterion=criterion) == learned
+    assert vocab_trainer.train_wordpiece(shuffled, vocab_size=230, criterion=criterion) == learned
+    assert vocab_trainer.train_wordpiece(vocab_trainer.count_words(documents), vocab_size=230, criterion=criterion) == learned
 
 
 def test_every_training_word_tokenizes_without_unk():
     documents = _documents(random.Random(), 40, extra_chars="éßø日本-")
     for do_lower_case in (True, False):
-        learned = vocab.train_wordpiece(documents, vocab_size=200, do_lower_case=do_lower_case)
+        learned = vocab_trainer.train_wordpiece(documents, vocab_size=200, do_lower_case=do_lower_case)
         if not do_lower_case:
             assert "T" in learned  # sentences are capitalized, and case is kept
         wordpiece = WordpieceTokenizer({t: i for i, t in enumerate(learned)})
-        words = vocab.count_words(documents, do_lower_case)
+        words = vocab_trainer.count_words(documents, do_lower_case)
         assert all("[UNK]" not in wordpiece.tokenize(w) for w in words)
 
 
 def test_limit_alphabet_drops_rare_characters_to_unk():
     documents = _documents(random.Random(), 30) + [["Zebra quizzes jive xylophone zeal."]]
-    words = vocab.count_words(documents)
+    words = vocab_trainer.count_words(documents)
     chars = Counter(c for w, n in words.items() for c in w for _ in range(n))
     rare = min(chars, key=lambda c: (chars[c], c))
-    learned = vocab.train_wordpiece(documents, vocab_size=150, limit_alphabet=len(chars) - 1, min_frequency=1)
+    learned = vocab_trainer.train_wordpiece(documents, vocab_size=150, limit_alphabet=len(chars) - 1, min_frequency=1)
     assert rare not in learned and "##" + rare not in learned
     wordpiece = WordpieceTokenizer({t: i for i, t in enumerate(learned)})
     for word in words:
@@ -183,24 +184,24 @@ def test_limit_alphabet_drops_rare_characters_to_unk():
 
 def test_errors():
     with pytest.raises(ValueError, match="no words"):
-        vocab.train_wordpiece([[" ", "\t"]], vocab_size=100)
+        vocab_trainer.train_wordpiece([[" ", "\t"]], vocab_size=100)
     with pytest.raises(ValueError, match="no words"):
-        vocab.train_wordpiece({}, vocab_size=100)
+        vocab_trainer.train_wordpiece({}, vocab_size=100)
     documents = _documents(random.Random(), 5)
     with pytest.raises(ValueError, match="cannot hold the 5 special tokens"):
-        vocab.train_wordpiece(documents, vocab_size=20)
+        vocab_trainer.train_wordpiece(documents, vocab_size=20)
     with pytest.raises(ValueError, match="only supports a vocabulary of"):
-        vocab.train_wordpiece(documents, vocab_size=100_000)
+        vocab_trainer.train_wordpiece(documents, vocab_size=100_000)
     with pytest.raises(ValueError, match="must be >= 1"):
-        vocab.train_wordpiece(documents, vocab_size=100, min_frequency=0)
+        vocab_trainer.train_wordpiece(documents, vocab_size=100, min_frequency=0)
     with pytest.raises(ValueError, match="criterion must be one of 'likelihood', 'ratio', got 'bpe'"):
-        vocab.train_wordpiece(documents, vocab_size=100, criterion="bpe")
+        vocab_trainer.train_wordpiece(documents, vocab_size=100, criterion="bpe")
 
 
 def test_tokenization_stats_counts_words_tokens_and_unks():
     documents = [["Playing unaffable games.", "Zzz!"]]
     pieces = {"Playing": ["play", "##ing"], "unaffable": ["un", "##aff", "##able"], "games": ["[UNK]"]}
-    stats = vocab.tokenization_stats(lambda s: [p for w in s.split() for p in pieces.get(w.strip(".!"), ["x"])]
+    stats = vocab_trainer.tokenization_stats(lambda s: [p for w in s.split() for p in pieces.get(w.strip(".!"), ["x"])]
                                      + ["."] * s.count("."), documents)
     # Words (BasicTokenizer): playing, unaffable, games, ".", zzz, "!" = 6; tokens: 2 + 3 + 1 + 1 + 1 = 8.
     assert stats == {"words": 6, "tokens": 8, "tokens_per_word": 8 / 6, "unk_rate": 1 / 6}
@@ -213,7 +214,7 @@ def test_trained_vocab_matches_hf_bert_tokenizer_fast(tmp_path):
     corpus.write_corpus(documents, tmp_path / "corpus.txt")
     for do_lower_case in (True, False):
         out = tmp_path / f"vocab-{do_lower_case}"
-        ours = vocab.train_vocab([str(tmp_path / "corpus.txt")], 220, out, do_lower_case=do_lower_case)
+        ours = vocab_trainer.train_vocab([str(tmp_path / "corpus.txt")], 220, out, do_lower_case=do_lower_case)
         assert len(ours) == 220
         assert (out / "vocab.txt").read_text(encoding="utf-8").split("\n")[:5] == list(SPECIAL_TOKENS)
         hf = transformers.BertTokenizerFast.from_pretrained(str(out))
@@ -231,23 +232,23 @@ def test_train_vocab_holds_out_every_tenth_document(tmp_path):
     for i in (9, 19, 29):
         documents[i] = ["Jejune jokes jar."] * 3
     corpus.write_corpus(documents, tmp_path / "c.txt")
-    tok = vocab.train_vocab(str(tmp_path / "c.txt"), 200, tmp_path / "v", min_frequency=1)
+    tok = vocab_trainer.train_vocab(str(tmp_path / "c.txt"), 200, tmp_path / "v", min_frequency=1)
     assert "j" not in tok.vocab and tok.tokenize("jokes") == ["[UNK]"]
-    tok = vocab.train_vocab(str(tmp_path / "c.txt"), 200, tmp_path / "v2", min_frequency=1, held_out_every=None)
+    tok = vocab_trainer.train_vocab(str(tmp_path / "c.txt"), 200, tmp_path / "v2", min_frequency=1, held_out_every=None)
     assert "j" in tok.vocab and "[UNK]" not in tok.tokenize("jokes")
 
 
 @pytest.mark.slow
 def test_default_vocab_dir_trains_once_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIBERT_CACHE", str(tmp_path))
-    directory = vocab.default_vocab_dir(vocab_size=1000)
+    directory = vocab_trainer.default_vocab_dir(vocab_size=1000)
     name = os.path.basename(directory)
     assert os.path.dirname(directory) == str(tmp_path) and name.startswith("vocab-builtin-1000-")
     assert sorted(os.listdir(tmp_path)) == [name]  # no temporary folder left behind
     tok = BertTokenizer.from_pretrained(directory)
     assert len(tok) == 1000 and tok.tokenize("The return value.") != ["[UNK]"] * 4
     mtime = os.path.getmtime(os.path.join(directory, "vocab.txt"))
-    assert vocab.default_vocab_dir(vocab_size=1000) == directory
+    assert vocab_trainer.default_vocab_dir(vocab_size=1000) == directory
     assert os.path.getmtime(os.path.join(directory, "vocab.txt")) == mtime  # reused, not retrained
 
 
@@ -257,14 +258,14 @@ def test_builtin_corpus_default_vocab_has_common_words_whole():
     documents = corpus.builtin_documents()
     train = list(corpus.held_out_split(documents, held_out=False))
     held_out = list(corpus.held_out_split(documents, held_out=True))
-    word_counts = vocab.count_words(train)
+    word_counts = vocab_trainer.count_words(train)
     fit = {}
-    for criterion in vocab.CRITERIA:
-        learned = vocab.train_wordpiece(word_counts, criterion=criterion)
-        assert len(learned) == vocab.DEFAULT_VOCAB_SIZE
+    for criterion in vocab_trainer.CRITERIA:
+        learned = vocab_trainer.train_wordpiece(word_counts, criterion=criterion)
+        assert len(learned) == vocab_trainer.DEFAULT_VOCAB_SIZE
         wordpiece = WordpieceTokenizer({t: i for i, t in enumerate(learned)})
         basic = BasicTokenizer(never_split=SPECIAL_TOKENS)
-        fit[criterion] = vocab.tokenization_stats(
+        fit[criterion] = vocab_trainer.tokenization_stats(
             lambda s: [p for w in basic.tokenize(s) for p in wordpiece.tokenize(w)], held_out)["tokens_per_word"]
         if criterion == "likelihood":
             for word in ("the", "and", "is", "be", "are"):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from minibert.assignments.catalog import get
-from minibert.io import atomic_write_text
+from minibert.files import atomic_write_text
 
 
 DEFAULT_TIME_LIMIT = 60.0  # seconds per function; a correct one needs well under 1 s

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from minibert.assignments.base import Assignment
 from minibert.assignments.catalog import get
-from minibert.io import atomic_write_text
+from minibert.files import atomic_write_text
 
 LIBRARY_ROOT = Path(__file__).resolve().parent.parent  # the minibert/ package directory
 

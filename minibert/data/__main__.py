@@ -50,12 +50,12 @@ def main(argv=None) -> dict:
     p.add_argument("--out", help="also write the instances as shards to this (new) directory")
     args = p.parse_args(argv)
 
-    from minibert.corpus import builtin_documents, read_documents
+    from minibert.data.corpus import builtin_documents, read_documents
     from minibert.tokenizer import BertTokenizer
     if args.vocab:
         tokenizer = BertTokenizer.from_pretrained(args.vocab)
     else:
-        from minibert.vocab import default_vocab_dir
+        from minibert.tokenizer.train import default_vocab_dir
         tokenizer = BertTokenizer.from_pretrained(default_vocab_dir())
     documents = read_documents(args.corpus) if args.corpus else builtin_documents()
     if args.max_documents:

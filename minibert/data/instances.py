@@ -199,7 +199,7 @@ def create_training_instances(documents: Iterable, tokenizer, max_seq_length: in
     """Stream :class:`TrainingInstance` s made from ``documents``.
 
     ``documents`` is any iterable of documents, each a list of sentence strings (e.g.
-    ``minibert.corpus.builtin_documents()`` or ``minibert.corpus.read_documents(paths)``); it is read
+    ``minibert.data.corpus.builtin_documents()`` or ``minibert.data.corpus.read_documents(paths)``); it is read
     lazily, one window of ``documents_per_window`` documents at a time. ``tokenizer`` is a
     ``minibert.tokenizer.BertTokenizer`` (``tokenize``, ``convert_tokens_to_ids``, ``vocab``).
 

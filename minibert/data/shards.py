@@ -34,7 +34,7 @@ import numpy as np
 from minibert.data.instances import TrainingInstance
 from minibert.data.masking import (DEFAULT_MASKED_LM_PROB, DEFAULT_MAX_PREDICTIONS_PER_SEQ, MaskingSpec,
                                    mask_tokens, vocab_tokens)
-from minibert.io import atomic_open, atomic_write_text
+from minibert.files import atomic_open, atomic_write_text
 
 SHARD_FORMAT = "minibert-pretraining-shards"
 FORMAT_VERSION = 1

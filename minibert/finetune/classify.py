@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from minibert.finetune import loop
-from minibert.io import atomic_write_text
+from minibert.files import atomic_write_text
 
 DEFAULT_MAX_SEQ_LENGTH = 128  # GLUE runs used 128 (google-research/bert run_classifier.py)
 BUILTIN_PER_CLASS = 1000      # training sentences per class of the built-in task
@@ -199,7 +199,7 @@ def builtin_task() -> tuple[list[Example], list[Example]]:
     """
     import pydoc_data.topics
 
-    from minibert import corpus
+    from minibert.data import corpus
 
     documents = corpus.builtin_documents()
     n_reference = sum(1 for name in sorted(pydoc_data.topics.topics)

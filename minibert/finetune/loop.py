@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from minibert import trainer_state
-from minibert.io import atomic_write_text
+from minibert.files import atomic_write_text
 from minibert.pretrain_backends import ADAM_BETAS, ADAM_EPS
 from minibert.pretrain_data import derived_seed
 from minibert.reference.optim import decays

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from minibert.finetune import loop, squad
-from minibert.io import atomic_write_text
+from minibert.files import atomic_write_text
 
 PREDICTIONS_FILE = "predictions.json"
 NBEST_FILE = "nbest_predictions.json"

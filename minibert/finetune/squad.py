@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     else:
         from minibert.tokenizer import BertTokenizer
         if args.vocab is None:
-            from minibert.vocab import default_vocab_dir  # trains (once, then cached) on the built-in corpus
+            from minibert.tokenizer.train import default_vocab_dir  # trains (once, then cached) on the built-in corpus
             args.vocab = default_vocab_dir()
         tokenizer = BertTokenizer.from_pretrained(args.vocab)
         print(show_features(examples[0], tokenizer, args.max_seq_length, args.doc_stride, args.max_query_length))

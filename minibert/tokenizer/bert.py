@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from minibert.io import atomic_write_text
+from minibert.files import atomic_write_text
 from minibert.tokenizer.basic import BasicTokenizer, check_text
 from minibert.tokenizer.encoding import BatchEncoding, encode_batch
 from minibert.tokenizer.vocab_file import (CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SPECIAL_TOKENS, UNK_TOKEN,

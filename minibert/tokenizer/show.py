@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cased", action="store_true", help="keep case and accents (do_lower_case=False)")
     args = parser.parse_args(argv)
     if args.vocab is None:
-        from minibert.vocab import default_vocab_dir  # trains (once, then cached) on the built-in corpus
+        from minibert.tokenizer.train import default_vocab_dir  # trains (once, then cached) on the built-in corpus
         args.vocab = default_vocab_dir()
     overrides = {"do_lower_case": False} if args.cased else {}
     tokenizer = BertTokenizer.from_pretrained(args.vocab, **overrides)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from minibert.io import atomic_open, atomic_write_text
+from minibert.files import atomic_open, atomic_write_text
 
 
 def test_atomic_write_replaces(tmp_path):

@@ -51,8 +51,10 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from minibert.corpus import builtin_documents, held_out_split, load_corpus
-from minibert.tokenizer import SPECIAL_TOKENS, BasicTokenizer, BertTokenizer
+from minibert.data.corpus import builtin_documents, held_out_split, load_corpus
+from minibert.tokenizer.basic import BasicTokenizer
+from minibert.tokenizer.bert import BertTokenizer
+from minibert.tokenizer.vocab_file import SPECIAL_TOKENS
 
 DEFAULT_VOCAB_SIZE = 8000  # small enough to train in a minute; BERT-Base uses 30,522
 DEFAULT_MIN_FREQUENCY = 2  # a merge must be seen at least this often: a pair seen once scores 1.0 otherwise

@@ -23,7 +23,7 @@ import re
 import sysconfig
 from collections.abc import Iterable, Iterator, Sequence
 
-from minibert.io import atomic_open
+from minibert.files import atomic_open
 
 # Standard-library folders that hold tests, third-party packages or generated tables, not prose.
 _SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
