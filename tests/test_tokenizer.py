@@ -6,6 +6,7 @@ The exhaustive comparison with HF's fast tokenizer lives in test_tokenizer_confo
 """
 import gc
 import json
+import re
 import unicodedata
 
 import numpy as np
@@ -250,6 +251,32 @@ def test_missing_vocab_and_special_tokens(tmp_path):
     with pytest.raises(ValueError, match=r"lacks \[CLS\], \[SEP\]"):
         BertTokenizer(path)
 
+
+
+def test_byte_order_mark_is_not_part_of_token_zero(tmp_path, vocab_file):
+    """Reproducer: a vocab.txt saved with a BOM kept "\ufeff[PAD]" as token 0, so [PAD] was missing."""
+    path = tmp_path / "bom" / "vocab.txt"
+    path.parent.mkdir()
+    path.write_bytes(b"\xef\xbb\xbf" + vocab_file.read_bytes())
+    vocab = load_vocab(path)
+    assert list(vocab)[:2] == ["[PAD]", "[UNK]"] and vocab == load_vocab(vocab_file)
+    (path.parent / "tokenizer_config.json").write_bytes(b"\xef\xbb\xbf" + b'{"do_lower_case": false}')
+    assert BertTokenizer.from_pretrained(path.parent).do_lower_case is False
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"do_lower_case": "false"}', 'do_lower_case must be true or false, not "false"'),
+    ('{"tokenize_chinese_chars": 0}', "tokenize_chinese_chars must be true or false, not 0"),
+    ('{"strip_accents": "yes"}', 'strip_accents must be true, false or null, not "yes"'),
+    ("[1, 2]", "must hold a JSON object"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"do_lower_case": tru', "not valid UTF-8 JSON"),
+])
+def test_tokenizer_config_values_are_checked(tmp_path, vocab_file, config, message):
+    """Reproducer: "do_lower_case": "false" (a string) was read as True and lower-cased a cased model."""
+    (tmp_path / "tokenizer_config.json").write_text(config, encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        BertTokenizer.from_pretrained(tmp_path)
 
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(padding="longer"), ValueError, "padding must be one of"),

@@ -66,8 +66,7 @@ class BertTokenizer:
         config_path = os.path.join(directory, "tokenizer_config.json")
         if os.path.isfile(config_path):
             config = read_json(config_path)
-            options = {k: config[k] for k in ("do_lower_case", "tokenize_chinese_chars", "strip_accents")
-                       if k in config}
+            options = _checked_options(config_path, {k: config[k] for k in _FLAG_TYPES if k in config})
         if os.path.isdir(path):
             vocab_txt, tokenizer_json = os.path.join(path, "vocab.txt"), os.path.join(path, "tokenizer.json")
             if os.path.isfile(vocab_txt):
@@ -78,7 +77,7 @@ class BertTokenizer:
                 raise FileNotFoundError(f"{path!r} holds neither vocab.txt nor tokenizer.json")
         if path.endswith(".json"):
             vocab, json_options = _read_tokenizer_json(path)
-            options.update(json_options)
+            options.update(_checked_options(path, json_options))
         else:
             vocab = load_vocab(path)
         options.update(kwargs)
@@ -219,6 +218,23 @@ def _cleanup(token: str) -> str:
                           (" 'm", "'m"), (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
         token = token.replace(before, after)
     return token
+
+
+# The flags a tokenizer file may set, and the JSON values each accepts. A string such as "false" is
+# refused rather than read: Python's bool("false") is True, which would silently lower-case a cased model.
+_FLAG_TYPES = {"do_lower_case": (bool,), "tokenize_chinese_chars": (bool,), "strip_accents": (bool, type(None)),
+               "max_input_chars_per_word": (int,)}
+
+
+def _checked_options(path: str, options: dict) -> dict:
+    """``options`` read from ``path``, after checking each holds a value of the JSON type its flag takes."""
+    for key, value in options.items():
+        types = _FLAG_TYPES[key]
+        if not isinstance(value, types) or (types == (int,) and (isinstance(value, bool) or value < 1)):
+            wanted = {(bool,): "true or false", (bool, type(None)): "true, false or null",
+                      (int,): "a positive integer"}[types]
+            raise ValueError(f"{path!r}: {key} must be {wanted}, not {json.dumps(value)}")
+    return options
 
 
 def _read_tokenizer_json(path: str) -> tuple[dict, dict]:

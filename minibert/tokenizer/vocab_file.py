@@ -31,6 +31,9 @@ def load_vocab(path) -> dict[str, int]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"vocabulary file {path!r} is not UTF-8 ({e}); re-save it as UTF-8") from None
+    # Some editors start a UTF-8 file with a byte-order mark. It is never part of a token: left in place
+    # it would turn token 0 into "\ufeff[PAD]" and leave [PAD] itself out of the vocabulary.
+    text = text.removeprefix("\ufeff")
     # Like Python's text mode (and HF's loader): \n, \r\n and \r end a line, nothing else does.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines and lines[-1] == "":
@@ -50,9 +53,18 @@ def load_vocab(path) -> dict[str, int]:
 
 
 def read_json(path: str) -> dict:
-    """A UTF-8 JSON file -> its object; ValueError naming the file when it is not valid UTF-8 JSON."""
+    """A UTF-8 JSON file holding an object -> that object (a dict).
+
+    Raises ``ValueError`` naming the file when it is not UTF-8 (a byte-order mark is allowed), not JSON,
+    nested too deeply for Python's parser, or holds something other than an object.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, encoding="utf-8-sig") as f:
+            data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path!r} is not valid UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{path!r} is nested too deeply to be a configuration file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path!r} must hold a JSON object ({{...}}), not {type(data).__name__}")
+    return data
