@@ -1,8 +1,8 @@
 """Shared helpers for the benchmarks: timing, machine naming, and saving JSON + PNG results.
 
-Rules every benchmark follows (see DESIGN.md): compare implementations inside one run (the machines are
-shared and noisy), warm up first, report the median of several repeats, never assert a time in a test,
-and save ``benchmarks/results/<name>-<machine>.json`` plus a PNG plot.
+Rules every benchmark follows (docs/design.md, "Benchmarks"): compare implementations inside one run
+(the machines are shared and noisy), warm up first, report the median of several repeats, never assert a
+time in a test, and save ``benchmarks/results/<name>-<machine>.json`` plus a PNG plot.
 """
 from __future__ import annotations
 

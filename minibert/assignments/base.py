@@ -22,8 +22,8 @@ import numpy as np
 
 from minibert.reference import gradcheck
 
-# Tolerances, in the words of DESIGN.md: float64 paths agree with the oracle to < 1e-10 relative; a correct
-# backward agrees with central differences (h = 1e-6) to ~1e-9, a wrong one is off by O(1).
+# Tolerances (docs/design.md, "Tolerances"): float64 paths agree with the oracle to < 1e-10 relative; a
+# correct backward agrees with central differences (h = 1e-6) to ~1e-9, a wrong one is off by O(1).
 ORACLE_RTOL = 1e-10
 FINITE_DIFFERENCE_RTOL = 1e-6
 
