@@ -2,7 +2,7 @@
 
 One process trains with ``--batch-size 8``; two processes train with ``--batch-size 2 --grad-accum 2``
 each, so the global batch (2 x 2 ranks x 2 micro-steps = 8) holds the same eight sequences every step.
-Because the loss is normalised by the global batch (``minibert.pretrain_backends``), the gradients are
+Because the loss is normalised by the global batch (``minibert.train.backends``), the gradients are
 the same sums in a different order: in float64 with dropout off, losses and final weights agree to
 rounding (1e-10).
 
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from minibert import pretrain
+from minibert.train import pretrain
 from minibert.modeling import BertForPreTraining
 
 from test_pretrain import read_rows, tiny_args, tiny_data  # noqa: F401  (tiny_data is a fixture)
@@ -40,7 +40,7 @@ def test_two_gloo_processes_match_one_process_with_dynamic_masking(tiny_data, tm
     args = tiny_args(tiny_data, ddp, 4, *EXACT, "--batch-size", "2", "--grad-accum", "2")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "minibert.pretrain", *args]
+           "-m", "minibert.train.pretrain", *args]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from minibert import pretrain, trainer_state
+from minibert.train import pretrain
+from minibert.train import state as trainer_state
 from minibert.data import corpus
 from minibert.tokenizer import train as vocab_trainer
 from minibert.modeling import BertForPreTraining
-from minibert.pretrain_data import StepBatches
+from minibert.train.data import StepBatches
 
 TINY_MODEL = ["--layers", "2", "--hidden", "32", "--heads", "2", "--intermediate", "64"]
 

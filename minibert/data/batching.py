@@ -34,7 +34,7 @@ def collate(instances, pad_id: int, max_seq_length: int, *, pad_to: str = "longe
     instance's original tokens (an already-masked instance is unmasked first), and either ``rng``, one
     ``random.Random`` that the instances draw from in turn, or ``rngs``, one per instance. With ``rngs`` an
     instance's masks depend only on its own generator, not on which batch, rank or worker it lands in
-    (``minibert.pretrain_data.StepBatches`` seeds each from the instance and the epoch).
+    (``minibert.train.data.StepBatches`` seeds each from the instance and the epoch).
     """
     if pad_to not in ("longest", "max_length"):
         raise ValueError(f"pad_to must be 'longest' or 'max_length', got {pad_to!r}")

@@ -32,10 +32,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from minibert import trainer_state
+from minibert.train import state as trainer_state
 from minibert.files import atomic_write_text
-from minibert.pretrain_backends import ADAM_BETAS, ADAM_EPS
-from minibert.pretrain_data import derived_seed
+from minibert.train.backends import ADAM_BETAS, ADAM_EPS
+from minibert.train.data import derived_seed
 from minibert.reference.optim import decays
 from minibert.reference.schedules import linear_warmup_decay
 

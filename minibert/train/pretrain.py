@@ -41,12 +41,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from minibert import trainer_state
+from minibert.train import state as trainer_state
 from minibert.config import BertConfig
 from minibert.files import atomic_write_text
-from minibert.pretrain_backends import STAT_KEYS, NumpyBackend, TorchBackend, count_batch
-from minibert.pretrain_data import StepBatches, derived_seed, prepare_data
-from minibert.pretrain_report import append_metrics, print_summary, read_metrics, save_curves
+from minibert.train.backends import STAT_KEYS, NumpyBackend, TorchBackend, count_batch
+from minibert.train.data import StepBatches, derived_seed, prepare_data
+from minibert.train.report import append_metrics, print_summary, read_metrics, save_curves
 from minibert.reference.schedules import linear_warmup_decay
 
 # Defaults chosen so that, on the built-in corpus and 2 CPU cores, a 4-layer, 256-wide BERT trains in
