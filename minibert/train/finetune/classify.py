@@ -27,6 +27,7 @@ import os
 import numpy as np
 import torch
 
+from minibert.train import common
 from minibert.train.finetune import loop
 from minibert.files import atomic_write_text
 
@@ -346,7 +347,7 @@ def run(args) -> dict:
     from minibert.tokenizer import BertTokenizer
 
     loop.check_training_arguments(args)
-    device = loop.select_device(args.device)
+    device = common.select_device(args.device)
     resume = loop.Resume(args)
     train, dev = _load_data(args)
     if args.regression:

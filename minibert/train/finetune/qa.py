@@ -24,6 +24,7 @@ import os
 import numpy as np
 import torch
 
+from minibert.train import common
 from minibert.train.finetune import loop, squad
 from minibert.files import atomic_write_text
 
@@ -92,7 +93,7 @@ def run(args) -> dict:
     from minibert.tokenizer import BertTokenizer
 
     loop.check_training_arguments(args)
-    device = loop.select_device(args.device)
+    device = common.select_device(args.device)
     resume = loop.Resume(args)
     train, dev = squad.read_squad(args.train), squad.read_squad(args.dev)
     version_2 = any(e.is_impossible for e in train + dev)
