@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from minibert.train import pretrain
+from minibert.train import backends, pretrain, pretrain_args
 from minibert.train import state as trainer_state
 from minibert.data import corpus
 from minibert.tokenizer import train as vocab_trainer
@@ -147,7 +147,7 @@ def test_resume_continues_the_same_loss_trajectory(tiny_data, tmp_path, monkeypa
     pretrain.main(tiny_args(tiny_data, full, 12, *extra))
 
     broken = tmp_path / "broken"
-    real_step = pretrain.TorchBackend.optimizer_step
+    real_step = backends.TorchBackend.optimizer_step
     calls = {"n": 0}
 
     def crash_at_step_9(self, lr):
@@ -156,10 +156,10 @@ def test_resume_continues_the_same_loss_trajectory(tiny_data, tmp_path, monkeypa
             raise KeyboardInterrupt("simulated crash")
         return real_step(self, lr)
 
-    monkeypatch.setattr(pretrain.TorchBackend, "optimizer_step", crash_at_step_9)
+    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", crash_at_step_9)
     with pytest.raises(KeyboardInterrupt):
         pretrain.main(tiny_args(tiny_data, broken, 12, *extra))
-    monkeypatch.setattr(pretrain.TorchBackend, "optimizer_step", real_step)
+    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", real_step)
     assert torch.load(broken / "last" / trainer_state.TRAINER_STATE, weights_only=True)["step"] == 6
     pretrain.main(tiny_args(tiny_data, broken, 12, *extra, "--resume"))
 
@@ -224,7 +224,7 @@ def test_minutes_plans_steps_from_the_measured_speed(tiny_data, tmp_path):
     assert len(b) >= 2
     for key in ("loss", "lr", "grad_norm"):
         assert [r[key] for r in b] == [r[key] for r in a], key
-    assert read_rows(fixed)[-1]["lr"] == pytest.approx(pretrain.DEFAULT_LR / planned)  # decayed to ~0
+    assert read_rows(fixed)[-1]["lr"] == pytest.approx(pretrain_args.DEFAULT_LR / planned)  # decayed to ~0
 
 
 def test_resume_refuses_changed_settings(tiny_data, tmp_path):
