@@ -227,6 +227,64 @@ def test_minutes_plans_steps_from_the_measured_speed(tiny_data, tmp_path):
     assert read_rows(fixed)[-1]["lr"] == pytest.approx(pretrain_args.DEFAULT_LR / planned)  # decayed to ~0
 
 
+@pytest.fixture(scope="module")
+def tiny_shards(tiny_data, tmp_path_factory):
+    """The tiny corpus's instances (seed 3, as tiny_args) written as shards by `python -m minibert.data`."""
+    from minibert.data.__main__ import main as write
+    directory = tmp_path_factory.mktemp("shards") / "shards"
+    write(["--corpus", tiny_data[0], "--vocab", tiny_data[1], "--max-seq-length", "32", "--dupe-factor", "1",
+           "--seed", "3", "--show", "0", "--out", str(directory)])
+    return str(directory)
+
+
+def test_shards_train_and_resume_like_instances_in_memory(tiny_data, tiny_shards, tmp_path, monkeypatch):
+    """`--shards DIR` gives the per-step losses of the same instances built in memory (all documents
+    trained on: --held-out-every 0), and a crashed --shards run resumes onto the same trajectory."""
+    exact = ["--dtype", "float64", "--held-out-every", "0", "--save-every", "3"]
+    memory, disk = tmp_path / "memory", tmp_path / "disk"
+    pretrain.main(tiny_args(tiny_data, memory, 6, *exact))
+    summary = pretrain.main(tiny_args(tiny_data, disk, 6, *exact, "--shards", tiny_shards))
+    a, b = read_rows(memory), read_rows(disk)
+    assert [r["loss"] for r in b] == [r["loss"] for r in a] and a[-1]["loss"] < a[0]["loss"]
+    assert summary["eval_loss"] is None  # shards hold no documents to hold out
+
+    broken = tmp_path / "broken"
+    real_step = backends.TorchBackend.optimizer_step
+    calls = {"n": 0}
+
+    def crash_at_step_5(self, lr):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(self, lr)
+
+    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(tiny_args(tiny_data, broken, 6, *exact, "--shards", tiny_shards))
+    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", real_step)
+    pretrain.main(tiny_args(tiny_data, broken, 6, *exact, "--shards", tiny_shards, "--resume"))
+    assert [r["step"] for r in read_rows(broken)] == list(range(1, 7))
+    np.testing.assert_allclose([r["loss"] for r in read_rows(broken)], [r["loss"] for r in a], rtol=1e-9)
+
+
+def write_unmasked_shards(tiny_data, directory) -> str:
+    """The instances `--dynamic-masking` builds from the tiny corpus in memory (seed 3), written as shards."""
+    from minibert import data
+    from minibert.tokenizer import BertTokenizer
+    tokenizer = BertTokenizer.from_pretrained(tiny_data[1])
+    documents = data.corpus.load_corpus(tiny_data[0])
+    data.write_shards(data.create_training_instances(documents, tokenizer, max_seq_length=32, dupe_factor=1,
+                                                     dynamic_masking=True, seed=3), directory, tokenizer)
+    return str(directory)
+
+
+def test_unmasked_shards_need_dynamic_masking(tiny_data, tmp_path):
+    shards = write_unmasked_shards(tiny_data, tmp_path / "shards")
+    with pytest.raises(ValueError, match="--dynamic-masking"):
+        pretrain.main(tiny_args(tiny_data, tmp_path / "run", 1, "--shards", shards))
+    pretrain.main(tiny_args(tiny_data, tmp_path / "run", 1, "--shards", shards, "--dynamic-masking"))
+
+
 def test_resume_refuses_changed_settings(tiny_data, tmp_path):
     out = tmp_path / "run"
     pretrain.main(tiny_args(tiny_data, out, 2, "--eval-every", "0"))

@@ -64,7 +64,7 @@ def collate(instances, pad_id: int, max_seq_length: int, *, pad_to: str = "longe
         # silently give a masked-LM loss of nothing.
         raise ValueError("no instance in this batch has masked positions (they were created with "
                          "dynamic_masking=True); pass masking=MaskingSpec.from_tokenizer(tok) and rng= to "
-                         "collate, or read shards with PretrainingShards(..., dynamic_masking=True)")
+                         "collate, or train with `minibert pretrain --dynamic-masking`")
 
     batch_size = len(instances)
     seq_len = max_seq_length if pad_to == "max_length" else max(len(t) for t, _, _ in rows)
