@@ -137,6 +137,23 @@ def test_training_decreases_loss_and_checkpoint_loads_in_transformers(tiny_data,
     assert (a.seq_relationship_logits - b.seq_relationship_logits).abs().max() < 1e-4
 
 
+def crash_at_step(monkeypatch, step, argv):
+    """Pretrain with ``argv`` until the optimizer's ``step``-th call, which fails like a killed process."""
+    real_step = backends.TorchBackend.optimizer_step
+    calls = {"n": 0}
+
+    def crash(self, lr):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(self, lr)
+
+    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(argv)
+    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", real_step)
+
+
 def test_resume_continues_the_same_loss_trajectory(tiny_data, tmp_path, monkeypatch):
     """Interrupted at step 9 (checkpoint at 6), resumed: losses and weights equal an uninterrupted run.
 
@@ -147,19 +164,7 @@ def test_resume_continues_the_same_loss_trajectory(tiny_data, tmp_path, monkeypa
     pretrain.main(tiny_args(tiny_data, full, 12, *extra))
 
     broken = tmp_path / "broken"
-    real_step = backends.TorchBackend.optimizer_step
-    calls = {"n": 0}
-
-    def crash_at_step_9(self, lr):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, lr)
-
-    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", crash_at_step_9)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.main(tiny_args(tiny_data, broken, 12, *extra))
-    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", real_step)
+    crash_at_step(monkeypatch, 9, tiny_args(tiny_data, broken, 12, *extra))
     assert torch.load(broken / "last" / trainer_state.TRAINER_STATE, weights_only=True)["step"] == 6
     pretrain.main(tiny_args(tiny_data, broken, 12, *extra, "--resume"))
 
@@ -249,19 +254,7 @@ def test_shards_train_and_resume_like_instances_in_memory(tiny_data, tiny_shards
     assert summary["eval_loss"] is None  # shards hold no documents to hold out
 
     broken = tmp_path / "broken"
-    real_step = backends.TorchBackend.optimizer_step
-    calls = {"n": 0}
-
-    def crash_at_step_5(self, lr):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, lr)
-
-    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.main(tiny_args(tiny_data, broken, 6, *exact, "--shards", tiny_shards))
-    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", real_step)
+    crash_at_step(monkeypatch, 5, tiny_args(tiny_data, broken, 6, *exact, "--shards", tiny_shards))
     pretrain.main(tiny_args(tiny_data, broken, 6, *exact, "--shards", tiny_shards, "--resume"))
     assert [r["step"] for r in read_rows(broken)] == list(range(1, 7))
     np.testing.assert_allclose([r["loss"] for r in read_rows(broken)], [r["loss"] for r in a], rtol=1e-9)

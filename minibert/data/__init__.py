@@ -24,6 +24,7 @@ from minibert.data.statistics import data_statistics
 
 __all__ = [
     "TrainingInstance", "create_training_instances", "truncate_seq_pair", "MaskingSpec", "mask_tokens",
-    "collate", "to_torch", "data_statistics", "write_shards", "PretrainingShards", "IGNORE_INDEX", "DEFAULT_DUPE_FACTOR", "DEFAULT_MAX_SEQ_LENGTH",
+    "collate", "to_torch", "data_statistics", "write_shards", "PretrainingShards", "IGNORE_INDEX",
+    "DEFAULT_DUPE_FACTOR", "DEFAULT_MAX_SEQ_LENGTH",
     "DEFAULT_SHORT_SEQ_PROB", "DEFAULT_MASKED_LM_PROB", "DEFAULT_MAX_PREDICTIONS_PER_SEQ",
 ]

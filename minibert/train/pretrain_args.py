@@ -21,7 +21,6 @@ DEFAULT_WEIGHT_DECAY = 0.01  # Devlin et al., 2018, appendix A.2
 DEFAULT_DUPE_FACTOR = 5      # copies of the corpus with different masks; the original code used 10
 MAX_POSITION_EMBEDDINGS = 512  # as BERT-Base, so a checkpoint can later be fine-tuned on longer inputs
 DEFAULT_EVAL_SEQUENCES = 512  # ~10k masked tokens: accuracy to about +-0.5%, in seconds
-FINAL_WINDOW = 20  # the summary's "final train loss" averages the last this-many steps
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 SUMMARY_FILE = "summary.json"
@@ -43,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shards", default=None, metavar="DIR",
                    help="train on the instances of a shard directory (written by `python -m minibert.data --out "
                         "DIR` or minibert.data.write_shards) instead of --corpus; no held-out evaluation")
-    g.add_argument("--vocab", default=None, help="directory holding vocab.txt (default: the --shards directory's, or the "
-                                                 "vocabulary trained on the built-in corpus, cached on first use; see "
-                                                 "`minibert train-vocab`)")
+    g.add_argument("--vocab", default=None,
+                   help="directory holding vocab.txt (default: the --shards directory's, or the vocabulary trained "
+                        "on the built-in corpus, cached on first use; see `minibert train-vocab`)")
     g.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default 128)")
     g.add_argument("--dupe-factor", type=int, default=DEFAULT_DUPE_FACTOR,
                    help=f"copies of the corpus, each with different masks (default {DEFAULT_DUPE_FACTOR})")

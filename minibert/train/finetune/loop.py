@@ -9,9 +9,10 @@ A task (``classify``, ``qa``) hands the loop three things and gets the run back:
   value that decides which epoch is ``best``.
 
 What happens, as in the BERT paper's fine-tuning recipe (Devlin et al., 2018, section 4 and appendix A.3):
-AdamW (beta 0.9/0.999, weight decay 0.01 on everything but biases and LayerNorm, the exact optimiser
-``minibert pretrain`` uses: ``minibert.train.common``), the learning rate warmed up linearly over the first 10% of steps and decayed
-linearly to 0 at the last one, gradients clipped to global norm 1.0. After every epoch the model is
+AdamW (beta 0.9/0.999, weight decay 0.01 on everything but biases and LayerNorm: the very optimiser and
+clipped step ``minibert pretrain`` uses, from ``minibert.train.common``), the learning rate warmed up
+linearly over the first 10% of steps and decayed linearly to 0 at the last one, gradients clipped to
+global norm 1.0. After every epoch the model is
 evaluated and ``OUT/last`` is written; ``OUT/best`` too when the main metric improved. Both are written
 atomically (``minibert.train.state``) and load in ``transformers`` unchanged. Every step appends a row to
 ``OUT/metrics.jsonl``, every evaluation another.
@@ -184,8 +185,8 @@ def finetune(model: torch.nn.Module, tokenizer, train_features: list, collate: C
             lr = linear_warmup_decay(step, args.lr, warmup, total_steps)
             grad_norm = clip_and_step(model, optimizer, lr, args.clip_grad_norm)
             value = float(loss.detach())
-            append_metrics(metrics_path, {"split": "train", "epoch": epoch + 1, "step": step + 1, "loss": value, "lr": lr,
-                 "grad_norm": grad_norm})
+            append_metrics(metrics_path, {"split": "train", "epoch": epoch + 1, "step": step + 1, "loss": value,
+                                          "lr": lr, "grad_norm": grad_norm})
             smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
             bar.set_postfix(epoch=epoch + 1, loss=f"{smooth:.4f}", refresh=False)
             bar.update(1)
