@@ -176,7 +176,7 @@ def _add_module_verb(subparsers, verb: str, module_name: str, help: str, descrip
 
 
 def _add_pretrain(subparsers) -> None:
-    _add_module_verb(subparsers, "pretrain", "minibert.pretrain",
+    _add_module_verb(subparsers, "pretrain", "minibert.train.pretrain",
                      help="pretrain a BERT on masked-LM + next-sentence prediction",
                      description="Pretrain a BERT from scratch on masked-LM + next-sentence prediction "
                                  "(default: the built-in corpus, about 5 minutes).")
@@ -192,11 +192,11 @@ def _add_finetune(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a BERT: classify (sentences) or squad (QA)",
                               description="Fine-tune a pretrained BERT on a downstream task.")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
-    _add_module_verb(tasks, "classify", "minibert.finetune.classify",
+    _add_module_verb(tasks, "classify", "minibert.train.finetune.classify",
                      help="sentence / sentence-pair classification or regression (TSV, CSV, JSONL)",
                      description="Fine-tune a classifier on the pooled [CLS] vector (default data: a built-in "
                                  "task, 'language reference or module docstring?').")
-    _add_module_verb(tasks, "squad", "minibert.finetune.qa",
+    _add_module_verb(tasks, "squad", "minibert.train.finetune.qa",
                      help="SQuAD v1.1 / v2.0 extractive question answering",
                      description="Fine-tune start/end span prediction on SQuAD-format JSON; prints EM and F1.")
 

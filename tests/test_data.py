@@ -468,71 +468,62 @@ def shard_dir(static_instances, tokenizer, tmp_path_factory):
     return directory
 
 
-def test_shards_round_trip(shard_dir, static_instances):
-    ds = PretrainingShards(shard_dir, shuffle=False)
-    assert len(ds) == len(static_instances)
+def test_shards_round_trip(shard_dir, static_instances, tokenizer):
+    ds = PretrainingShards(shard_dir, tokenizer=tokenizer)
+    assert len(ds) == len(static_instances) and ds.masked
     assert list(ds) == static_instances
     assert ds[5] == static_instances[5] and ds[-1] == static_instances[-1]
+    with pytest.raises(IndexError):
+        ds[len(ds)]
     with np.load(os.path.join(shard_dir, "shard-00000.npz")) as npz:
         assert npz["tokens"].dtype == np.int16 and npz["segment_ids"].dtype == np.int8
-    shuffled = list(PretrainingShards(shard_dir, shuffle=True, seed=1))
-    assert shuffled != static_instances
-    assert sorted(map(_key, shuffled)) == sorted(map(_key, static_instances))
-    # Instances are shuffled within a shard, not only the shard order.
-    assert [_key(i) for i in shuffled[:37]] not in [list(map(_key, static_instances[k:k + 37]))
-                                                     for k in range(0, len(static_instances), 37)]
+    # The tokenizer is saved beside the shards: `minibert pretrain --shards DIR` loads it from there.
+    assert BertTokenizer.from_pretrained(shard_dir).vocab == tokenizer.vocab
 
 
-@pytest.mark.parametrize("world_size", [1, 3, 4])
-def test_rank_split_is_disjoint_and_complete(shard_dir, static_instances, world_size):
-    n = len(static_instances)
-    blocks = [list(PretrainingShards(shard_dir, shuffle=False, rank=r, world_size=world_size))
-              for r in range(world_size)]
-    assert sum(blocks, []) == static_instances  # contiguous, in order: disjoint and complete
-    assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
-    equal = [list(PretrainingShards(shard_dir, shuffle=False, rank=r, world_size=world_size, equal_split=True))
-             for r in range(world_size)]
-    assert all(len(e) == n // world_size for e in equal)
-    assert sum(equal, []) == static_instances[:n // world_size * world_size]
-    # Shuffled ranks and their worker parts still partition the instances.
-    parts = []
-    for r in range(world_size):
-        ds = PretrainingShards(shard_dir, shuffle=True, seed=3, rank=r, world_size=world_size)
-        for w in range(2):
-            parts.extend(map(_key, ds.iter_part(w, 2)))
-    assert len(parts) == n and sorted(parts) == sorted(map(_key, static_instances))
+def step_batches(instances, rank, world_size, masking=None, num_steps=20):
+    from minibert.train.data import StepBatches
+    return StepBatches(instances, micro_batch_size=3, grad_accum=2, rank=rank, world_size=world_size, seed=4,
+                       pad_id=0, max_seq_length=MAX_LEN, num_steps=num_steps, masking=masking)
 
 
-def test_dataloader_workers_partition(shard_dir, static_instances):
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_shards_batch_like_instances_in_memory(shard_dir, static_instances, tokenizer, dynamic):
+    """One data path: shards on disk give exactly the batches (order, rank split, masks) of the same
+    instances in memory, for every rank of a 2-process run."""
+    masking = MaskingSpec.from_tokenizer(tokenizer) if dynamic else None
+    shards = PretrainingShards(shard_dir)
+    steps = len(static_instances) // 12 + 2  # into the second epoch
+    for rank in range(2):
+        disk, memory = step_batches(shards, rank, 2, masking), step_batches(static_instances, rank, 2, masking)
+        for step in (0, 1, steps):
+            assert_same_batches(disk[step], memory[step])
+
+
+def test_shards_in_dataloader_workers(shard_dir):
+    """Worker processes build whole steps from the shards; the loader yields the steps in order."""
     torch = pytest.importorskip("torch")
-    ds = PretrainingShards(shard_dir, shuffle=True, seed=4, rank=1, world_size=2)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
-                                         multiprocessing_context="fork")
-    seen = sorted(map(_key, loader))
-    assert seen == sorted(map(_key, static_instances[len(static_instances) // 2:]))
+    batches = step_batches(PretrainingShards(shard_dir), 1, 2, num_steps=6)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(6), num_workers=2,
+                                         collate_fn=lambda x: x, multiprocessing_context="fork")
+    for step, micro_batches in enumerate(loader):
+        assert_same_batches(micro_batches, batches[step])
 
 
-def test_shards_dynamic_masking(shard_dir, static_instances, tokenizer, tmp_path):
-    ds = PretrainingShards(shard_dir, shuffle=False, dynamic_masking=True, seed=0)
-    epoch0 = list(ds)
-    assert [i.original_tokens() for i in epoch0] == [i.original_tokens() for i in static_instances]
-    assert epoch0 != static_instances
-    # Masks depend on (seed, epoch, instance), not on rank or order.
-    split = [list(PretrainingShards(shard_dir, shuffle=False, dynamic_masking=True, rank=r, world_size=2))
-             for r in range(2)]
-    assert split[0] + split[1] == epoch0
-    ds.set_epoch(1)
-    epoch1 = list(ds)
-    assert epoch1 != epoch0
-    stats = data_statistics(epoch1, tokenizer)
-    assert stats["special_masked"] == 0 and abs(stats["mask_fraction"] - 0.8) < 0.05
-    # Unmasked shards must be read with dynamic masking.
+def test_unmasked_shards(tokenizer, tmp_path):
     unmasked = create_training_instances(random_corpus(10, 0), tokenizer, max_seq_length=MAX_LEN,
                                          dynamic_masking=True)
     write_shards(unmasked, tmp_path / "dyn", tokenizer)
-    with pytest.raises(ValueError, match="dynamic_masking=True"):
-        PretrainingShards(tmp_path / "dyn")
-    assert all(i.masked_lm_positions for i in PretrainingShards(tmp_path / "dyn", dynamic_masking=True))
+    ds = PretrainingShards(tmp_path / "dyn")
+    assert not ds.masked and not any(i.masked_lm_positions for i in ds)
+    (batch,) = step_batches(ds, 0, 1, MaskingSpec.from_tokenizer(tokenizer))[0][:1]
+    assert (batch["labels"] != IGNORE_INDEX).any()
 
 
 def test_shard_errors(shard_dir, static_instances, tokenizer, tmp_path):
@@ -540,8 +531,9 @@ def test_shard_errors(shard_dir, static_instances, tokenizer, tmp_path):
         write_shards(static_instances[:5], shard_dir, tokenizer)
     write_shards(static_instances[:50], tmp_path / "a", tokenizer, instances_per_shard=10)
     write_shards(static_instances[:7], tmp_path / "a", tokenizer, instances_per_shard=10, overwrite=True)
-    assert sorted(os.listdir(tmp_path / "a")) == ["index.json", "shard-00000.npz", "vocab.txt"]
-    assert list(PretrainingShards(tmp_path / "a", shuffle=False)) == static_instances[:7]
+    assert sorted(os.listdir(tmp_path / "a")) == ["index.json", "shard-00000.npz", "tokenizer_config.json",
+                                                  "vocab.txt"]
+    assert list(PretrainingShards(tmp_path / "a")) == static_instances[:7]
     os.remove(tmp_path / "a" / "index.json")
     with pytest.raises(FileNotFoundError, match="interrupted"):
         PretrainingShards(tmp_path / "a")
@@ -550,9 +542,6 @@ def test_shard_errors(shard_dir, static_instances, tokenizer, tmp_path):
     bad = TrainingInstance([2, 999, 3, 5, 3], [0, 0, 0, 1, 1], False, [1], [999])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         write_shards([bad], tmp_path / "c", tokenizer)
-    with pytest.raises(ValueError, match="rank"):
-        PretrainingShards(shard_dir, rank=2, world_size=2)
-    PretrainingShards(shard_dir, tokenizer=tokenizer)  # the same vocabulary: accepted
     other = make_tokenizer(WORD_VOCAB[:-1] + ["zebra"], tmp_path / "other")
     with pytest.raises(ValueError, match="different vocabulary"):
         PretrainingShards(shard_dir, tokenizer=other)

@@ -2,7 +2,7 @@
 
 One process trains with ``--batch-size 8``; two processes train with ``--batch-size 2 --grad-accum 2``
 each, so the global batch (2 x 2 ranks x 2 micro-steps = 8) holds the same eight sequences every step.
-Because the loss is normalised by the global batch (``minibert.pretrain_backends``), the gradients are
+Because the loss is normalised by the global batch (``minibert.train.backends``), the gradients are
 the same sums in a different order: in float64 with dropout off, losses and final weights agree to
 rounding (1e-10).
 
@@ -20,15 +20,24 @@ import numpy as np
 import pytest
 import torch
 
-from minibert import pretrain
+from minibert.train import pretrain
 from minibert.modeling import BertForPreTraining
 
-from test_pretrain import read_rows, tiny_args, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from test_pretrain import read_rows, tiny_args, tiny_data, write_unmasked_shards  # noqa: F401  (tiny_data: a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXACT = ["--dtype", "float64", "--dropout", "0", "--eval-every", "0", "--save-every", "0", "--dynamic-masking"]
+
+
+def torchrun(args):
+    """``python -m minibert.train.pretrain ARGS`` in two gloo processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "minibert.train.pretrain", *args]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -37,12 +46,7 @@ def test_two_gloo_processes_match_one_process_with_dynamic_masking(tiny_data, tm
     pretrain.main(tiny_args(tiny_data, single, 4, *EXACT))
 
     ddp = tmp_path / "ddp"
-    args = tiny_args(tiny_data, ddp, 4, *EXACT, "--batch-size", "2", "--grad-accum", "2")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "minibert.pretrain", *args]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    torchrun(tiny_args(tiny_data, ddp, 4, *EXACT, "--batch-size", "2", "--grad-accum", "2"))
 
     with open(ddp / pretrain.SUMMARY_FILE) as f:
         summary = json.load(f)
@@ -59,3 +63,19 @@ def test_two_gloo_processes_match_one_process_with_dynamic_masking(tiny_data, tm
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-10
     # Training did happen (equal losses of two runs that never moved would prove nothing).
     assert a[-1]["loss"] < a[0]["loss"]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_on_shards_match_one_process_in_memory(tiny_data, tmp_path):  # noqa: F811
+    """`--shards DIR` under torchrun: each rank reads its part of every step from disk, masks it
+    dynamically, and the run equals one process holding the same instances in memory."""
+    exact = [*EXACT, "--held-out-every", "0"]
+    single = tmp_path / "single"
+    pretrain.main(tiny_args(tiny_data, single, 4, *exact))
+    shards = write_unmasked_shards(tiny_data, tmp_path / "shards")
+    ddp = tmp_path / "ddp"
+    torchrun(tiny_args(tiny_data, ddp, 4, *exact, "--batch-size", "2", "--grad-accum", "2", "--shards", shards))
+    a, b = read_rows(single), read_rows(ddp)
+    assert [r["step"] for r in b] == [1, 2, 3, 4] and a[-1]["loss"] < a[0]["loss"]
+    for key in ("loss", "mlm_acc", "nsp_acc"):
+        np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-10, atol=0)

@@ -16,7 +16,7 @@ import torch
 
 from minibert import cli
 from minibert.config import BertConfig
-from minibert.finetune import classify
+from minibert.train.finetune import classify
 from minibert.modeling import BertForPreTraining, BertForSequenceClassification
 from minibert.tokenizer import BertTokenizer
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from minibert import pretrain, trainer_state
+from minibert.train import backends, pretrain, pretrain_args
+from minibert.train import state as trainer_state
 from minibert.data import corpus
 from minibert.tokenizer import train as vocab_trainer
 from minibert.modeling import BertForPreTraining
-from minibert.pretrain_data import StepBatches
+from minibert.train.data import StepBatches
 
 TINY_MODEL = ["--layers", "2", "--hidden", "32", "--heads", "2", "--intermediate", "64"]
 
@@ -136,6 +137,23 @@ def test_training_decreases_loss_and_checkpoint_loads_in_transformers(tiny_data,
     assert (a.seq_relationship_logits - b.seq_relationship_logits).abs().max() < 1e-4
 
 
+def crash_at_step(monkeypatch, step, argv):
+    """Pretrain with ``argv`` until the optimizer's ``step``-th call, which fails like a killed process."""
+    real_step = backends.TorchBackend.optimizer_step
+    calls = {"n": 0}
+
+    def crash(self, lr):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(self, lr)
+
+    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(argv)
+    monkeypatch.setattr(backends.TorchBackend, "optimizer_step", real_step)
+
+
 def test_resume_continues_the_same_loss_trajectory(tiny_data, tmp_path, monkeypatch):
     """Interrupted at step 9 (checkpoint at 6), resumed: losses and weights equal an uninterrupted run.
 
@@ -146,19 +164,7 @@ def test_resume_continues_the_same_loss_trajectory(tiny_data, tmp_path, monkeypa
     pretrain.main(tiny_args(tiny_data, full, 12, *extra))
 
     broken = tmp_path / "broken"
-    real_step = pretrain.TorchBackend.optimizer_step
-    calls = {"n": 0}
-
-    def crash_at_step_9(self, lr):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, lr)
-
-    monkeypatch.setattr(pretrain.TorchBackend, "optimizer_step", crash_at_step_9)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.main(tiny_args(tiny_data, broken, 12, *extra))
-    monkeypatch.setattr(pretrain.TorchBackend, "optimizer_step", real_step)
+    crash_at_step(monkeypatch, 9, tiny_args(tiny_data, broken, 12, *extra))
     assert torch.load(broken / "last" / trainer_state.TRAINER_STATE, weights_only=True)["step"] == 6
     pretrain.main(tiny_args(tiny_data, broken, 12, *extra, "--resume"))
 
@@ -223,7 +229,53 @@ def test_minutes_plans_steps_from_the_measured_speed(tiny_data, tmp_path):
     assert len(b) >= 2
     for key in ("loss", "lr", "grad_norm"):
         assert [r[key] for r in b] == [r[key] for r in a], key
-    assert read_rows(fixed)[-1]["lr"] == pytest.approx(pretrain.DEFAULT_LR / planned)  # decayed to ~0
+    assert read_rows(fixed)[-1]["lr"] == pytest.approx(pretrain_args.DEFAULT_LR / planned)  # decayed to ~0
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tiny_data, tmp_path_factory):
+    """The tiny corpus's instances (seed 3, as tiny_args) written as shards by `python -m minibert.data`."""
+    from minibert.data.__main__ import main as write
+    directory = tmp_path_factory.mktemp("shards") / "shards"
+    write(["--corpus", tiny_data[0], "--vocab", tiny_data[1], "--max-seq-length", "32", "--dupe-factor", "1",
+           "--seed", "3", "--show", "0", "--out", str(directory)])
+    return str(directory)
+
+
+def test_shards_train_and_resume_like_instances_in_memory(tiny_data, tiny_shards, tmp_path, monkeypatch):
+    """`--shards DIR` gives the per-step losses of the same instances built in memory (all documents
+    trained on: --held-out-every 0), and a crashed --shards run resumes onto the same trajectory."""
+    exact = ["--dtype", "float64", "--held-out-every", "0", "--save-every", "3"]
+    memory, disk = tmp_path / "memory", tmp_path / "disk"
+    pretrain.main(tiny_args(tiny_data, memory, 6, *exact))
+    summary = pretrain.main(tiny_args(tiny_data, disk, 6, *exact, "--shards", tiny_shards))
+    a, b = read_rows(memory), read_rows(disk)
+    assert [r["loss"] for r in b] == [r["loss"] for r in a] and a[-1]["loss"] < a[0]["loss"]
+    assert summary["eval_loss"] is None  # shards hold no documents to hold out
+
+    broken = tmp_path / "broken"
+    crash_at_step(monkeypatch, 5, tiny_args(tiny_data, broken, 6, *exact, "--shards", tiny_shards))
+    pretrain.main(tiny_args(tiny_data, broken, 6, *exact, "--shards", tiny_shards, "--resume"))
+    assert [r["step"] for r in read_rows(broken)] == list(range(1, 7))
+    np.testing.assert_allclose([r["loss"] for r in read_rows(broken)], [r["loss"] for r in a], rtol=1e-9)
+
+
+def write_unmasked_shards(tiny_data, directory) -> str:
+    """The instances `--dynamic-masking` builds from the tiny corpus in memory (seed 3), written as shards."""
+    from minibert import data
+    from minibert.tokenizer import BertTokenizer
+    tokenizer = BertTokenizer.from_pretrained(tiny_data[1])
+    documents = data.corpus.load_corpus(tiny_data[0])
+    data.write_shards(data.create_training_instances(documents, tokenizer, max_seq_length=32, dupe_factor=1,
+                                                     dynamic_masking=True, seed=3), directory, tokenizer)
+    return str(directory)
+
+
+def test_unmasked_shards_need_dynamic_masking(tiny_data, tmp_path):
+    shards = write_unmasked_shards(tiny_data, tmp_path / "shards")
+    with pytest.raises(ValueError, match="--dynamic-masking"):
+        pretrain.main(tiny_args(tiny_data, tmp_path / "run", 1, "--shards", shards))
+    pretrain.main(tiny_args(tiny_data, tmp_path / "run", 1, "--shards", shards, "--dynamic-masking"))
 
 
 def test_resume_refuses_changed_settings(tiny_data, tmp_path):

@@ -17,9 +17,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from minibert.finetune.squad import (SquadExample, SquadFeature, evaluate, exact_match_score, f1_score, main,
+from minibert.train.finetune.squad import (SquadExample, SquadFeature, evaluate, exact_match_score, f1_score, main,
                                      make_features, normalize_answer, postprocess, read_squad)
-from minibert.finetune.squad_features import doc_windows, max_context_windows
+from minibert.train.finetune.squad_features import doc_windows, max_context_windows
 from minibert.tokenizer import SPECIAL_TOKENS, BertTokenizer
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -541,7 +541,7 @@ def test_cli_evaluate_prints_official_metrics(tmp_path, capsys):
 
 
 def test_cli_features_shows_windows(vocab_dir):
-    out = subprocess.run([sys.executable, "-m", "minibert.finetune.squad", "features", "--vocab", str(vocab_dir),
+    out = subprocess.run([sys.executable, "-m", "minibert.train.finetune.squad", "features", "--vocab", str(vocab_dir),
                           str(DATA / "squad_v1_sample.json")], capture_output=True, text=True, check=True).stdout
     assert "question 'paris-1': When was the Eiffel Tower finished?" in out
     assert out.count("\nwindow ") >= 3 and "*" in out

@@ -3,6 +3,7 @@
     python -m minibert.data                           # the built-in corpus, the default vocabulary
     python -m minibert.data --whole-word-mask --show 2 --max-seq-length 64
     python -m minibert.data --corpus my_text/ --vocab runs/vocab --out runs/shards
+    minibert pretrain --shards runs/shards            # then train on them
 
 In the printed instances a predicted position reads ``[shown→label]``: ``[[MASK]→cat]`` (80%),
 ``[dog→cat]`` (a random token, 10%) or ``[cat→cat]`` (unchanged, 10%).
@@ -47,7 +48,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--max-documents", type=int, help="use only the first N documents")
     p.add_argument("--show", type=int, default=3, help="instances to print")
-    p.add_argument("--out", help="also write the instances as shards to this (new) directory")
+    p.add_argument("--out", help="also write the instances as shards to this (new) directory, for "
+                                 "`minibert pretrain --shards OUT`")
     args = p.parse_args(argv)
 
     from minibert.data.corpus import builtin_documents, read_documents

@@ -34,7 +34,7 @@ def collate(instances, pad_id: int, max_seq_length: int, *, pad_to: str = "longe
     instance's original tokens (an already-masked instance is unmasked first), and either ``rng``, one
     ``random.Random`` that the instances draw from in turn, or ``rngs``, one per instance. With ``rngs`` an
     instance's masks depend only on its own generator, not on which batch, rank or worker it lands in
-    (``minibert.pretrain_data.StepBatches`` seeds each from the instance and the epoch).
+    (``minibert.train.data.StepBatches`` seeds each from the instance and the epoch).
     """
     if pad_to not in ("longest", "max_length"):
         raise ValueError(f"pad_to must be 'longest' or 'max_length', got {pad_to!r}")
@@ -64,7 +64,7 @@ def collate(instances, pad_id: int, max_seq_length: int, *, pad_to: str = "longe
         # silently give a masked-LM loss of nothing.
         raise ValueError("no instance in this batch has masked positions (they were created with "
                          "dynamic_masking=True); pass masking=MaskingSpec.from_tokenizer(tok) and rng= to "
-                         "collate, or read shards with PretrainingShards(..., dynamic_masking=True)")
+                         "collate, or train with `minibert pretrain --dynamic-masking`")
 
     batch_size = len(instances)
     seq_len = max_seq_length if pad_to == "max_length" else max(len(t) for t, _, _ in rows)

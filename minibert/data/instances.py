@@ -208,8 +208,8 @@ def create_training_instances(documents: Iterable, tokenizer, max_seq_length: in
     * ``dupe_factor``: passes over the corpus, each with new chunking, NSP pairs and masks.
     * ``short_seq_prob``: the fraction of (document, pass) pairs given a shorter random target length.
     * ``masked_lm_prob``, ``max_predictions_per_seq``, ``whole_word_mask``: see :func:`mask_tokens`.
-    * ``dynamic_masking``: leave instances unmasked; mask them at batch time (``collate(..., masking=)``
-      or ``PretrainingShards(..., dynamic_masking=True)``).
+    * ``dynamic_masking``: leave instances unmasked; mask them at batch time (``collate(..., masking=)``,
+      as ``minibert pretrain --dynamic-masking`` does, in memory or from shards).
     * ``seed``: all randomness comes from one ``random.Random(seed)``, so a seed fixes the output.
 
     Arguments are checked here, eagerly; corpus problems (empty corpus, a document with no sentences)

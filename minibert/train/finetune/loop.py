@@ -9,11 +9,12 @@ A task (``classify``, ``qa``) hands the loop three things and gets the run back:
   value that decides which epoch is ``best``.
 
 What happens, as in the BERT paper's fine-tuning recipe (Devlin et al., 2018, section 4 and appendix A.3):
-AdamW (beta 0.9/0.999, weight decay 0.01 on everything but biases and LayerNorm, the exact optimiser
-``minibert pretrain`` uses), the learning rate warmed up linearly over the first 10% of steps and decayed
-linearly to 0 at the last one, gradients clipped to global norm 1.0. After every epoch the model is
+AdamW (beta 0.9/0.999, weight decay 0.01 on everything but biases and LayerNorm: the very optimiser and
+clipped step ``minibert pretrain`` uses, from ``minibert.train.common``), the learning rate warmed up
+linearly over the first 10% of steps and decayed linearly to 0 at the last one, gradients clipped to
+global norm 1.0. After every epoch the model is
 evaluated and ``OUT/last`` is written; ``OUT/best`` too when the main metric improved. Both are written
-atomically (``minibert.trainer_state``) and load in ``transformers`` unchanged. Every step appends a row to
+atomically (``minibert.train.state``) and load in ``transformers`` unchanged. Every step appends a row to
 ``OUT/metrics.jsonl``, every evaluation another.
 
 Reproducible: the head's initialisation, the shuffle of each epoch and the dropout masks of each step are
@@ -32,12 +33,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from minibert import trainer_state
 from minibert.files import atomic_write_text
-from minibert.pretrain_backends import ADAM_BETAS, ADAM_EPS
-from minibert.pretrain_data import derived_seed
-from minibert.reference.optim import decays
 from minibert.reference.schedules import linear_warmup_decay
+from minibert.train import state as trainer_state
+from minibert.train.common import append_metrics, clip_and_step, derived_seed, make_optimizer
 
 # The BERT paper fine-tunes BERT-Base for 2-4 epochs at batch 16/32 and lr 5e-5/3e-5/2e-5. Those rates
 # are for a 110M-parameter model pretrained for days. The small models trained here (2-4 layers, a few
@@ -114,14 +113,6 @@ def model_directory(path: str) -> str:
                             f"last/config.json). Pass a `minibert pretrain` output directory or an HF BERT folder")
 
 
-def select_device(name: str | None) -> torch.device:
-    """``--device``, or cuda when there is one; a clear error when a GPU is asked for and absent."""
-    device = torch.device(name if name else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asks for a GPU but this torch sees none; use --device cpu")
-    return device
-
-
 class Resume:
     """Where a run starts: the model directory to load and, for ``--resume``, the saved trainer state."""
 
@@ -138,33 +129,6 @@ class Resume:
 def run_args(args) -> dict:
     """The trajectory-shaping settings of ``args`` (saved with every checkpoint)."""
     return {k: getattr(args, k, None) for k in TRAJECTORY_ARGS}
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with BERT's betas/eps; weight decay on weights and embeddings, not on biases or LayerNorm."""
-    named = list(model.named_parameters())
-    groups = [{"params": [p for n, p in named if decays(n)], "weight_decay": weight_decay},
-              {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
-
-
-def clip_and_step(model, optimizer, lr: float, max_norm: float) -> float:
-    """Clip the global gradient norm to ``max_norm`` (BERT's clip_by_global_norm), step, zero the grads.
-
-    Returns the norm before clipping; raises FloatingPointError when it is not finite (the run diverged).
-    """
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64)
-                                                       for g in grads])))
-    if not math.isfinite(norm):
-        raise FloatingPointError(f"the gradient norm is {norm}: fine-tuning diverged; lower --lr")
-    if norm > max_norm:
-        torch._foreach_mul_(grads, max_norm / norm)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -198,10 +162,6 @@ def finetune(model: torch.nn.Module, tokenizer, train_features: list, collate: C
     if resume.state is None:
         atomic_write_text(metrics_path, "")
 
-    def log(row: dict) -> None:
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
     def save(name: str, epoch_done: int) -> str:
         payload = {"epoch": epoch_done, "step": epoch_done * steps_per_epoch, "total_steps": total_steps,
                    "optimizer": optimizer.state_dict(), "best": best, "history": json.dumps(history),
@@ -225,8 +185,8 @@ def finetune(model: torch.nn.Module, tokenizer, train_features: list, collate: C
             lr = linear_warmup_decay(step, args.lr, warmup, total_steps)
             grad_norm = clip_and_step(model, optimizer, lr, args.clip_grad_norm)
             value = float(loss.detach())
-            log({"split": "train", "epoch": epoch + 1, "step": step + 1, "loss": value, "lr": lr,
-                 "grad_norm": grad_norm})
+            append_metrics(metrics_path, {"split": "train", "epoch": epoch + 1, "step": step + 1, "loss": value,
+                                          "lr": lr, "grad_norm": grad_norm})
             smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
             bar.set_postfix(epoch=epoch + 1, loss=f"{smooth:.4f}", refresh=False)
             bar.update(1)
@@ -235,7 +195,7 @@ def finetune(model: torch.nn.Module, tokenizer, train_features: list, collate: C
             result = {k: float(v) for k, v in evaluate(model).items()}
         row = {"split": "eval", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, **result}
         history.append(row)
-        log(row)
+        append_metrics(metrics_path, row)
         bar.write(f"epoch {epoch + 1}/{args.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
         improved = best is None or result[main_metric] > best[main_metric]
         if improved:

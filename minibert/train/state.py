@@ -86,6 +86,20 @@ def save_checkpoint(out_dir: str, write_model, trainer_state: dict, name: str = 
     return final
 
 
+def save_pretraining(out_dir: str, backend, tokenizer, step: int, run: dict, keep_copy: bool = False) -> str:
+    """Checkpoint a pretraining run at ``step`` to ``out_dir/last`` (and ``out_dir/step-N`` with ``keep_copy``).
+
+    ``run`` is what stays fixed during the run (``total_steps``, ``scheduler``, ``data``, ``args``); the
+    step's optimizer state, RNG state and data position are added here.
+    """
+    payload = {**run, "step": step, "optimizer": backend.optimizer_state(), "rng": capture_rng_state(),
+               "data": {**run["data"], "next_step": step}}
+    path = save_checkpoint(out_dir, lambda directory: backend.save_model(directory, tokenizer), payload)
+    if keep_copy:
+        copy_checkpoint(out_dir, path, f"step-{step}")
+    return path
+
+
 def copy_checkpoint(out_dir: str, source: str, name: str) -> str:
     """Copy the checkpoint directory ``source`` to ``out_dir/name`` (atomically, like a save)."""
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=out_dir)

@@ -27,7 +27,8 @@ import os
 import numpy as np
 import torch
 
-from minibert.finetune import loop
+from minibert.train import common
+from minibert.train.finetune import loop
 from minibert.files import atomic_write_text
 
 DEFAULT_MAX_SEQ_LENGTH = 128  # GLUE runs used 128 (google-research/bert run_classifier.py)
@@ -346,7 +347,7 @@ def run(args) -> dict:
     from minibert.tokenizer import BertTokenizer
 
     loop.check_training_arguments(args)
-    device = loop.select_device(args.device)
+    device = common.select_device(args.device)
     resume = loop.Resume(args)
     train, dev = _load_data(args)
     if args.regression:
@@ -415,7 +416,7 @@ def write_predictions(args, checkpoint_dir: str, device) -> str:
 
 
 def main(argv=None) -> dict:
-    """``python -m minibert.finetune.classify``: the same as ``minibert finetune classify``."""
+    """``python -m minibert.train.finetune.classify``: the same as ``minibert finetune classify``."""
     parser = argparse.ArgumentParser(prog="minibert finetune classify",
                                      description="Fine-tune a BERT classifier (default: the built-in task).")
     add_arguments(parser)

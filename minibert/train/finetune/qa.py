@@ -1,12 +1,12 @@
 """``minibert finetune squad``: extractive question answering on SQuAD v1.1 / v2.0 JSON files.
 
-The pipeline (Devlin et al., 2018, section 4.2), with the bookkeeping from ``minibert.finetune.squad``:
+The pipeline (Devlin et al., 2018, section 4.2), with the bookkeeping from ``minibert.train.finetune.squad``:
 
 1. ``read_squad`` the training and dev files; ``make_features`` cuts every question + context into
    windows of ``--max-seq-length`` tokens overlapping by ``--doc-stride``, each labelled with the answer's
    start and end token ([CLS] = 0 when the window does not hold the answer, or there is none).
 2. ``BertForQuestionAnswering`` scores every token as a start and as an end; the loss is the mean of the
-   two cross-entropies. The shared loop (``minibert.finetune.loop``) trains it for ``--epochs``.
+   two cross-entropies. The shared loop (``minibert.train.finetune.loop``) trains it for ``--epochs``.
 3. After each epoch the dev windows are scored, ``postprocess`` picks each question's best valid span
    (or "no answer" in v2.0) and ``evaluate`` computes the official exact match and F1.
 4. The best epoch's checkpoint answers the dev questions once more: ``OUT/predictions.json`` (``{id:
@@ -24,7 +24,8 @@ import os
 import numpy as np
 import torch
 
-from minibert.finetune import loop, squad
+from minibert.train import common
+from minibert.train.finetune import loop, squad
 from minibert.files import atomic_write_text
 
 PREDICTIONS_FILE = "predictions.json"
@@ -92,7 +93,7 @@ def run(args) -> dict:
     from minibert.tokenizer import BertTokenizer
 
     loop.check_training_arguments(args)
-    device = loop.select_device(args.device)
+    device = common.select_device(args.device)
     resume = loop.Resume(args)
     train, dev = squad.read_squad(args.train), squad.read_squad(args.dev)
     version_2 = any(e.is_impossible for e in train + dev)
@@ -125,7 +126,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    """``python -m minibert.finetune.qa``: the same as ``minibert finetune squad``."""
+    """``python -m minibert.train.finetune.qa``: the same as ``minibert finetune squad``."""
     parser = argparse.ArgumentParser(prog="minibert finetune squad",
                                      description="Fine-tune a BERT for SQuAD-style question answering.")
     add_arguments(parser)

@@ -1,6 +1,6 @@
 """One optimizer step of MLM + NSP pretraining, for each backend the training loop can drive.
 
-Both backends expose the same four operations, so ``minibert.pretrain`` runs one loop for either:
+Both backends expose the same four operations, so ``minibert.train.pretrain`` runs one loop for either:
 
 * ``forward_backward(micro_batches, norm, dropout_seeds)`` accumulates gradients of the step's loss and
   returns the summed statistics (loss sums, correct predictions);
@@ -19,58 +19,16 @@ over processes or accumulation steps would change the gradient; with global norm
 from __future__ import annotations
 
 import contextlib
-import math
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from minibert.reference import model as reference_model
 from minibert.reference import optim as reference_optim
-from minibert.reference.optim import decays
-
-# AdamW hyper-parameters of BERT pretraining (Devlin et al., 2018, appendix A.2).
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-6
+from minibert.train.common import ADAM_BETAS, ADAM_EPS, clip_and_step, make_optimizer
 
 STAT_KEYS = ("mlm_loss_sum", "nsp_loss_sum", "mlm_correct", "n_masked", "nsp_correct", "n_examples",
              "n_tokens")
-
-
-class PretrainingObjective(torch.nn.Module):
-    """The MLM + NSP statistics of a batch, with the MLM head run only where it is scored.
-
-    ``BertForPreTraining.forward`` projects all ``B x S`` positions onto the vocabulary, but only the ~15%
-    masked positions enter the loss. Gathering them first (``[M, H]``, M = masked tokens) before the
-    head gives identical numbers for those rows and skips most of the largest matmul (``H x V`` per
-    position): about a third of a small BERT's training FLOPs. The parameters are the model's own, so
-    this wrapper is what ``DistributedDataParallel`` wraps.
-    """
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label,
-                dropout_seed=None) -> dict:
-        """Summed losses and correct counts (tensors, so the losses keep their graph)."""
-        out = self.model.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                              dropout_seed=dropout_seed)
-        masked = labels != -100                                                        # [b, S]
-        heads = self.model.cls
-        mlm_logits = _at_least_float32(heads.predictions(out.last_hidden_state[masked]))  # [M, V]
-        nsp_logits = _at_least_float32(heads.seq_relationship(out.pooler_output))          # [b, 2]
-        mlm_labels = labels[masked]                                                    # [M]
-        return {
-            "mlm_loss_sum": F.cross_entropy(mlm_logits, mlm_labels, reduction="sum"),
-            "nsp_loss_sum": F.cross_entropy(nsp_logits, next_sentence_label, reduction="sum"),
-            "mlm_correct": (mlm_logits.argmax(-1) == mlm_labels).sum(),
-            "nsp_correct": (nsp_logits.argmax(-1) == next_sentence_label).sum(),
-        }
-
-
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    # Under bf16 autocast the logits are bf16; a softmax over the vocabulary wants float32 (float64 stays).
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def count_batch(batch: dict) -> dict:
@@ -82,8 +40,11 @@ def count_batch(batch: dict) -> dict:
 class TorchBackend:
     """Pretraining on ``minibert.modeling.BertForPreTraining`` with ``torch.optim.AdamW``.
 
-    ``ddp=True`` wraps the model in ``DistributedDataParallel`` (the process group must already exist):
-    gradients are averaged over ranks during the last micro-batch's backward.
+    The model's own forward computes the losses with ``masked_positions_only=True``: the vocabulary
+    projection runs only at the ~15% of positions that are scored (about a third of a small BERT's
+    training FLOPs saved, the same loss). ``ddp=True`` wraps the model in ``DistributedDataParallel``
+    (the process group must already exist): gradients are averaged over ranks during the last
+    micro-batch's backward.
     """
 
     def __init__(self, model, *, device, lr: float, weight_decay: float, clip_grad_norm: float,
@@ -93,25 +54,28 @@ class TorchBackend:
         self.clip_grad_norm = clip_grad_norm
         self.amp = amp
         self.world_size = torch.distributed.get_world_size() if ddp else 1
-        self.objective = PretrainingObjective(model)
         if ddp:
             ids = [device.index] if device.type == "cuda" else None
-            self.module = torch.nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
+            self.module = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         else:
-            self.module = self.objective
-        named = list(model.named_parameters())
-        # Weight decay on weight matrices and embeddings, not on biases or LayerNorm (BERT's rule).
-        groups = [{"params": [p for n, p in named if decays(n)], "weight_decay": weight_decay},
-                  {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+            self.module = model
+        self.optimizer = make_optimizer(model, lr, weight_decay)
 
-    def _to_device(self, batch: dict) -> dict:
-        return {k: torch.as_tensor(v).to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def _forward(self, module, batch: dict, dropout_seed):
+    def _stats(self, module, batch: dict, dropout_seed) -> dict:
+        """Summed losses and correct counts of ``batch`` (tensors, so the losses keep their graph)."""
+        tensors = {k: torch.as_tensor(v).to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            return module(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"],
-                          batch["next_sentence_label"], dropout_seed)
+            out = module(tensors["input_ids"], attention_mask=tensors["attention_mask"],
+                         token_type_ids=tensors["token_type_ids"], labels=tensors["labels"],
+                         next_sentence_label=tensors["next_sentence_label"], dropout_seed=dropout_seed,
+                         masked_positions_only=True)
+        counts = count_batch(batch)
+        mlm_labels = tensors["labels"][tensors["labels"] != -100]            # [M], the rows of prediction_logits
+        # The model returns mean losses; the loop normalises by the global batch, so it wants sums.
+        return {"mlm_loss_sum": out.mlm_loss * counts["n_masked"],
+                "nsp_loss_sum": out.nsp_loss * counts["n_examples"],
+                "mlm_correct": (out.prediction_logits.argmax(-1) == mlm_labels).sum(),
+                "nsp_correct": (out.seq_relationship_logits.argmax(-1) == tensors["next_sentence_label"]).sum()}
 
     def forward_backward(self, micro_batches: list[dict], norm: dict, dropout_seeds: list[int]) -> dict:
         """Accumulate the gradient of the step's loss over this rank's micro-batches; return summed stats.
@@ -121,12 +85,11 @@ class TorchBackend:
         self.module.train()
         totals = dict.fromkeys(STAT_KEYS, 0.0)
         for i, (batch, seed) in enumerate(zip(micro_batches, dropout_seeds)):
-            tensors = self._to_device(batch)
             last = i == len(micro_batches) - 1
             # DDP all-reduces gradients in backward; only the last micro-batch needs to (no_sync skips it).
             sync = self.module.no_sync() if (self.world_size > 1 and not last) else contextlib.nullcontext()
             with sync:
-                stats = self._forward(self.module, tensors, seed)
+                stats = self._stats(self.module, batch, seed)
                 # DDP averages gradients over ranks, so each rank's share is scaled by world_size.
                 loss = (stats["mlm_loss_sum"] / max(norm["n_masked"], 1)
                         + stats["nsp_loss_sum"] / norm["n_examples"]) * self.world_size
@@ -136,27 +99,14 @@ class TorchBackend:
 
     def optimizer_step(self, lr: float) -> float:
         """Clip the gradient norm, take one AdamW step at learning rate ``lr``; returns the pre-clip norm."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])
-        grad_norm = float(torch.linalg.vector_norm(norms))
-        if not math.isfinite(grad_norm):
-            raise FloatingPointError(f"the gradient norm is {grad_norm}: the loss diverged (lower --lr)")
-        # BERT's clip_by_global_norm, exactly as minibert.reference.optim.clip_grad_norm: torch's own
-        # clip_grad_norm_ divides by (norm + 1e-6), a 1e-6 relative difference Adam would amplify.
-        if grad_norm > self.clip_grad_norm:
-            torch._foreach_mul_(grads, self.clip_grad_norm / grad_norm)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return clip_and_step(self.model, self.optimizer, lr, self.clip_grad_norm)
 
     @torch.no_grad()
     def evaluate(self, batch: dict) -> dict:
         """Summed statistics of ``batch`` with dropout off."""
         self.model.eval()
         totals = dict.fromkeys(STAT_KEYS, 0.0)
-        _add(totals, self._forward(self.objective, self._to_device(batch), None), count_batch(batch))
+        _add(totals, self._stats(self.model, batch, None), count_batch(batch))
         return totals
 
     def optimizer_state(self) -> dict:
@@ -274,3 +224,22 @@ def _numpy_stats(out: dict, batch: dict, counts: dict) -> dict:
             "nsp_loss_sum": float(out["nsp_loss"]) * counts["n_examples"],
             "mlm_correct": int((predicted == labels[masked]).sum()),
             "nsp_correct": int((nsp_predicted == batch["next_sentence_label"]).sum())}
+
+
+def build_backend(args, config, device, world_size: int, weights_dir: str | None):
+    """The backend ``--backend`` names, with weights from ``weights_dir`` or freshly initialised from ``--seed``."""
+    if args.backend == "numpy":
+        return NumpyBackend(config, dtype=np.dtype(args.dtype), seed=args.seed, weights_dir=weights_dir,
+                            lr=args.lr, weight_decay=args.weight_decay, clip_grad_norm=args.clip_grad_norm)
+    from minibert.modeling import BertForPreTraining
+    dtype = getattr(torch, args.dtype)
+    if weights_dir is not None:
+        model = BertForPreTraining.from_pretrained(weights_dir, attn_implementation=args.attn,
+                                                   gelu_implementation=args.gelu, dtype=dtype, device=device)
+    else:
+        torch.manual_seed(args.seed)  # every rank builds the same initial weights
+        model = BertForPreTraining(config, attn_implementation=args.attn, gelu_implementation=args.gelu)
+        model.to(device=device, dtype=dtype)
+    amp = args.amp and device.type == "cuda"
+    return TorchBackend(model, device=device, lr=args.lr, weight_decay=args.weight_decay,
+                        clip_grad_norm=args.clip_grad_norm, amp=amp, ddp=world_size > 1)

@@ -14,8 +14,8 @@ logits is bookkeeping, and it lives in four small modules, re-exported here:
 
 Show your work::
 
-    python -m minibert.finetune.squad features [--vocab DIR] DATA.json    # windows of the first example
-    python -m minibert.finetune.squad evaluate DATA.json PREDICTIONS.json # official metrics as JSON
+    python -m minibert.train.finetune.squad features [--vocab DIR] DATA.json    # windows of the first example
+    python -m minibert.train.finetune.squad evaluate DATA.json PREDICTIONS.json # official metrics as JSON
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ import argparse
 import json
 import sys
 
-from minibert.finetune.squad_answers import MAX_ANSWER_LENGTH, N_BEST_SIZE, postprocess
-from minibert.finetune.squad_data import SquadExample, read_squad
-from minibert.finetune.squad_features import (DOC_STRIDE, MAX_QUERY_LENGTH, MAX_SEQ_LENGTH, SquadFeature,
+from minibert.train.finetune.squad_answers import MAX_ANSWER_LENGTH, N_BEST_SIZE, postprocess
+from minibert.train.finetune.squad_data import SquadExample, read_squad
+from minibert.train.finetune.squad_features import (DOC_STRIDE, MAX_QUERY_LENGTH, MAX_SEQ_LENGTH, SquadFeature,
                                               make_features)
-from minibert.finetune.squad_metric import evaluate, exact_match_score, f1_score, normalize_answer
+from minibert.train.finetune.squad_metric import evaluate, exact_match_score, f1_score, normalize_answer
 
 __all__ = ["SquadExample", "SquadFeature", "read_squad", "make_features", "postprocess", "evaluate",
            "normalize_answer", "exact_match_score", "f1_score", "show_features", "main", "MAX_SEQ_LENGTH",
@@ -68,8 +68,8 @@ def show_features(example: SquadExample, tokenizer, max_seq_length: int = SHOW_M
 
 
 def main(argv=None) -> int:
-    """``python -m minibert.finetune.squad {evaluate DATA PREDICTIONS | features [--vocab DIR] DATA}``."""
-    parser = argparse.ArgumentParser(prog="python -m minibert.finetune.squad",
+    """``python -m minibert.train.finetune.squad {evaluate DATA PREDICTIONS | features [--vocab DIR] DATA}``."""
+    parser = argparse.ArgumentParser(prog="python -m minibert.train.finetune.squad",
                                      description="SQuAD data: show an example's windows, or score predictions.")
     verbs = parser.add_subparsers(dest="verb", required=True)
     p = verbs.add_parser("evaluate", help="official exact match / F1 of a predictions file, as JSON")

@@ -1,8 +1,16 @@
 """Pretraining data for the loop: instances built once, then step ``s``'s batch as a function of (seed, s).
 
-:func:`prepare_data` reads the corpus, holds out every N-th document for evaluation *before* any
-instance exists (so no held-out sentence is ever trained on), builds the training instances once, and
-measures the baselines the model must beat.
+:func:`prepare_data` gets the training instances from one of two places and measures the baselines the
+model must beat:
+
+* ``--corpus``: read the documents, hold out every N-th one for evaluation *before* any instance exists
+  (so no held-out sentence is ever trained on), build the instances once, in memory;
+* ``--shards DIR``: the instances ``python -m minibert.data --out DIR`` (or ``write_shards``) wrote,
+  read from disk by index (``minibert.data.PretrainingShards``); there are no documents to hold out,
+  so no evaluation, and the baselines are measured on the training instances.
+
+Either way the instances are a sequence, and everything after is one code path: the same instances
+give the same batches, masks and losses whether they sit in memory or on disk.
 
 :class:`StepBatches` then answers "which examples make up optimizer step ``s``?" as a pure function of
 (seed, step), so runs resume exactly. The training stream is the concatenation of epochs, each a fresh
@@ -20,21 +28,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from minibert import data
 from minibert.data.corpus import held_out_split, load_corpus
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (e.g. ``(seed, step, micro, rank)``), stable across runs/machines."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+from minibert.train.common import derived_seed
 
 
 class StepBatches(torch.utils.data.Dataset):
     """``batches[step]`` is this rank's list of ``grad_accum`` collated micro-batches for that step.
+
+    ``instances`` is any sequence of ``TrainingInstance``: a list in memory or a ``PretrainingShards``.
+    This is the one place where a step's examples are chosen, split over ranks and micro-steps (and,
+    through the step index, over DataLoader workers) and dynamically masked.
 
     A map-style dataset indexed by step, so a ``DataLoader`` with ``num_workers > 0`` can build the
     next steps' batches in the background while the model trains on the current one.
@@ -44,12 +53,9 @@ class StepBatches(torch.utils.data.Dataset):
     reproducible and the same for any number of processes, micro-steps or loader workers.
     """
 
-    def __init__(self, instances: list, *, micro_batch_size: int, grad_accum: int, rank: int,
+    def __init__(self, instances, *, micro_batch_size: int, grad_accum: int, rank: int,
                  world_size: int, seed: int, pad_id: int, max_seq_length: int, num_steps: int,
                  masking: data.MaskingSpec | None = None):
-        if not instances:
-            raise ValueError("no pretraining instances were created: the training corpus is too small "
-                             "(add documents, or lower --max-seq-length)")
         self.instances = instances
         self.micro_batch_size = micro_batch_size
         self.grad_accum = grad_accum
@@ -131,7 +137,8 @@ def _collate_all(instances, pad_id: int, max_seq_length: int, batch_size: int, m
                  seed: int = 0) -> list[dict]:
     """All ``instances`` as batches (masked now, with ``masking``, when they were made unmasked)."""
     rng = random.Random(seed) if masking is not None else None
-    return [data.collate(instances[i:i + batch_size], pad_id, max_seq_length, masking=masking, rng=rng)
+    return [data.collate([instances[j] for j in range(i, min(i + batch_size, len(instances)))], pad_id,
+                         max_seq_length, masking=masking, rng=rng)
             for i in range(0, len(instances), batch_size)]
 
 
@@ -148,31 +155,43 @@ def _unigram_accuracy(batches: list[dict], token: int) -> float:
 
 @dataclasses.dataclass
 class PretrainingData:
-    """Everything the loop needs from the corpus, built once before the first step."""
+    """Everything the loop needs from the corpus or the shards, built once before the first step."""
 
-    instances: list                 # training instances (unmasked when masking is dynamic)
+    instances: Sequence             # training instances: a list, or PretrainingShards (unmasked when dynamic)
     masking: data.MaskingSpec | None  # set for dynamic masking: masks are drawn per batch
     eval_batches: list[dict]        # held-out batches with fixed masks (empty: no evaluation)
     unigram_token: int              # the most frequent masked token of the training data
     unigram_accuracy: float         # MLM accuracy of always predicting it (on the held-out batches)
     nsp_majority_accuracy: float    # NSP accuracy of always guessing the more common label
-    fingerprint: str                # hash of the training text, checked on --resume
-    n_train_documents: int
-    n_eval_documents: int
+    fingerprint: str                # hash of the training text (or shards), checked on --resume
+    source: str                     # where the instances came from, for the opening line
 
 
 def prepare_data(args, tokenizer, config) -> PretrainingData:
-    """Split the corpus (documents held out *before* instances exist), build instances and baselines."""
-    train_docs, eval_docs = _read_split(args.corpus, args.held_out_every)
-    instances = _make_instances(train_docs, tokenizer, args, config, args.seed, args.dupe_factor,
-                                args.dynamic_masking)
+    """The training instances (from ``--corpus`` or ``--shards``), held-out batches and baselines."""
     masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask)
                if args.dynamic_masking else None)
     pad_id = config.pad_token_id
-    # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
-    eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False)
-                      if eval_docs else [])[:args.eval_sequences]
-    eval_batches = _collate_all(eval_instances, pad_id, args.max_seq_length, args.batch_size)
+    eval_batches = []
+    if args.shards:
+        instances = data.PretrainingShards(args.shards, tokenizer=tokenizer)
+        if not instances.masked and masking is None:
+            raise ValueError(f"the shards in {args.shards} were written without masks (instances created with "
+                             "dynamic_masking=True): train on them with --dynamic-masking")
+        fingerprint, source = instances.fingerprint(), f"the shards in {args.shards}"
+    else:
+        train_docs, eval_docs = _read_split(args.corpus, args.held_out_every)
+        instances = _make_instances(train_docs, tokenizer, args, config, args.seed, args.dupe_factor,
+                                    args.dynamic_masking)
+        # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
+        eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False)
+                          if eval_docs else [])[:args.eval_sequences]
+        eval_batches = _collate_all(eval_instances, pad_id, args.max_seq_length, args.batch_size)
+        fingerprint = _fingerprint(train_docs)
+        source = f"{len(train_docs)} documents; {len(eval_docs)} documents held out"
+    if not len(instances):
+        raise ValueError("no pretraining instances were created: the training corpus is too small "
+                         "(add documents, or lower --max-seq-length)")
     train_batches = _collate_all(instances, pad_id, args.max_seq_length, 256, masking, args.seed)
     scored = eval_batches or train_batches  # baselines are measured where the model is measured
     unigram = _unigram_token(train_batches)
@@ -180,5 +199,4 @@ def prepare_data(args, tokenizer, config) -> PretrainingData:
     return PretrainingData(
         instances=instances, masking=masking, eval_batches=eval_batches, unigram_token=unigram,
         unigram_accuracy=_unigram_accuracy(scored, unigram),
-        nsp_majority_accuracy=float(max(nsp.mean(), 1 - nsp.mean())), fingerprint=_fingerprint(train_docs),
-        n_train_documents=len(train_docs), n_eval_documents=len(eval_docs))
+        nsp_majority_accuracy=float(max(nsp.mean(), 1 - nsp.mean())), fingerprint=fingerprint, source=source)

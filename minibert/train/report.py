@@ -1,4 +1,4 @@
-"""What a pretraining run leaves behind for people: metrics.jsonl, curves.png and the printed summary.
+"""What a pretraining run shows people: the progress bar, metrics rows, curves.png and the summary.
 
 ``metrics.jsonl`` gets one JSON line per optimizer step (``"split": "train"``) and per evaluation
 (``"split": "eval"``); ``curves.png`` plots them; the summary compares the final accuracies with the
@@ -6,34 +6,61 @@ baselines a model that learned nothing from context would reach.
 """
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from minibert.files import atomic_open
 
-def read_metrics(path: str, up_to_step: int) -> list[dict]:
-    """Rows of a previous run's metrics.jsonl with step <= ``up_to_step`` (a torn last line is skipped)."""
-    rows = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the line an interrupted run was writing
-                if row.get("step", 0) <= up_to_step:
-                    rows.append(row)
-    return rows
+FINAL_WINDOW = 20  # the summary's "final train loss" averages the last this-many steps
 
 
-def append_metrics(path: str, row: dict) -> None:
-    """Append one row as a JSON line."""
-    # One short line per append: it reaches the file whole or (on a crash mid-write) is skipped on read.
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+def metrics(stats: dict) -> dict:
+    """Per-token / per-example averages from summed statistics."""
+    mlm_loss = stats["mlm_loss_sum"] / max(stats["n_masked"], 1)
+    nsp_loss = stats["nsp_loss_sum"] / max(stats["n_examples"], 1)
+    return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
+            "mlm_acc": stats["mlm_correct"] / max(stats["n_masked"], 1),
+            "nsp_acc": stats["nsp_correct"] / max(stats["n_examples"], 1)}
 
+
+def train_row(step_done: int, stats: dict, lr: float, grad_norm: float, seconds: float) -> dict:
+    """The metrics line of one training step."""
+    return {"split": "train", "step": step_done, **metrics(stats), "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": stats["n_tokens"] / seconds}
+
+
+class Progress:
+    """The progress bar: loss, MLM / NSP accuracy and tokens/s, each an exponential moving average."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, mininterval=1.0,
+                        desc="pretrain")
+        self.smooth: dict = {}
+
+    def update(self, row: dict) -> None:
+        """Advance one step, showing ``row``'s figures smoothed."""
+        for k in ("loss", "mlm_acc", "nsp_acc", "tokens_per_s"):
+            self.smooth[k] = row[k] if k not in self.smooth else 0.9 * self.smooth[k] + 0.1 * row[k]
+        self.bar.set_postfix(loss=f"{self.smooth['loss']:.3f}", mlm=f"{self.smooth['mlm_acc']:.3f}",
+                             nsp=f"{self.smooth['nsp_acc']:.3f}", tok_s=f"{self.smooth['tokens_per_s']:.0f}",
+                             refresh=False)
+        self.bar.update(1)
+
+
+def summarize(rows: list[dict], final_eval: dict | None, timing: dict, facts: dict) -> dict:
+    """The end-of-run figures: ``timing``, the mean of the last :data:`FINAL_WINDOW` training steps, the
+    final evaluation, then ``facts`` (baselines, checkpoint, run shape)."""
+    last = [r for r in rows if r["split"] == "train"][-FINAL_WINDOW:]
+    return {
+        **timing, "final_window": len(last),
+        "train_loss": float(np.mean([r["loss"] for r in last])),
+        "train_mlm_acc": float(np.mean([r["mlm_acc"] for r in last])),
+        "train_nsp_acc": float(np.mean([r["nsp_acc"] for r in last])),
+        "eval_loss": final_eval["loss"] if final_eval else None,
+        "eval_mlm_acc": final_eval["mlm_acc"] if final_eval else None,
+        "eval_nsp_acc": final_eval["nsp_acc"] if final_eval else None,
+        **facts,
+    }
 
 def save_curves(rows: list[dict], path: str, baseline: float | None) -> None:
     """Plot training (smoothed) and evaluation loss, MLM and NSP accuracy against the step."""

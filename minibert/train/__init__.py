@@ -1,0 +1,11 @@
+"""Training: ``minibert pretrain`` and ``minibert finetune``, one module per concern.
+
+* ``pretrain``: the pretraining loop, readable top to bottom (options in ``pretrain_args``);
+* ``data``: the pretraining data path: instances in memory or shards on disk, step ``s``'s batches;
+* ``backends``: one optimizer step of MLM + NSP for the torch model and for the NumPy reference;
+* ``common``: what pretraining and fine-tuning share: AdamW and its parameter groups, clip-and-step,
+  seeds, the device, the metrics log;
+* ``state``: checkpoints with optimizer, schedule and RNG state, and the checks ``--resume`` makes;
+* ``budget``: the ``--minutes`` planner; ``report``: progress, curves and the summary;
+* ``finetune``: ``minibert finetune classify | squad`` on top of the same pieces.
+"""
