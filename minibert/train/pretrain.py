@@ -46,6 +46,7 @@ from minibert.train.data import StepBatches, prepare_data
 from minibert.train.pretrain_args import (CURVES_FILE, METRICS_FILE, SUMMARY_FILE, TRAJECTORY_ARGS,  # noqa: F401
                                           add_arguments, build_config, build_parser, check_args)  # (cli: add_arguments)
 
+
 def main(argv=None) -> dict:
     """Parse ``argv`` and pretrain; returns the summary dictionary (also written to OUT/summary.json)."""
     return run(build_parser().parse_args(argv))
