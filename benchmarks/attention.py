@@ -92,7 +92,7 @@ def make_case(impl: str, mode: str, seq: int, device: str, dtype: torch.dtype):
         return lambda: layers.attention_backward(dn, layers.attention_forward(qn, kn, vn, scale=scale)[1])
 
     forward = {
-        "eager": lambda q, k, v: ops._attention_eager(q, k, v, None, scale, 0.0, 0, 0),
+        "eager": lambda q, k, v: ops.eager.attention(q, k, v, None, scale),
         "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=scale),
         "fused": lambda q, k, v: ops.attention(q, k, v, scale=scale),
     }[impl]
@@ -125,7 +125,7 @@ def validate(device: str, dtype: torch.dtype) -> float:
     """Relative error of the fused op against eager (forward) on a small case; raises if it disagrees."""
     q, k, v = (torch.randn(1, HEADS, 200, HEAD_DIM).to(device, dtype) for _ in range(3))
     fused = ops.attention(q, k, v).float()
-    eager = ops._attention_eager(q.float(), k.float(), v.float(), None, HEAD_DIM ** -0.5, 0.0, 0, 0)
+    eager = ops.eager.attention(q.float(), k.float(), v.float(), None, HEAD_DIM ** -0.5)
     err = float((fused - eager).norm() / eager.norm())
     if not err < (1e-5 if dtype == torch.float32 else 1e-2):
         raise RuntimeError(f"fused attention disagrees with eager on {device} {dtype}: rel err {err:.2e}")

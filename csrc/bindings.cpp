@@ -1,8 +1,12 @@
-// The one file that knows about torch: registers the minibert ops with the dispatcher
-// (TORCH_LIBRARY), checks every argument before any kernel touches memory, picks the CPU or CUDA
-// kernel, and splits CPU work across threads with at::parallel_for. Importing minibert._C runs the
-// registrations; the ops are then torch.ops.minibert.*. Autograd and fake (meta) implementations are
-// added from Python in minibert/ops.py.
+// The one file that knows about torch: declares the minibert ops (TORCH_LIBRARY), checks every argument
+// before any kernel touches memory, and registers one implementation per device with the dispatcher:
+// TORCH_LIBRARY_IMPL(minibert, CPU, ...) splits CPU work across threads with at::parallel_for, and, in a
+// CUDA build, TORCH_LIBRARY_IMPL(minibert, CUDA, ...) launches the CUDA kernels on the current stream.
+// The dispatcher picks the implementation from the inputs' device, so no op branches on it. Importing
+// minibert._C runs the registrations; the ops are then torch.ops.minibert.*. Autograd and fake (meta)
+// implementations are added from Python in minibert/ops/__init__.py.
+//
+// Shapes: B batch, H heads, S_q / S_k query / key sequence length, D head size.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -28,22 +32,18 @@ namespace {
 
 constexpr int64_t kCpuMaxHeadDim = 256;
 
-bool dtype_supported(const at::Tensor& t) {
-  const auto dt = t.scalar_type();
-  if (t.is_cuda()) return dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16;
-  return dt == at::kFloat || dt == at::kDouble;
-}
+// ---------------------------------------------------------------------------------------------- checks
+// Shared by both devices: the dispatcher has already chosen the device, these check the rest.
 
-void check_float_input(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() || t.is_cuda(), "minibert: ", name, " must be a CPU or CUDA tensor, got ",
-              t.device());
-#ifndef MINIBERT_WITH_CUDA
-  TORCH_CHECK(!t.is_cuda(), "minibert: ", name, " is a CUDA tensor but minibert._C was built without CUDA; "
-              "rebuild with FORCE_CUDA=1 or use the eager backend");
-#endif
-  TORCH_CHECK(dtype_supported(t), "minibert: ", name, " has dtype ", t.scalar_type(), ", which the ",
-              t.is_cuda() ? "CUDA kernels do not support (use float32, float16 or bfloat16)"
-                          : "CPU kernels do not support (use float32 or float64)");
+void check_dtype(const at::Tensor& t, const char* name) {
+  const auto dt = t.scalar_type();
+  if (t.is_cuda()) {
+    TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, "minibert: ", name,
+                " has dtype ", dt, ", which the CUDA kernels do not support (use float32, float16 or bfloat16)");
+  } else {
+    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "minibert: ", name, " has dtype ", dt,
+                ", which the CPU kernels do not support (use float32 or float64)");
+  }
 }
 
 void check_same(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
@@ -69,30 +69,16 @@ bool use_tanh_form(const std::string& approximate) {
   return approximate == "tanh";
 }
 
-#ifdef MINIBERT_WITH_CUDA
-ScalarKind scalar_kind(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kHalf: return ScalarKind::kFloat16;
-    case at::kBFloat16: return ScalarKind::kBFloat16;
-    default: return ScalarKind::kFloat32;
-  }
-}
-
-void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "minibert: CUDA kernel ", what, " failed: ", cudaGetErrorString(err));
-}
-#endif
-
-// ---------------------------------------------------------------------------------------------- attention
-
 struct AttentionInputs {
   at::Tensor q, k, v, mask;  // contiguous; mask undefined when absent
   AttentionShape shape;
+  DropoutArgs dropout;
 };
 
 AttentionInputs check_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                const std::optional<at::Tensor>& key_mask) {
-  check_float_input(q, "q");
+                                const std::optional<at::Tensor>& key_mask, int64_t max_head_dim, double dropout_p,
+                                int64_t seed, int64_t offset) {
+  check_dtype(q, "q");
   check_same(q, k, "q", "k");
   check_same(q, v, "q", "v");
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
@@ -104,15 +90,11 @@ AttentionInputs check_attention(const at::Tensor& q, const at::Tensor& k, const 
               "minibert: q ", q.sizes(), " and k ", k.sizes(), " must agree in batch, heads and head_dim");
   TORCH_CHECK(q.numel() > 0 && k.numel() > 0, "minibert: attention got an empty tensor (q ", q.sizes(),
               ", k ", k.sizes(), "); every dimension must be at least 1");
-  const int64_t max_d =
-#ifdef MINIBERT_WITH_CUDA
-      q.is_cuda() ? kCudaMaxHeadDim :
-#endif
-                  kCpuMaxHeadDim;
-  TORCH_CHECK(q.size(3) <= max_d, "minibert: head_dim ", q.size(3), " is not supported on ", q.device(),
-              " (at most ", max_d, ")");
+  TORCH_CHECK(q.size(3) <= max_head_dim, "minibert: head_dim ", q.size(3), " is not supported on ", q.device(),
+              " (at most ", max_head_dim, ")");
   AttentionInputs in{q.contiguous(), k.contiguous(), v.contiguous(), at::Tensor(),
-                     {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)}};
+                     {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)},
+                     make_dropout(dropout_p, seed, offset)};
   if (key_mask.has_value()) {
     const at::Tensor& m = *key_mask;
     TORCH_CHECK(m.scalar_type() == at::kBool, "minibert: key_mask must be a bool tensor, got ", m.scalar_type());
@@ -129,92 +111,36 @@ const uint8_t* mask_ptr(const at::Tensor& mask) {
   return mask.defined() ? reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()) : nullptr;
 }
 
-std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q_in, const at::Tensor& k_in,
-                                                     const at::Tensor& v_in, const std::optional<at::Tensor>& key_mask,
-                                                     double scale, double dropout_p, int64_t seed, int64_t offset) {
-  const AttentionInputs in = check_attention(q_in, k_in, v_in, key_mask);
-  const DropoutArgs dropout = make_dropout(dropout_p, seed, offset);
-  const AttentionShape& sh = in.shape;
-  at::Tensor out = at::empty_like(in.q);
-  const auto lse_dtype = in.q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor lse = at::empty({sh.batch, sh.heads, sh.seq_q}, in.q.options().dtype(lse_dtype));
-#ifdef MINIBERT_WITH_CUDA
-  if (in.q.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(in.q.device());
-    check_cuda(attention_forward_cuda(scalar_kind(in.q), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
-                                      mask_ptr(in.mask), out.data_ptr(), lse.data_ptr<float>(), sh,
-                                      static_cast<float>(scale), dropout, c10::cuda::getCurrentCUDAStream()),
-               "attention_forward");
-    return {out, lse};
-  }
-#endif
-  const int64_t n_items = sh.batch * sh.heads * ((sh.seq_q + kCpuQueryTile - 1) / kCpuQueryTile);
-  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "minibert_attention_forward", [&] {
-    at::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) {
-      attention_forward_cpu(in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(),
-                            mask_ptr(in.mask), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), sh,
-                            static_cast<scalar_t>(scale), dropout, begin, end);
-    });
-  });
-  return {out, lse};
-}
+// lse is float64 for float64 inputs and float32 otherwise (the CUDA kernels accumulate in float32).
+at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
-    const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-    const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& grad_lse,
-    const std::optional<at::Tensor>& key_mask, double scale, double dropout_p, int64_t seed, int64_t offset) {
-  const AttentionInputs in = check_attention(q_in, k_in, v_in, key_mask);
-  const DropoutArgs dropout = make_dropout(dropout_p, seed, offset);
-  const AttentionShape& sh = in.shape;
-  check_same(q_in, grad_out, "q", "grad_out");
-  check_same(q_in, out, "q", "out");
-  TORCH_CHECK(grad_out.sizes() == q_in.sizes() && out.sizes() == q_in.sizes(),
-              "minibert: grad_out and out must have the shape of q ", q_in.sizes(), ", got ", grad_out.sizes(),
+// What attention_backward needs besides check_attention: grad_out and out shaped like q, lse (and
+// grad_lse, when given) the [B, H, S_q] tensor attention_forward returned.
+struct AttentionGrads {
+  at::Tensor grad_out, out, lse, grad_lse;  // contiguous; grad_lse undefined when absent
+};
+
+AttentionGrads check_attention_grads(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& out,
+                                     const at::Tensor& lse, const std::optional<at::Tensor>& grad_lse) {
+  check_same(q, grad_out, "q", "grad_out");
+  check_same(q, out, "q", "out");
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+              "minibert: grad_out and out must have the shape of q ", q.sizes(), ", got ", grad_out.sizes(),
               " and ", out.sizes());
-  const auto lse_dtype = q_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const std::vector<int64_t> lse_shape{sh.batch, sh.heads, sh.seq_q};
-  TORCH_CHECK(lse.scalar_type() == lse_dtype && lse.device() == q_in.device() && lse.sizes() == lse_shape,
-              "minibert: lse must be the ", lse_dtype, " [B, H, Sq] tensor returned by attention_forward, got ",
+  const std::vector<int64_t> lse_shape{q.size(0), q.size(1), q.size(2)};
+  TORCH_CHECK(lse.scalar_type() == lse_dtype(q) && lse.device() == q.device() && lse.sizes() == lse_shape,
+              "minibert: lse must be the ", lse_dtype(q), " [B, H, S_q] tensor returned by attention_forward, got ",
               lse.scalar_type(), " ", lse.sizes());
-  at::Tensor glse;
+  AttentionGrads g{grad_out.contiguous(), out.contiguous(), lse.contiguous(), at::Tensor()};
   if (grad_lse.has_value()) {
-    TORCH_CHECK(grad_lse->scalar_type() == lse_dtype && grad_lse->device() == q_in.device() &&
+    TORCH_CHECK(grad_lse->scalar_type() == lse_dtype(q) && grad_lse->device() == q.device() &&
                     grad_lse->sizes() == lse_shape,
-                "minibert: grad_lse must match lse (", lse_dtype, " ", lse.sizes(), "), got ",
+                "minibert: grad_lse must match lse (", lse_dtype(q), " ", lse.sizes(), "), got ",
                 grad_lse->scalar_type(), " ", grad_lse->sizes());
-    glse = grad_lse->contiguous();
+    g.grad_lse = grad_lse->contiguous();
   }
-  const at::Tensor go = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
-  at::Tensor dk = at::empty_like(in.k), dv = at::empty_like(in.v);
-#ifdef MINIBERT_WITH_CUDA
-  if (in.q.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(in.q.device());
-    at::Tensor dq_acc = at::zeros(in.q.sizes(), in.q.options().dtype(at::kFloat));
-    at::Tensor row_d = at::empty(lse_shape, in.q.options().dtype(at::kFloat));
-    check_cuda(attention_backward_cuda(scalar_kind(in.q), go.data_ptr(), in.q.data_ptr(), in.k.data_ptr(),
-                                       in.v.data_ptr(), o.data_ptr(), l.data_ptr<float>(),
-                                       glse.defined() ? glse.data_ptr<float>() : nullptr, mask_ptr(in.mask),
-                                       dq_acc.data_ptr<float>(), dk.data_ptr(), dv.data_ptr(),
-                                       row_d.data_ptr<float>(), sh, static_cast<float>(scale), dropout,
-                                       c10::cuda::getCurrentCUDAStream()),
-               "attention_backward");
-    return {dq_acc.to(in.q.scalar_type()), dk, dv};
-  }
-#endif
-  at::Tensor dq = at::empty_like(in.q);
-  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "minibert_attention_backward", [&] {
-    at::parallel_for(0, sh.batch * sh.heads, 1, [&](int64_t begin, int64_t end) {
-      attention_backward_cpu(go.data_ptr<scalar_t>(), in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(),
-                             in.v.data_ptr<scalar_t>(), o.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(),
-                             glse.defined() ? glse.data_ptr<scalar_t>() : nullptr, mask_ptr(in.mask),
-                             dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), sh,
-                             static_cast<scalar_t>(scale), dropout, begin, end);
-    });
-  });
-  return {dq, dk, dv};
+  return g;
 }
-
-// ---------------------------------------------------------------------------------------------- GELU
 
 // x viewed as [rows, n_cols] with n_cols = bias length (or 1 without bias: every element its own row).
 int64_t check_bias(const at::Tensor& x, const at::Tensor& bias) {
@@ -225,121 +151,241 @@ int64_t check_bias(const at::Tensor& x, const at::Tensor& bias) {
   return bias.size(0);
 }
 
-at::Tensor gelu_forward_impl(const at::Tensor& x_in, const at::Tensor& bias_in, const std::string& approximate) {
-  check_float_input(x_in, "x");
-  const bool use_tanh = use_tanh_form(approximate);
-  const int64_t n_cols = bias_in.defined() ? check_bias(x_in, bias_in) : 1;
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor bias = bias_in.defined() ? bias_in.contiguous() : bias_in;
-  at::Tensor y = at::empty_like(x);
-  if (x.numel() == 0) return y;
-#ifdef MINIBERT_WITH_CUDA
-  if (x.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    check_cuda(gelu_forward_cuda(scalar_kind(x), x.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr,
-                                 y.data_ptr(), x.numel(), n_cols, use_tanh, c10::cuda::getCurrentCUDAStream()),
-               "gelu_forward");
-    return y;
+// The checked, contiguous operands of a (bias+)GELU forward or backward. bias is undefined for plain GELU.
+struct GeluInputs {
+  at::Tensor x, bias, grad;  // grad undefined in the forward
+  int64_t n_cols;
+  bool use_tanh;
+};
+
+GeluInputs check_gelu(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& grad,
+                      const std::string& approximate) {
+  check_dtype(x, "x");
+  GeluInputs in{x.contiguous(), bias.defined() ? bias.contiguous() : bias, at::Tensor(), 1,
+                use_tanh_form(approximate)};
+  if (bias.defined()) in.n_cols = check_bias(x, bias);
+  if (grad.defined()) {
+    check_same(x, grad, "x", "grad");
+    TORCH_CHECK(grad.sizes() == x.sizes(), "minibert: grad ", grad.sizes(), " must have the shape of x ",
+                x.sizes());
+    in.grad = grad.contiguous();
   }
-#endif
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "minibert_gelu_forward", [&] {
-    const scalar_t* b = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-      gelu_forward_cpu(x.data_ptr<scalar_t>(), b, y.data_ptr<scalar_t>(), n_cols, use_tanh, begin, end);
+  return in;
+}
+
+// ---------------------------------------------------------------------------------------------- CPU
+
+namespace cpu {
+
+std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                     const std::optional<at::Tensor>& key_mask, double scale,
+                                                     double dropout_p, int64_t seed, int64_t offset) {
+  const AttentionInputs in = check_attention(q, k, v, key_mask, kCpuMaxHeadDim, dropout_p, seed, offset);
+  const AttentionShape& sh = in.shape;
+  at::Tensor out = at::empty_like(in.q);
+  at::Tensor lse = at::empty({sh.batch, sh.heads, sh.seq_q}, in.q.options().dtype(lse_dtype(q)));
+  const int64_t n_items = sh.batch * sh.heads * ((sh.seq_q + kCpuQueryTile - 1) / kCpuQueryTile);
+  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "minibert_attention_forward", [&] {
+    at::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) {
+      attention_forward_cpu(in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(),
+                            mask_ptr(in.mask), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), sh,
+                            static_cast<scalar_t>(scale), in.dropout, begin, end);
+    });
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& grad_lse, const std::optional<at::Tensor>& key_mask,
+    double scale, double dropout_p, int64_t seed, int64_t offset) {
+  const AttentionInputs in = check_attention(q, k, v, key_mask, kCpuMaxHeadDim, dropout_p, seed, offset);
+  const AttentionGrads g = check_attention_grads(grad_out, q, out, lse, grad_lse);
+  const AttentionShape& sh = in.shape;
+  at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
+  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "minibert_attention_backward", [&] {
+    at::parallel_for(0, sh.batch * sh.heads, 1, [&](int64_t begin, int64_t end) {
+      attention_backward_cpu(g.grad_out.data_ptr<scalar_t>(), in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(),
+                             in.v.data_ptr<scalar_t>(), g.out.data_ptr<scalar_t>(), g.lse.data_ptr<scalar_t>(),
+                             g.grad_lse.defined() ? g.grad_lse.data_ptr<scalar_t>() : nullptr, mask_ptr(in.mask),
+                             dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), sh,
+                             static_cast<scalar_t>(scale), in.dropout, begin, end);
+    });
+  });
+  return {dq, dk, dv};
+}
+
+at::Tensor gelu_forward_impl(const GeluInputs& in) {
+  at::Tensor y = at::empty_like(in.x);
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "minibert_gelu_forward", [&] {
+    const scalar_t* b = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, in.x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+      gelu_forward_cpu(in.x.data_ptr<scalar_t>(), b, y.data_ptr<scalar_t>(), in.n_cols, in.use_tanh, begin, end);
     });
   });
   return y;
 }
 
-// Returns (dx, dbias); dbias undefined without bias.
-std::tuple<at::Tensor, at::Tensor> gelu_backward_impl(const at::Tensor& grad_in, const at::Tensor& x_in,
-                                                      const at::Tensor& bias_in, const std::string& approximate) {
-  check_float_input(x_in, "x");
-  check_same(x_in, grad_in, "x", "grad");
-  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "minibert: grad ", grad_in.sizes(), " must have the shape of x ",
-              x_in.sizes());
-  const bool use_tanh = use_tanh_form(approximate);
-  const bool has_bias = bias_in.defined();
-  const int64_t n_cols = has_bias ? check_bias(x_in, bias_in) : std::max<int64_t>(x_in.numel(), 1);
-  const int64_t rows = x_in.numel() / n_cols;
-  const at::Tensor x = x_in.contiguous(), dy = grad_in.contiguous();
-  const at::Tensor bias = has_bias ? bias_in.contiguous() : bias_in;
-  at::Tensor dx = at::empty_like(x);
-  at::Tensor dbias;
-#ifdef MINIBERT_WITH_CUDA
-  if (x.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    at::Tensor dbias_acc = has_bias ? at::zeros({n_cols}, x.options().dtype(at::kFloat)) : at::Tensor();
-    if (x.numel() > 0)
-      check_cuda(gelu_backward_cuda(scalar_kind(x), dy.data_ptr(), x.data_ptr(), has_bias ? bias.data_ptr() : nullptr,
-                                    dx.data_ptr(), has_bias ? dbias_acc.data_ptr<float>() : nullptr, rows, n_cols,
-                                    use_tanh, c10::cuda::getCurrentCUDAStream()),
-                 "gelu_backward");
-    if (has_bias) dbias = dbias_acc.to(x.scalar_type());
-    return {dx, dbias};
-  }
-#endif
-  // Without bias the tensor is one long row split across threads; with bias, rows are split and each
-  // chunk sums its own partial bias gradient (no two threads write the same partial).
-  const int64_t n_chunks = has_bias ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows)) : 1;
-  at::Tensor partials = has_bias ? at::zeros({n_chunks, n_cols}, x.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "minibert_gelu_backward", [&] {
-    const scalar_t* b = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
-    if (!has_bias) {
-      at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-        gelu_backward_cpu(dy.data_ptr<scalar_t>() + begin, x.data_ptr<scalar_t>() + begin, nullptr,
-                          dx.data_ptr<scalar_t>() + begin, nullptr, end - begin, use_tanh, 0, 1);
+// Returns (dx, dbias); dbias undefined without bias. Without bias the tensor is one long row split
+// across threads; with bias, rows are split and each chunk sums its own partial bias gradient (no two
+// threads write the same partial), and the partials are added at the end.
+std::tuple<at::Tensor, at::Tensor> gelu_backward_impl(const GeluInputs& in) {
+  at::Tensor dx = at::empty_like(in.x);
+  if (!in.bias.defined()) {
+    AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "minibert_gelu_backward", [&] {
+      at::parallel_for(0, in.x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+        gelu_backward_cpu(in.grad.data_ptr<scalar_t>() + begin, in.x.data_ptr<scalar_t>() + begin, nullptr,
+                          dx.data_ptr<scalar_t>() + begin, nullptr, end - begin, in.use_tanh, 0, 1);
       });
-      return;
-    }
+    });
+    return {dx, at::Tensor()};
+  }
+  const int64_t rows = in.x.numel() / in.n_cols;
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  at::Tensor partials = at::zeros({n_chunks, in.n_cols}, in.x.options());
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "minibert_bias_gelu_backward", [&] {
     at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c)
-        gelu_backward_cpu(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), b, dx.data_ptr<scalar_t>(),
-                          partials.data_ptr<scalar_t>() + c * n_cols, n_cols, use_tanh, rows * c / n_chunks,
-                          rows * (c + 1) / n_chunks);
+        gelu_backward_cpu(in.grad.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(), in.bias.data_ptr<scalar_t>(),
+                          dx.data_ptr<scalar_t>(), partials.data_ptr<scalar_t>() + c * in.n_cols, in.n_cols,
+                          in.use_tanh, rows * c / n_chunks, rows * (c + 1) / n_chunks);
     });
   });
-  if (has_bias) dbias = partials.sum(0);
-  return {dx, dbias};
+  return {dx, partials.sum(0)};
 }
-
-at::Tensor gelu_forward(const at::Tensor& x, const std::string& approximate) {
-  return gelu_forward_impl(x, at::Tensor(), approximate);
-}
-at::Tensor gelu_backward(const at::Tensor& grad, const at::Tensor& x, const std::string& approximate) {
-  return std::get<0>(gelu_backward_impl(grad, x, at::Tensor(), approximate));
-}
-at::Tensor bias_gelu_forward(const at::Tensor& x, const at::Tensor& bias, const std::string& approximate) {
-  return gelu_forward_impl(x, bias, approximate);
-}
-std::tuple<at::Tensor, at::Tensor> bias_gelu_backward(const at::Tensor& grad, const at::Tensor& x,
-                                                      const at::Tensor& bias, const std::string& approximate) {
-  return gelu_backward_impl(grad, x, bias, approximate);
-}
-
-// ---------------------------------------------------------------------------------------------- dropout
 
 at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed, int64_t offset) {
-  check_float_input(x_in, "x");
+  check_dtype(x_in, "x");
   const DropoutArgs args = make_dropout(p, seed, offset);
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty_like(x);
-  if (x.numel() == 0) return y;
-#ifdef MINIBERT_WITH_CUDA
-  if (x.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    check_cuda(dropout_cuda(scalar_kind(x), x.data_ptr(), y.data_ptr(), x.numel(), args,
-                            c10::cuda::getCurrentCUDAStream()),
-               "dropout");
-    return y;
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "minibert_dropout", [&] {
     at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
       dropout_cpu(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), args, begin, end);
     });
   });
   return y;
+}
+
+}  // namespace cpu
+
+// ---------------------------------------------------------------------------------------------- CUDA
+
+#ifdef MINIBERT_WITH_CUDA
+namespace cuda {
+
+ScalarKind scalar_kind(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf: return ScalarKind::kFloat16;
+    case at::kBFloat16: return ScalarKind::kBFloat16;
+    default: return ScalarKind::kFloat32;
+  }
+}
+
+void check_cuda(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "minibert: CUDA kernel ", what, " failed: ", cudaGetErrorString(err));
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                     const std::optional<at::Tensor>& key_mask, double scale,
+                                                     double dropout_p, int64_t seed, int64_t offset) {
+  const AttentionInputs in = check_attention(q, k, v, key_mask, kCudaMaxHeadDim, dropout_p, seed, offset);
+  const AttentionShape& sh = in.shape;
+  const c10::cuda::CUDAGuard guard(in.q.device());
+  at::Tensor out = at::empty_like(in.q);
+  at::Tensor lse = at::empty({sh.batch, sh.heads, sh.seq_q}, in.q.options().dtype(at::kFloat));
+  check_cuda(attention_forward_cuda(scalar_kind(in.q), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
+                                    mask_ptr(in.mask), out.data_ptr(), lse.data_ptr<float>(), sh,
+                                    static_cast<float>(scale), in.dropout, c10::cuda::getCurrentCUDAStream()),
+             "attention_forward");
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& grad_lse, const std::optional<at::Tensor>& key_mask,
+    double scale, double dropout_p, int64_t seed, int64_t offset) {
+  const AttentionInputs in = check_attention(q, k, v, key_mask, kCudaMaxHeadDim, dropout_p, seed, offset);
+  const AttentionGrads g = check_attention_grads(grad_out, q, out, lse, grad_lse);
+  const AttentionShape& sh = in.shape;
+  const c10::cuda::CUDAGuard guard(in.q.device());
+  // Key tiles add into dq atomically, so it accumulates in float32 and is converted at the end.
+  at::Tensor dq_acc = at::zeros(in.q.sizes(), in.q.options().dtype(at::kFloat));
+  at::Tensor row_d = at::empty({sh.batch, sh.heads, sh.seq_q}, in.q.options().dtype(at::kFloat));
+  at::Tensor dk = at::empty_like(in.k), dv = at::empty_like(in.v);
+  check_cuda(attention_backward_cuda(scalar_kind(in.q), g.grad_out.data_ptr(), in.q.data_ptr(), in.k.data_ptr(),
+                                     in.v.data_ptr(), g.out.data_ptr(), g.lse.data_ptr<float>(),
+                                     g.grad_lse.defined() ? g.grad_lse.data_ptr<float>() : nullptr,
+                                     mask_ptr(in.mask), dq_acc.data_ptr<float>(), dk.data_ptr(), dv.data_ptr(),
+                                     row_d.data_ptr<float>(), sh, static_cast<float>(scale), in.dropout,
+                                     c10::cuda::getCurrentCUDAStream()),
+             "attention_backward");
+  return {dq_acc.to(in.q.scalar_type()), dk, dv};
+}
+
+at::Tensor gelu_forward_impl(const GeluInputs& in) {
+  at::Tensor y = at::empty_like(in.x);
+  if (in.x.numel() == 0) return y;
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  check_cuda(gelu_forward_cuda(scalar_kind(in.x), in.x.data_ptr(), in.bias.defined() ? in.bias.data_ptr() : nullptr,
+                               y.data_ptr(), in.x.numel(), in.n_cols, in.use_tanh, c10::cuda::getCurrentCUDAStream()),
+             "gelu_forward");
+  return y;
+}
+
+// Returns (dx, dbias); dbias undefined without bias. The kernel adds column sums into a float32
+// accumulator, converted to the input dtype at the end.
+std::tuple<at::Tensor, at::Tensor> gelu_backward_impl(const GeluInputs& in) {
+  const bool has_bias = in.bias.defined();
+  const int64_t n_cols = has_bias ? in.n_cols : std::max<int64_t>(in.x.numel(), 1);
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  at::Tensor dx = at::empty_like(in.x);
+  at::Tensor dbias_acc = has_bias ? at::zeros({n_cols}, in.x.options().dtype(at::kFloat)) : at::Tensor();
+  if (in.x.numel() > 0)
+    check_cuda(gelu_backward_cuda(scalar_kind(in.x), in.grad.data_ptr(), in.x.data_ptr(),
+                                  has_bias ? in.bias.data_ptr() : nullptr, dx.data_ptr(),
+                                  has_bias ? dbias_acc.data_ptr<float>() : nullptr, in.x.numel() / n_cols, n_cols,
+                                  in.use_tanh, c10::cuda::getCurrentCUDAStream()),
+               "gelu_backward");
+  return {dx, has_bias ? dbias_acc.to(in.x.scalar_type()) : at::Tensor()};
+}
+
+at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed, int64_t offset) {
+  check_dtype(x_in, "x");
+  const DropoutArgs args = make_dropout(p, seed, offset);
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(dropout_cuda(scalar_kind(x), x.data_ptr(), y.data_ptr(), x.numel(), args,
+                          c10::cuda::getCurrentCUDAStream()),
+             "dropout");
+  return y;
+}
+
+}  // namespace cuda
+#endif  // MINIBERT_WITH_CUDA
+
+// ---------------------------------------------------------------------------------------------- GELU ops
+// The four GELU ops check their arguments, then run a device's gelu_forward_impl / gelu_backward_impl:
+// the template argument is the cpu:: or the cuda:: one, picked where each device's ops are registered.
+
+template <at::Tensor (*Forward)(const GeluInputs&)>
+at::Tensor gelu_forward(const at::Tensor& x, const std::string& approximate) {
+  return Forward(check_gelu(x, at::Tensor(), at::Tensor(), approximate));
+}
+template <at::Tensor (*Forward)(const GeluInputs&)>
+at::Tensor bias_gelu_forward(const at::Tensor& x, const at::Tensor& bias, const std::string& approximate) {
+  return Forward(check_gelu(x, bias, at::Tensor(), approximate));
+}
+template <std::tuple<at::Tensor, at::Tensor> (*Backward)(const GeluInputs&)>
+at::Tensor gelu_backward(const at::Tensor& grad, const at::Tensor& x, const std::string& approximate) {
+  return std::get<0>(Backward(check_gelu(x, at::Tensor(), grad, approximate)));
+}
+template <std::tuple<at::Tensor, at::Tensor> (*Backward)(const GeluInputs&)>
+std::tuple<at::Tensor, at::Tensor> bias_gelu_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                      const at::Tensor& bias, const std::string& approximate) {
+  return Backward(check_gelu(x, bias, grad, approximate));
 }
 
 }  // namespace
@@ -358,24 +404,50 @@ TORCH_LIBRARY(minibert, m) {
   m.def("dropout(Tensor x, float p, int seed, int offset) -> Tensor");
 }
 
-// One implementation per op serves both devices: it validates, then branches on the device.
-#define MINIBERT_IMPLS(m)                                     \
-  m.impl("attention_forward", &minibert::attention_forward);   \
-  m.impl("attention_backward", &minibert::attention_backward); \
-  m.impl("gelu_forward", &minibert::gelu_forward);             \
-  m.impl("gelu_backward", &minibert::gelu_backward);           \
-  m.impl("bias_gelu_forward", &minibert::bias_gelu_forward);   \
-  m.impl("bias_gelu_backward", &minibert::bias_gelu_backward); \
-  m.impl("dropout", &minibert::dropout)
+TORCH_LIBRARY_IMPL(minibert, CPU, m) {
+  namespace d = minibert::cpu;
+  m.impl("attention_forward", &d::attention_forward);
+  m.impl("attention_backward", &d::attention_backward);
+  m.impl("gelu_forward", &minibert::gelu_forward<d::gelu_forward_impl>);
+  m.impl("gelu_backward", &minibert::gelu_backward<d::gelu_backward_impl>);
+  m.impl("bias_gelu_forward", &minibert::bias_gelu_forward<d::gelu_forward_impl>);
+  m.impl("bias_gelu_backward", &minibert::bias_gelu_backward<d::gelu_backward_impl>);
+  m.impl("dropout", &d::dropout);
+}
 
-TORCH_LIBRARY_IMPL(minibert, CPU, m) { MINIBERT_IMPLS(m); }
 #ifdef MINIBERT_WITH_CUDA
-TORCH_LIBRARY_IMPL(minibert, CUDA, m) { MINIBERT_IMPLS(m); }
+TORCH_LIBRARY_IMPL(minibert, CUDA, m) {
+  namespace d = minibert::cuda;
+  m.impl("attention_forward", &d::attention_forward);
+  m.impl("attention_backward", &d::attention_backward);
+  m.impl("gelu_forward", &minibert::gelu_forward<d::gelu_forward_impl>);
+  m.impl("gelu_backward", &minibert::gelu_backward<d::gelu_backward_impl>);
+  m.impl("bias_gelu_forward", &minibert::bias_gelu_forward<d::gelu_forward_impl>);
+  m.impl("bias_gelu_backward", &minibert::bias_gelu_backward<d::gelu_backward_impl>);
+  m.impl("dropout", &d::dropout);
+}
+#else
+namespace minibert {
+namespace {
+// A CPU-only build answers a CUDA tensor with what to do, not the dispatcher's "could not run ... with
+// arguments from the 'CUDA' backend". (minibert.ops never sends one here: it reads with_cuda.)
+void built_without_cuda(const c10::OperatorHandle& op, torch::jit::Stack*) {
+  TORCH_CHECK(false, "minibert: ", op.schema().name(), " got a CUDA tensor but minibert._C was built without "
+              "CUDA; rebuild with FORCE_CUDA=1 or use the eager backend");
+}
+}  // namespace
+}  // namespace minibert
+
+TORCH_LIBRARY_IMPL(minibert, CUDA, m) {
+  for (const char* name : {"attention_forward", "attention_backward", "gelu_forward", "gelu_backward",
+                           "bias_gelu_forward", "bias_gelu_backward", "dropout"})
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&minibert::built_without_cuda>());
+}
 #endif
 
 // Importing the module runs the registrations above; it also says what it was built with.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "minibert C++/CUDA kernels; the ops live in torch.ops.minibert (see minibert/ops.py)";
+  m.doc() = "minibert C++/CUDA kernels; the ops live in torch.ops.minibert (see minibert/ops/__init__.py)";
 #ifdef MINIBERT_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -4,7 +4,7 @@
 
 namespace minibert {
 
-// q: [B, H, Sq, D], k/v: [B, H, Sk, D], all contiguous. key_mask: [B, Sk] bytes, 1 keep / 0 pad, or null.
+// q: [B, H, S_q, D], k/v: [B, H, S_k, D], all contiguous. key_mask: [B, S_k] bytes, 1 keep / 0 pad, or null.
 struct AttentionShape {
   int64_t batch, heads, seq_q, seq_k, head_dim;
 };

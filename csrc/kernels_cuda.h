@@ -13,7 +13,7 @@ namespace minibert {
 
 constexpr int64_t kCudaMaxHeadDim = 128;
 
-// out: like q; lse: float32 [B, H, Sq] (-inf for rows whose keys are all padding; their output is 0).
+// out: like q; lse: float32 [B, H, S_q] (-inf for rows whose keys are all padding; their output is 0).
 cudaError_t attention_forward_cuda(ScalarKind kind, const void* q, const void* k, const void* v,
                                    const uint8_t* key_mask, void* out, float* lse, const AttentionShape& shape,
                                    float scale, const DropoutArgs& dropout, cudaStream_t stream);
@@ -26,8 +26,8 @@ cudaError_t attention_forward_tc_cuda(ScalarKind kind, const void* q, const void
                                       const uint8_t* key_mask, void* out, float* lse, const AttentionShape& shape,
                                       float scale, const DropoutArgs& dropout, cudaStream_t stream);
 
-// dq_acc: float32 [B, H, Sq, D], ZEROED by the caller (key tiles add into it atomically; the caller
-// converts it to the input dtype). row_d: float32 [B, H, Sq] scratch for D = rowsum(dO * O) - grad_lse.
+// dq_acc: float32 [B, H, S_q, D], ZEROED by the caller (key tiles add into it atomically; the caller
+// converts it to the input dtype). row_d: float32 [B, H, S_q] scratch for D = rowsum(dO * O) - grad_lse.
 // grad_lse may be null. dk, dv: like k, v, written directly (each block owns its keys).
 cudaError_t attention_backward_cuda(ScalarKind kind, const void* grad_out, const void* q, const void* k,
                                     const void* v, const void* out, const float* lse, const float* grad_lse,

@@ -1,6 +1,6 @@
 // Branch-free float math the compiler can vectorise (std::exp / std::erf in a loop stay scalar
 // without -ffast-math). float32 versions are accurate to a few ulp, far inside the 1e-5 budget of
-// DESIGN.md; the float64 overloads call libm, because float64 paths must agree to 1e-10.
+// docs/design.md (tolerances); the float64 overloads call libm, because float64 paths must agree to 1e-10.
 #pragma once
 #include <algorithm>
 #include <cmath>

@@ -14,11 +14,22 @@ The MLM decoder weight is the word-embedding table (tied). ``transformers`` 5.x 
 ``bert.embeddings.word_embeddings.weight``, and re-ties ``cls.predictions.decoder.weight`` (and
 ``decoder.bias`` to ``cls.predictions.bias``) on load because ``tie_word_embeddings`` defaults to true.
 ``save_state_dict`` does exactly that, so ``transformers`` loads our files unchanged.
+
+Loading into the torch models (``load_weights``, ``load_pretrained``; ``Model.from_pretrained`` is a thin
+wrapper) follows one policy, declared by each model class and reported in a ``LoadReport``:
+
+* a checkpoint tensor under one of the class's ``unused_checkpoint_prefixes`` (heads it has no use for,
+  e.g. ``cls.`` for a fine-tuning model) is dropped; any other tensor the model lacks is an error;
+* a parameter under one of its ``optional_prefixes`` (a fine-tuning head, the pooler) may be missing from
+  the checkpoint and keeps its fresh initialisation; any other missing parameter is an error;
+* every shape must match the model's config.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -183,3 +194,88 @@ def save_state_dict(state: dict, directory: str | os.PathLike) -> str:
     # transformers refuses a safetensors file whose metadata does not say which framework wrote it.
     atomic_write_bytes(path, save(arrays, metadata={"format": "pt"}))
     return path
+
+
+# ---------------------------------------------------------------------------------------------- torch models
+
+@dataclasses.dataclass
+class LoadReport:
+    """What loading a checkpoint did besides copying tensors: the parameters that kept their fresh
+    initialisation (absent from the checkpoint) and the checkpoint tensors the model had no place for."""
+
+    newly_initialized: list[str] = dataclasses.field(default_factory=list)
+    dropped: list[str] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.newly_initialized:
+            parts.append(f"initialised {len(self.newly_initialized)} new parameter tensors "
+                         f"({', '.join(self.newly_initialized)}): they are trained from scratch by fine-tuning")
+        if self.dropped:
+            # A pretraining head is named by its module (cls.predictions), anything else tensor by tensor.
+            heads = sorted({".".join(k.split(".")[:2]) if k.startswith("cls.") else k for k in self.dropped})
+            parts.append(f"dropped {len(self.dropped)} checkpoint tensors this model has no use for "
+                         f"({', '.join(heads)})")
+        return "; ".join(parts) if parts else "every parameter came from the checkpoint"
+
+
+def load_weights(model, state: Mapping, source: str = "the state dict") -> LoadReport:
+    """Copy an HF-named state dict (NumPy arrays or tensors) into a ``minibert.modeling`` model.
+
+    Names are normalised first (``normalize_keys``; the ``bert.`` prefix is stripped for a bare BertModel).
+    What may be missing or left over is the model class's policy (see the module docstring); anything else
+    raises ``ValueError`` naming every missing key, unexpected key and wrong shape. Returns the report,
+    also kept as ``model.load_report``.
+    """
+    import torch
+
+    state = normalize_keys(dict(state))
+    if not model.base_model_prefix:
+        state = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    tied = {name for name in own if ".predictions.decoder." in name}  # copies of other parameters
+    absent = sorted(k for k in own if k not in state and k not in tied)
+    extra = sorted(k for k in state if k not in own)
+    report = LoadReport(newly_initialized=[k for k in absent if k.startswith(model.optional_prefixes)],
+                        dropped=[k for k in extra if k.startswith(model.unused_checkpoint_prefixes)])
+    missing = [k for k in absent if k not in report.newly_initialized]
+    unexpected = [k for k in extra if k not in report.dropped]
+    if missing or unexpected:
+        raise ValueError(f"{source} does not match {type(model).__name__}: missing keys {missing}, unexpected "
+                         f"keys {unexpected}. Is it a BERT checkpoint with HF parameter names, saved for this "
+                         f"model type?")
+    wrong = sorted(f"{key}: {tuple(value.shape)} in the checkpoint, {tuple(own[key].shape)} from the config"
+                   for key, value in state.items() if key in own and tuple(value.shape) != tuple(own[key].shape))
+    if wrong:
+        head = model.head_prefix and any(w.startswith(model.head_prefix) for w in wrong)
+        hint = (" The checkpoint was fine-tuned with another number of labels: pass its num_labels, or start "
+                "from the pretrained encoder instead." if head else "")
+        raise ValueError(f"{source}: the checkpoint's config.json does not match its weights or this "
+                         f"{type(model).__name__}; wrong shapes:\n  " + "\n  ".join(wrong) + hint)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in state.items():
+            if key in params:
+                params[key].copy_(torch.as_tensor(value))
+    model.tie_weights()
+    model.load_report = report
+    return report
+
+
+def load_pretrained(cls, directory: str | os.PathLike, attn_implementation: str = "eager",
+                    gelu_implementation: str = "eager", dtype=None, device="cpu", **config_overrides):
+    """Build ``cls`` (a ``minibert.modeling`` model class) from an HF-format checkpoint directory.
+
+    ``config_overrides`` (``num_labels``, ``id2label``, ``classifier_dropout``, ...) replace fields of the
+    checkpoint's config.json. Weights load under ``load_weights``'s policy; ``model.load_report`` says what
+    was initialised fresh and what was dropped. Returned in eval mode, as ``dtype`` (default float32) on
+    ``device``.
+    """
+    from minibert.config import BertConfig
+
+    config = BertConfig.from_pretrained(directory)
+    if config_overrides:
+        config = BertConfig.from_dict({**config.to_dict(), **config_overrides})
+    model = cls(config, attn_implementation=attn_implementation, gelu_implementation=gelu_implementation)
+    load_weights(model, load_state_dict(directory), source=os.fspath(directory))
+    return model.to(device=device, dtype=dtype).eval()

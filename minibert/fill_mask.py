@@ -70,7 +70,7 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[st
     logits = model(input_ids, attention_mask=torch.ones_like(input_ids)).prediction_logits[0]  # [S, V]
     mask_id = tokenizer.vocab[MASK]
     positions = [i for i, t in enumerate(ids) if t == mask_id]
-    probs = torch.softmax(logits[positions].double(), dim=-1)              # [n_masks, V]
+    probs = torch.softmax(logits[positions].double(), dim=-1)              # [M, V] (M masks)
     top = probs.topk(top_k, dim=-1)
     tokens = _token_list(tokenizer)
     return [[(tokens[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]

@@ -26,6 +26,20 @@ The comparison is on integers, so no backend's float rounding can flip a bit. A 
 Element index conventions (the contract every backend honours):
 * elementwise dropout on a tensor: ``i`` is the flat C-order index of the element;
 * attention-probability dropout on ``[B, H, S_q, S_k]``: ``i = ((b * H + h) * S_q + q) * S_k + k``.
+
+Dropout sites
+-------------
+A training forward pass uses one ``dropout_seed``; each place that drops (a *site*) gets its own counter
+range, starting at ``dropout_site_offset(layer, site, numel)``, so no two sites share a counter and every
+backend that uses this table (the NumPy reference and the torch model do) drops the same elements::
+
+    layer                 site                     tensor dropped
+    --------------------  -----------------------  ------------------------------------------------------
+    EMBEDDINGS_LAYER      SITE_EMBEDDINGS          embedding LayerNorm output [B, S, E]
+    encoder layer l       SITE_ATTENTION_PROBS     attention probabilities [B, H, S, S]
+    encoder layer l       SITE_ATTENTION_OUTPUT    attention output dense, before the residual [B, S, E]
+    encoder layer l       SITE_FFN_OUTPUT          feed-forward output dense, before the residual [B, S, E]
+    L (number of layers)  SITE_CLASSIFIER          pooled vector before a classifier head [B, E]
 """
 from __future__ import annotations
 
@@ -36,6 +50,16 @@ MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
 RANDOM_BITS = 24
 _U64 = (1 << 64) - 1
+
+# The dropout-site table (see the module docstring).
+EMBEDDINGS_LAYER = -1  # the embeddings' dropout counts as "layer -1"
+SITE_EMBEDDINGS = 0  # (layer -1) after the embedding LayerNorm
+SITE_ATTENTION_PROBS = 0  # (layer l) on the attention probabilities
+SITE_ATTENTION_OUTPUT = 1  # (layer l) after the attention output dense
+SITE_FFN_OUTPUT = 2  # (layer l) after the feed-forward output dense
+SITE_CLASSIFIER = 0  # (layer L, one past the last encoder layer) on the pooled vector of a classifier
+SITES_PER_LAYER = 3
+SITE_STRIDE = 1 << 40  # counters per site: ~1.1e12 elements, far more than any activation holds
 
 
 def dropout_threshold(p: float) -> int:
@@ -69,3 +93,21 @@ def dropout_scale_mask(shape, p: float, seed: int, offset: int = 0, dtype=np.flo
     if p == 0.0:
         return np.ones(shape, dtype=dtype)
     return keep_mask(shape, p, seed, offset).astype(dtype) * dtype(1.0 / (1.0 - p))
+
+
+def dropout_site_offset(layer: int, site: int, numel: int) -> int:
+    """The RNG offset of a dropout site: ``((layer + 1) * SITES_PER_LAYER + site) * 2**40``.
+
+    ``layer`` is ``EMBEDDINGS_LAYER`` (-1) for the embeddings, the encoder layer index 0..L-1, or L for the
+    classifier; ``site`` is one of the ``SITE_*`` constants. Every site owns the disjoint counter range
+    [offset, offset + 2**40); ``numel`` (the element count of the tensor dropped) is checked to fit it.
+    Element i of the site's tensor (flat C-order index; [B, H, S_q, S_k] for attention probabilities)
+    uses counter ``offset + i`` under the step's ``dropout_seed``.
+    """
+    if layer < EMBEDDINGS_LAYER or not 0 <= site < SITES_PER_LAYER or (
+            layer == EMBEDDINGS_LAYER and site != SITE_EMBEDDINGS):
+        raise ValueError(f"no dropout site (layer={layer}, site={site}): layer is -1 (embeddings, site 0) "
+                         f"or an encoder layer >= 0 with site 0, 1 or 2")
+    if not 0 <= numel <= SITE_STRIDE:
+        raise ValueError(f"a dropout site holds at most 2**40 elements, got {numel}")
+    return ((layer + 1) * SITES_PER_LAYER + site) * SITE_STRIDE

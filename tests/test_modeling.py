@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minibert import ops, rng
+from minibert import modeling, ops, rng
 from minibert.config import BertConfig
-from minibert.modeling import (AttentionMask, BertForMaskedLM, BertForPreTraining, BertModel,
-                               eager_attention, fused_attention)
-from minibert.reference.model import dropout_site_offset
+from minibert.modeling import BertForMaskedLM, BertForPreTraining, BertModel
+from minibert.ops.eager import AttentionMask
+from minibert.rng import dropout_site_offset
 
 transformers = pytest.importorskip("transformers")
 
@@ -151,8 +151,8 @@ def test_fused_attention_op_matches_eager_attention(dtype, tol):
     keep[1] = 0  # a sequence with no real token at all
     mask = AttentionMask(keep)
     for p in (0.0, 0.2):
-        want = eager_attention(q, k, v, mask, 8 ** -0.5, p, 11, 5)
-        got = fused_attention(q, k, v, mask, 8 ** -0.5, p, 11, 5)
+        want = ops.eager.attention(q, k, v, mask, 8 ** -0.5, p, 11, 5)
+        got = ops.attention(q, k, v, attention_mask=keep, scale=8 ** -0.5, dropout_p=p, seed=11, offset=5)
         assert _rel(got, want) < tol
         gw = torch.autograd.grad(want, (q, k, v), torch.ones_like(want))
         gg = torch.autograd.grad(got, (q, k, v), torch.ones_like(got))
@@ -164,7 +164,8 @@ def test_fused_attention_op_matches_eager_attention(dtype, tol):
 @pytest.mark.parametrize("attn", ["eager", "sdpa", "fused"])
 def test_bfloat16_autocast_runs_every_backend_close_to_float32(attn):
     # Mixed precision is how pretraining runs on a GPU: Linear outputs are bf16 while biases stay float32,
-    # which the fused bias+GELU must accept. bf16 keeps 8 bits of mantissa: agree to 1e-2 (DESIGN.md).
+    # which the fused bias+GELU must accept. bf16 keeps 8 bits of mantissa: agree to 1e-2
+    # (docs/design.md, tolerances).
     model = make_model(attn_implementation=attn, gelu_implementation="fused").train()
     batch = random_batch(model.config, pad_rows=((1, 0), (2, 4)))
     want = model(**batch, dropout_seed=3)
@@ -409,8 +410,19 @@ def test_load_weights_reports_missing_unexpected_and_misshapen_keys():
     assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
 
 
+def test_value_checks_skip_other_devices_unless_asked(monkeypatch):
+    # Reading values off a GPU is a host sync: only shapes and dtypes are checked there by default.
+    # The meta device stands in for one (its tensors have no values to read at all).
+    out_of_range = torch.full((2, 5), 99, device="meta")
+    modeling._check_ids("input_ids", out_of_range, (2, 5), 0, 64, "")
+    with pytest.raises(TypeError, match="integers"):
+        modeling._check_ids("input_ids", out_of_range.float(), (2, 5), 0, 64, "")
+    monkeypatch.setattr(modeling, "CHECK_INPUT_VALUES", True)
+    with pytest.raises((RuntimeError, NotImplementedError)):  # now it reads the values
+        modeling._check_ids("input_ids", out_of_range, (2, 5), 0, 64, "")
+
+
 def test_show_your_work_entry_point_runs(capsys):
-    from minibert import modeling
     modeling._show_your_work()  # what ``python -m minibert.modeling`` prints
     printed = capsys.readouterr().out
     assert "prediction_logits       (2, 8, 100)" in printed and "loss = mlm" in printed

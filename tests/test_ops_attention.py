@@ -94,8 +94,8 @@ def test_float32_matches_reference_and_torch_eager(shape, dropout_p):
     # torch eager (matmul, softmax, matmul) with the same hash-dropout mask, through torch autograd
     q, k, v, dout, mask = inputs
     q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
-    eager = ops._attention_eager(q, k, v, None if mask is None else mask != 0, shape[-1] ** -0.5,
-                                 dropout_p, seed, offset)
+    eager = ops.eager.attention(q, k, v, None if mask is None else ops.eager.AttentionMask(mask),
+                                shape[-1] ** -0.5, dropout_p, seed, offset)
     eager.backward(dout)
     for name, g, e in zip(("out", "dq", "dk", "dv"), got, (eager, q.grad, k.grad, v.grad)):
         assert rel_err(g, e) < 2e-5, name
@@ -251,7 +251,7 @@ def test_cuda_low_precision_within_twice_torch_error(shape, dtype, dropout_p, ke
     ref = reference(*inputs, dropout_p, 13, 2)
     got = fused(*inputs, dropout_p, 13, 2)
     qt, kt, vt = (t.clone().requires_grad_() for t in (q, k, v))
-    eager = ops._attention_eager(qt, kt, vt, mask != 0, shape[-1] ** -0.5, dropout_p, 13, 2)
+    eager = ops.eager.attention(qt, kt, vt, ops.eager.AttentionMask(mask), shape[-1] ** -0.5, dropout_p, 13, 2)
     eager.backward(dout)
     for name, g, e, r in zip(("out", "dq", "dk", "dv"), got, (eager, qt.grad, kt.grad, vt.grad), ref):
         torch_err = rel_err(e, r)

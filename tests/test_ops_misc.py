@@ -25,7 +25,7 @@ def fresh_seed():
 
 def test_torch_fallback_hash_is_bit_identical_to_numpy():
     for seed, offset in ((0, 0), (fresh_seed(), 12345), (2**64 - 1, 2**64 - 7)):
-        got = ops._hash_bits_torch(seed, offset, 5000, "cpu").numpy().astype(np.uint64)
+        got = ops.eager.hash_bits(seed, offset, 5000, "cpu").numpy().astype(np.uint64)
         assert np.array_equal(got, rng.random_bits(seed, offset, np.arange(5000, dtype=np.uint64)))
         assert got.max() < 2**24 and len(np.unique(got)) > 4900  # 24 bits, not degenerate
 
@@ -57,7 +57,7 @@ def test_dropout_scale_mask_matches_rng_with_and_without_extension(device):
     got = ops.dropout_scale_mask((3, 7, 11), p, seed, offset, device=device, dtype=torch.float64)
     np.testing.assert_array_equal(got.cpu().numpy(), want)
     ones = torch.ones(3, 7, 11, dtype=torch.float64, device=device)
-    eager = ones * (ops._hash_bits_torch(seed, offset, ones.numel(), device) >= rng.dropout_threshold(p)
+    eager = ones * (ops.eager.hash_bits(seed, offset, ones.numel(), device) >= rng.dropout_threshold(p)
                     ).reshape(ones.shape) / (1 - p)
     np.testing.assert_array_equal(eager.cpu().numpy(), want)
 
@@ -109,10 +109,10 @@ def run_python(code, env_extra, cwd):
 FALLBACK_CHECK = """
     import json, warnings
     import numpy as np, torch
-    from minibert import ops
     from minibert.reference import layers
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        from minibert import ops  # the extension is looked for (and its absence warned about) on import
         q, k, v = (torch.randn(2, 2, 9, 16, dtype=torch.float64) for _ in range(3))
         mask = torch.ones(2, 9); mask[0] = 0; mask[1, 4:] = 0
         out = ops.attention(q, k, v, attention_mask=mask, dropout_p=0.3, seed=5, offset=1)

@@ -54,3 +54,22 @@ def test_threshold_and_scale():
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="dropout probability"):
             rng.dropout_threshold(bad)
+
+
+def test_dropout_sites_own_disjoint_counter_ranges():
+    L = 4
+    sites = [(rng.EMBEDDINGS_LAYER, rng.SITE_EMBEDDINGS)] + [
+        (layer, s) for layer in range(L)
+        for s in (rng.SITE_ATTENTION_PROBS, rng.SITE_ATTENTION_OUTPUT, rng.SITE_FFN_OUTPUT)]
+    starts = sorted(rng.dropout_site_offset(layer, s, 10) for layer, s in sites)
+    assert len(set(starts)) == len(sites)
+    assert min(np.diff(starts)) >= rng.SITE_STRIDE
+    # the classifier's site sits one past the last encoder layer, after every encoder site
+    assert rng.dropout_site_offset(L, rng.SITE_CLASSIFIER, 10) > max(starts)
+    assert rng.dropout_site_offset(0, rng.SITE_ATTENTION_OUTPUT, 1) == 4 * 2 ** 40  # the documented formula
+    with pytest.raises(ValueError, match="no dropout site"):
+        rng.dropout_site_offset(-1, 1, 10)
+    with pytest.raises(ValueError, match="no dropout site"):
+        rng.dropout_site_offset(0, 3, 10)
+    with pytest.raises(ValueError, match="2\\*\\*40"):
+        rng.dropout_site_offset(0, 0, 2 ** 41)

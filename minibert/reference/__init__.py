@@ -9,7 +9,8 @@
 * ``gradcheck``: the central-difference checker every backward is tested with.
 """
 from minibert.reference.heads import BertForQuestionAnswering, BertForSequenceClassification
-from minibert.reference.model import BertForPreTraining, BertModel, dropout_site_offset
+from minibert.reference.model import BertForPreTraining, BertModel
+from minibert.rng import dropout_site_offset
 
 __all__ = ["BertForPreTraining", "BertForQuestionAnswering", "BertForSequenceClassification", "BertModel",
            "dropout_site_offset"]

@@ -3,7 +3,7 @@ gradient of every parameter it used into a ``grads`` dict and returns the gradie
 
 Parameters are looked up in one flat dict by their HF names (``params[prefix + ".query.weight"]``), so the
 same dict loads from and saves to a HF checkpoint unchanged. Each block's dropout sites take an explicit
-(seed, offset) pair; ``model.dropout_site_offset`` decides which offsets a whole model uses.
+(seed, offset) pair; ``minibert.rng.dropout_site_offset`` decides which offsets a whole model uses.
 
 Shapes: B batch, S sequence, E hidden, H heads, D = E / H, F intermediate, V vocabulary.
 """

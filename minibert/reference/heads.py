@@ -21,14 +21,13 @@ from minibert import checkpoint
 from minibert.config import BertConfig
 from minibert.reference import blocks, losses
 from minibert.reference import layers as L
-from minibert.reference.model import BertModel, dropout_site_offset, init_params
-
-SITE_CLASSIFIER = 0  # (layer L) dropout on the pooled vector before the classifier
+from minibert.reference.model import BertModel, init_params
+from minibert.rng import SITE_CLASSIFIER, dropout_site_offset
 
 
 def _init_params(config: BertConfig, head: str, out_features: int, pooler: bool, dtype,
                  seed: int) -> dict[str, np.ndarray]:
-    """HF's init of the encoder (optionally without pooler) and a Linear(H, out_features) head."""
+    """HF's init of the encoder (optionally without pooler) and a Linear(E, out_features) head."""
     shapes = checkpoint.expected_shapes(config, pretraining_heads=False)
     if not pooler:
         shapes = {k: v for k, v in shapes.items() if not k.startswith("bert.pooler.")}

@@ -12,8 +12,8 @@ writes one ``transformers`` loads.
 Dropout sites and their RNG counters
 ------------------------------------
 A training forward uses one ``dropout_seed``; each dropout site draws its mask from the counter range
-starting at ``dropout_site_offset(layer, site, numel)`` (see that function), so no two sites share a
-counter and any backend that uses the same numbering (the torch model does) gets the same masks.
+``minibert.rng.dropout_site_offset(layer, site, numel)`` gives it (the site table is in ``minibert.rng``),
+so no two sites share a counter and the torch model, which uses the same table, gets the same masks.
 """
 from __future__ import annotations
 
@@ -25,34 +25,8 @@ from minibert import checkpoint
 from minibert.config import BertConfig
 from minibert.reference import blocks
 from minibert.reference import losses
-
-# --- the dropout-site numbering shared with every other backend ---------------------------------------
-EMBEDDINGS_LAYER = -1  # the embeddings' dropout counts as "layer -1"
-SITE_EMBEDDINGS = 0  # (layer -1) dropout after the embedding LayerNorm
-SITE_ATTENTION_PROBS = 0  # (layer l) dropout on the attention probabilities [B, H, S, S]
-SITE_ATTENTION_OUTPUT = 1  # (layer l) dropout after the attention output dense, before the residual
-SITE_FFN_OUTPUT = 2  # (layer l) dropout after the feed-forward output dense, before the residual
-SITES_PER_LAYER = 3
-SITE_STRIDE = 1 << 40  # counters per site: ~1.1e12 elements, far more than any activation holds
-
-
-def dropout_site_offset(layer: int, site: int, numel: int) -> int:
-    """The RNG offset of a dropout site: ``((layer + 1) * SITES_PER_LAYER + site) * 2**40``.
-
-    ``layer`` is ``EMBEDDINGS_LAYER`` (-1) for the embeddings or the encoder layer index 0..L-1; ``site``
-    is one of the ``SITE_*`` constants. Every site owns the disjoint counter range
-    [offset, offset + 2**40); ``numel`` (the element count of the tensor dropped) is checked to fit it.
-    Element i of the site's tensor (flat C-order index; [B, H, S_q, S_k] for attention probabilities)
-    uses counter ``offset + i`` under the step's ``dropout_seed``.
-    """
-    if layer < EMBEDDINGS_LAYER or not 0 <= site < SITES_PER_LAYER or (
-            layer == EMBEDDINGS_LAYER and site != SITE_EMBEDDINGS):
-        raise ValueError(f"no dropout site (layer={layer}, site={site}): layer is -1 (embeddings, site 0) "
-                         f"or an encoder layer >= 0 with site 0, 1 or 2")
-    if not 0 <= numel <= SITE_STRIDE:
-        raise ValueError(f"a dropout site holds at most 2**40 elements, got {numel}")
-    return ((layer + 1) * SITES_PER_LAYER + site) * SITE_STRIDE
-
+from minibert.rng import (EMBEDDINGS_LAYER, SITE_ATTENTION_OUTPUT, SITE_ATTENTION_PROBS, SITE_EMBEDDINGS,
+                          SITE_FFN_OUTPUT, dropout_site_offset)
 
 def init_params(config: BertConfig, dtype=np.float32, seed: int = 0,
                 shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""attention_forward/backward: the contract other backends are tested against (DESIGN.md, "Attention op").
+"""attention_forward/backward: the contract other backends are tested against (docs/design.md, "attention op").
 
 The independent reference is a loop over (b, h, i) written from the definition, with the dropout mask
 read from minibert.rng at the documented element index ((b*H + h)*S_q + i)*S_k + j.

@@ -1,5 +1,5 @@
-"""BertForPreTraining in NumPy: whole-model gradient check with dropout on, dropout-site numbering, input
-validation. (HF parity lives in test_reference_hf_parity.py.)"""
+"""BertForPreTraining in NumPy: whole-model gradient check with dropout on, input validation
+(the dropout-site table is tested in test_rng.py). (HF parity lives in test_reference_hf_parity.py.)"""
 import numpy as np
 import pytest
 
@@ -61,23 +61,6 @@ def test_dropout_changes_output_reproducibly():
     c = model.forward(ids, tt, mask, training=True, dropout_seed=2)["last_hidden_state"]
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - eval_out).max() > 1e-3 and np.abs(a - c).max() > 1e-3
-
-
-def test_dropout_sites_own_disjoint_counter_ranges():
-    L = 4
-    sites = [(M.EMBEDDINGS_LAYER, M.SITE_EMBEDDINGS)] + [
-        (layer, s) for layer in range(L)
-        for s in (M.SITE_ATTENTION_PROBS, M.SITE_ATTENTION_OUTPUT, M.SITE_FFN_OUTPUT)]
-    starts = sorted(M.dropout_site_offset(layer, s, 10) for layer, s in sites)
-    assert len(set(starts)) == len(sites)
-    assert min(np.diff(starts)) >= M.SITE_STRIDE
-    assert M.dropout_site_offset(0, M.SITE_ATTENTION_OUTPUT, 1) == 4 * 2 ** 40  # the documented formula
-    with pytest.raises(ValueError, match="no dropout site"):
-        M.dropout_site_offset(-1, 1, 10)
-    with pytest.raises(ValueError, match="no dropout site"):
-        M.dropout_site_offset(0, 3, 10)
-    with pytest.raises(ValueError, match="2\\*\\*40"):
-        M.dropout_site_offset(0, 0, 2 ** 41)
 
 
 def test_float32_model_stays_float32():

@@ -1,0 +1,286 @@
+"""BERT's sub-modules in PyTorch: embeddings, self-attention, feed-forward, encoder, pooler, MLM/NSP heads.
+
+The twin of ``minibert.reference.blocks``; ``minibert.modeling`` builds the models from these. Module and
+attribute names copy HuggingFace's BERT exactly (``attention.self.query``, ``cls.predictions.bias``, ...),
+so the models' ``state_dict()`` keys are HF's.
+
+Two things differ from a plain port, both for the project's contracts (docs/design.md):
+
+* **Backends are a switch.** ``attn_implementation`` picks how attention is computed ("eager" matmul +
+  softmax, "sdpa" = ``F.scaled_dot_product_attention``, "fused" = our extension's flash-style kernel) and
+  ``gelu_implementation`` picks how the feed-forward activation is computed ("eager" or "fused" bias+GELU).
+  All give the same numbers. The eager forms are ``minibert.ops.eager``'s, the ones the ops fall back to.
+* **Dropout is reproducible.** Every dropout site draws its mask from the counter-based hash of
+  ``minibert.rng`` at the (seed, offset) of ``minibert.rng``'s dropout-site table (``DropoutPlan``), so the
+  model and the NumPy reference drop exactly the same elements for the same ``dropout_seed``.
+
+Shapes: B batch, S sequence, H heads, D head size (E / H), E hidden size, F intermediate size, V vocabulary.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minibert import ops
+from minibert.config import BertConfig
+from minibert.ops.eager import AttentionMask
+from minibert.rng import (EMBEDDINGS_LAYER, SITE_ATTENTION_OUTPUT, SITE_ATTENTION_PROBS, SITE_EMBEDDINGS,
+                          SITE_FFN_OUTPUT, dropout_site_offset)
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
+GELU_IMPLEMENTATIONS = ("eager", "fused")
+
+
+def resolve_implementation(requested: str, choices: tuple[str, ...], what: str) -> str:
+    """Validate a backend name; "fused" quietly means "eager" where the compiled extension is absent."""
+    if requested not in choices:
+        raise ValueError(f"{what}={requested!r} is not one of {choices}")
+    if requested == "fused" and not ops.is_available():
+        return "eager"  # ops.backend_info() says why the extension is missing
+    return requested
+
+
+class DropoutPlan:
+    """Counter-hash dropout for one forward pass.
+
+    ``seed`` is None when dropout is off (evaluation). A site is named by (layer, site) as in
+    ``minibert.rng``'s table; each owns a disjoint counter range, so the same element of the same site is
+    dropped here and in the NumPy reference.
+    """
+
+    def __init__(self, seed: int | None):
+        self.seed = seed
+
+    @property
+    def active(self) -> bool:
+        """True when this forward pass applies dropout."""
+        return self.seed is not None
+
+    def apply(self, x: torch.Tensor, p: float, layer: int, site: int) -> torch.Tensor:
+        """Inverted dropout of ``x`` with probability ``p`` at (layer, site); identity when inactive."""
+        if not self.active or p == 0.0:
+            return x
+        return ops.dropout(x, p, self.seed, dropout_site_offset(layer, site, x.numel()))
+
+
+class BertEmbeddings(nn.Module):
+    """word + position + token-type embeddings, then LayerNorm and dropout: [B, S] ids -> [B, S, E]."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        # padding_idx as in HF: the pad row starts at zero and gets no gradient from the lookup.
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids, token_type_ids, position_ids, dropout: DropoutPlan) -> torch.Tensor:
+        embeddings = (self.word_embeddings(input_ids)
+                      + self.token_type_embeddings(token_type_ids)
+                      + self.position_embeddings(position_ids))             # [B, S, E]
+        embeddings = self.LayerNorm(embeddings)
+        return dropout.apply(embeddings, self.config.hidden_dropout_prob, EMBEDDINGS_LAYER, SITE_EMBEDDINGS)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention: project to q, k, v, attend per head, merge heads. [B,S,E] -> [B,S,E]."""
+
+    def __init__(self, config: BertConfig, layer_index: int, attn_implementation: str = "eager"):
+        super().__init__()
+        self.config = config
+        self.layer_index = layer_index
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scale = self.head_dim ** -0.5  # Vaswani et al. 2017: keeps q.k at unit variance
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attn_implementation = resolve_implementation(attn_implementation, ATTN_IMPLEMENTATIONS,
+                                                           "attn_implementation")
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        return x.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, D]
+
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
+        q = self._split_heads(self.query(hidden_states))
+        k = self._split_heads(self.key(hidden_states))
+        v = self._split_heads(self.value(hidden_states))
+        batch, _, seq, _ = q.shape
+        p = self.config.attention_probs_dropout_prob if dropout.active else 0.0
+        seed, offset = 0, 0
+        if p > 0.0:
+            seed = dropout.seed
+            offset = dropout_site_offset(self.layer_index, SITE_ATTENTION_PROBS,
+                                         batch * self.num_heads * seq * seq)
+
+        implementation = self.attn_implementation
+        if implementation == "sdpa" and p > 0.0:
+            # SDPA draws its dropout mask from torch's own RNG, which cannot reproduce our counter-hash
+            # masks, so training with dropout takes the eager path instead.
+            implementation = "eager"
+        if implementation == "sdpa":  # picks a flash / memory-efficient kernel on GPU
+            attn_mask = None if mask is None else mask.additive(q.dtype)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+            context = context if mask is None else context * mask.has_keys  # all-padding rows: zeros
+        elif implementation == "fused":
+            context = ops.attention(q, k, v, attention_mask=None if mask is None else mask.key_keep,
+                                    scale=self.scale, dropout_p=p, seed=seed, offset=offset)
+        else:
+            context = ops.eager.attention(q, k, v, mask, self.scale, p, seed, offset, dropout=ops.dropout)
+        return context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)  # [B, S, E]
+
+
+class BertResidualOutput(nn.Module):
+    """Projection back to the hidden size, dropout, then the post-LN residual: LayerNorm(x + dropout(W a)).
+
+    Both sub-blocks of a layer end this way: after attention (``attention.output``: [B, S, E] -> [B, S, E],
+    dropout site SITE_ATTENTION_OUTPUT) and after the feed-forward expansion (``output``: [B, S, F] ->
+    [B, S, E], site SITE_FFN_OUTPUT). HF names the two classes BertSelfOutput and BertOutput; only the
+    attribute names reach the state dict, so one class serves both.
+    """
+
+    def __init__(self, config: BertConfig, layer_index: int, in_features: int, site: int):
+        super().__init__()
+        self.config = config
+        self.layer_index = layer_index
+        self.site = site
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden, residual, dropout: DropoutPlan) -> torch.Tensor:
+        out = dropout.apply(self.dense(hidden), self.config.hidden_dropout_prob, self.layer_index, self.site)
+        return self.LayerNorm(out + residual)
+
+
+class BertAttention(nn.Module):
+    """Self-attention plus its output block (HF nests them as ``attention.self`` / ``attention.output``)."""
+
+    def __init__(self, config: BertConfig, layer_index: int, attn_implementation: str = "eager"):
+        super().__init__()
+        self.self = BertSelfAttention(config, layer_index, attn_implementation)
+        self.output = BertResidualOutput(config, layer_index, config.hidden_size, SITE_ATTENTION_OUTPUT)
+
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
+        return self.output(self.self(hidden_states, mask, dropout), hidden_states, dropout)
+
+
+class DenseGelu(nn.Module):
+    """GELU(dense(x)), the activation either eager or our fused bias+GELU kernel.
+
+    Not a module of its own in HF: the subclasses below hold ``dense`` where HF's classes do. The "fused"
+    form does the matmul without bias and adds the bias inside the GELU kernel.
+    """
+
+    def __init__(self, config: BertConfig, out_features: int, gelu_implementation: str = "eager"):
+        super().__init__()
+        self.approximate = config.gelu_approximate
+        self.dense = nn.Linear(config.hidden_size, out_features)
+        self.gelu_implementation = resolve_implementation(gelu_implementation, GELU_IMPLEMENTATIONS,
+                                                           "gelu_implementation")
+
+    def dense_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """GELU(dense(x)): [..., E] -> [..., out_features]."""
+        if self.gelu_implementation == "fused":
+            h = F.linear(x, self.dense.weight)  # under autocast already bf16/fp16 while the bias is not
+            return ops.bias_gelu(h, self.dense.bias.to(h.dtype), approximate=self.approximate)
+        return ops.eager.gelu(self.dense(x), self.approximate)
+
+
+class BertIntermediate(DenseGelu):
+    """The feed-forward expansion with GELU: [B, S, E] -> [B, S, F]."""
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__(config, config.intermediate_size, gelu_implementation)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense_gelu(hidden_states)
+
+
+class BertLayer(nn.Module):
+    """One encoder layer: self-attention block, then feed-forward block, each with a residual + LayerNorm."""
+
+    def __init__(self, config: BertConfig, layer_index: int, attn_implementation: str = "eager",
+                 gelu_implementation: str = "eager"):
+        super().__init__()
+        self.attention = BertAttention(config, layer_index, attn_implementation)
+        self.intermediate = BertIntermediate(config, gelu_implementation)
+        self.output = BertResidualOutput(config, layer_index, config.intermediate_size, SITE_FFN_OUTPUT)
+
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
+        attention_output = self.attention(hidden_states, mask, dropout)
+        return self.output(self.intermediate(attention_output), attention_output, dropout)
+
+
+class BertEncoder(nn.Module):
+    """``num_hidden_layers`` BertLayers applied in turn (``encoder.layer.{i}``)."""
+
+    def __init__(self, config: BertConfig, attn_implementation: str = "eager",
+                 gelu_implementation: str = "eager"):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config, i, attn_implementation, gelu_implementation)
+                                   for i in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, mask, dropout)
+        return hidden_states
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(h[CLS])): the sentence vector NSP and classifiers read. [B, S, E] -> [B, E]."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class BertPredictionHeadTransform(DenseGelu):
+    """The MLM head's dense -> GELU -> LayerNorm before the vocabulary projection: [B,S,E] -> [B,S,E]."""
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__(config, config.hidden_size, gelu_implementation)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense_gelu(hidden_states))
+
+
+class BertLMPredictionHead(nn.Module):
+    """MLM logits: transform, then project onto the vocabulary with the TIED word-embedding matrix.
+
+    ``decoder.weight`` is the very Parameter ``bert.embeddings.word_embeddings.weight`` (Press & Wolf,
+    2017; BERT does this) and ``decoder.bias`` is the very Parameter ``bias``, as in HF: both keys appear in
+    ``state_dict()`` like HF's, while a saved checkpoint stores each tensor once. [B,S,E] -> [B,S,V].
+    """
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config, gelu_implementation)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)  # weight/bias replaced by ties
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
+class BertOnlyMLMHead(nn.Module):
+    """``cls`` of BertForMaskedLM: just the MLM head (``cls.predictions``)."""
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, gelu_implementation)
+
+
+class BertPreTrainingHeads(BertOnlyMLMHead):
+    """``cls`` of BertForPreTraining: MLM head (``cls.predictions``) + NSP head (``cls.seq_relationship``)."""
+
+    def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
+        super().__init__(config, gelu_implementation)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)  # 0 = IsNext, 1 = random sentence

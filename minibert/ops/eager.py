@@ -1,0 +1,111 @@
+"""The plain-PyTorch forms of minibert's ops: what runs where the compiled kernels do not.
+
+``minibert.ops`` falls back to these for a device or dtype the extension has no kernel for (or when it is
+absent), and ``minibert.modeling``'s "eager" backends are these same functions, so the textbook form of
+attention, of the padding mask and of hash dropout is written once. They hold every intermediate in
+memory (attention keeps the whole ``[B, H, S_q, S_k]`` probability tensor), which is exactly what the
+fused kernels avoid.
+
+Shapes: B batch, H heads, S_q / S_k query / key sequence length, D head size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from minibert import rng
+
+_U64 = (1 << 64) - 1
+
+
+def to_int64(n: int) -> int:
+    """``n`` modulo 2**64 (as ``minibert.rng`` takes seeds, offsets and constants), as the int64 with the same
+    bits: torch has no uint64 arithmetic, and the op schemas carry seeds as signed 64-bit ints."""
+    n = int(n) & _U64
+    return n - (1 << 64) if n >= (1 << 63) else n
+
+
+def _shift_right_logical(z: torch.Tensor, s: int) -> torch.Tensor:
+    """``z >> s`` on the 64 bits as unsigned: torch's >> is arithmetic, so mask off the copied sign bits."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def hash_bits(seed: int, offset: int, n: int, device) -> torch.Tensor:
+    """``minibert.rng.random_bits(seed, offset, arange(n))`` in int64 torch ops (wrapping multiply and add)."""
+    base = int(seed) * rng.GOLDEN + int(offset) + rng.GOLDEN
+    z = torch.arange(n, dtype=torch.int64, device=device) + to_int64(base)
+    z = (z ^ _shift_right_logical(z, 30)) * to_int64(rng.MIX1)
+    z = (z ^ _shift_right_logical(z, 27)) * to_int64(rng.MIX2)
+    z = z ^ _shift_right_logical(z, 31)
+    return _shift_right_logical(z, 64 - rng.RANDOM_BITS)
+
+
+def dropout_scale_mask(shape, p: float, seed: int, offset: int, device, dtype) -> torch.Tensor:
+    """``keep / (1 - p)`` of ``shape`` with keep from the counter hash (flat C-order index); ``0 < p < 1``."""
+    keep = hash_bits(seed, offset, int(torch.Size(shape).numel()), device) >= rng.dropout_threshold(p)
+    return keep.reshape(shape).to(dtype) * (1.0 / (1.0 - p))
+
+
+def dropout(x: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor:
+    """Inverted hash dropout ``x * keep / (1 - p)``, the mask regenerated from (seed, offset)."""
+    if p == 0.0:
+        return x
+    return x * dropout_scale_mask(x.shape, p, seed, offset, x.device, x.dtype)
+
+
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU, erf form (``"none"``) or tanh approximation (``"tanh"``)."""
+    return F.gelu(x, approximate=approximate)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """``gelu(x + bias)``, with ``x + bias`` written to memory (what the fused kernel avoids)."""
+    return F.gelu(x + bias, approximate=approximate)
+
+
+class AttentionMask:
+    """The key-padding mask of a batch in the forms eager attention needs, made once and reused.
+
+    Built from a ``[B, S_k]`` mask of 1 (real token) / 0 (padding), any dtype. A model builds one per
+    forward pass and every layer shares it (``additive`` is cached per dtype).
+    """
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.key_keep = attention_mask != 0                # [B, S_k] bool
+        keep = self.key_keep[:, None, None, :]             # [B, 1, 1, S_k]: broadcasts over H and S_q
+        self.has_keys = keep.any(dim=-1, keepdim=True)    # [B, 1, 1, 1]: False = all padding
+        self._additive: dict[torch.dtype, torch.Tensor] = {}
+
+    def additive(self, dtype: torch.dtype) -> torch.Tensor:
+        """[B, 1, 1, S_k]: 0 for a real key, the most negative finite ``dtype`` number for a padding key.
+
+        Finite rather than -inf: a row whose keys are all padding then gets a finite (uniform) softmax
+        instead of 0/0 = NaN, and attention zeroes that row with ``has_keys``. exp(min - max) underflows
+        to exactly 0, so a padding key contributes nothing to a row that has a real key.
+        """
+        if dtype not in self._additive:
+            keep = self.key_keep[:, None, None, :]
+            zeros = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+            self._additive[dtype] = zeros.masked_fill(~keep, torch.finfo(dtype).min)
+        return self._additive[dtype]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask | None, scale: float,
+              dropout_p: float = 0.0, seed: int = 0, offset: int = 0, dropout=dropout) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v in plain tensor ops (the textbook form); q: [B, H, S_q, D],
+    k, v: [B, H, S_k, D] -> [B, H, S_q, D].
+
+    A query row whose keys are all padding returns zeros. With ``dropout_p > 0`` the probabilities are
+    dropped by ``dropout(probs, dropout_p, seed, offset)``: element (b, h, i, j) has the flat index
+    ``((b*H + h)*S_q + i)*S_k + j``, the rng contract. ``minibert.ops.dropout`` may be passed to use the
+    dropout kernel where there is one; the default is this module's pure-torch ``dropout``.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale                    # [B, H, S_q, S_k]
+    if mask is not None:
+        scores = scores + mask.additive(scores.dtype)
+    probs = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        probs = probs * mask.has_keys                                        # all-padding rows attend to nothing
+    if dropout_p > 0.0:
+        probs = dropout(probs, dropout_p, seed, offset)
+    return torch.matmul(probs, v)
