@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 
@@ -71,6 +72,9 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[st
     mask_id = tokenizer.vocab[MASK]
     positions = [i for i, t in enumerate(ids) if t == mask_id]
     probs = torch.softmax(logits[positions].double(), dim=-1)              # [M, V] (M masks)
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError("the model's MLM logits are NaN or infinite, so there are no predictions to show; "
+                         "its weights or config.json (e.g. layer_norm_eps) are damaged")
     top = probs.topk(top_k, dim=-1)
     tokens = _token_list(tokenizer)
     return [[(tokens[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
@@ -103,6 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> list:
     """Print the top-k predictions of every [MASK] of every text; returns them as ``fill_mask`` does."""
     model, tokenizer = load(args.model, args.device)
+    print(f"model: {args.model}: {model.loading_report()}", file=sys.stderr)
+    if model.newly_initialized:
+        print("warning: the checkpoint has no masked-LM head, so these predictions are random", file=sys.stderr)
     results = []
     for text in args.text:
         predictions = fill_mask(model, tokenizer, text, args.top_k)

@@ -83,10 +83,8 @@ class BertPreTrainedModel(nn.Module):
     """What every BERT model here shares: init, weight tying, backend switches, loading and saving."""
 
     base_model_prefix = "bert"  # where the encoder sits in state_dict keys ("" for BertModel itself)
-    # The loading policy (minibert.checkpoint.load_weights): checkpoint tensors under these prefixes are
-    # dropped (e.g. a pretraining checkpoint loads into a bare BertModel) ...
-    unused_checkpoint_prefixes: tuple[str, ...] = ()
-    # ... and parameters under these may be missing from a checkpoint (they keep their fresh init).
+    # The loading policy (minibert.checkpoint.match_weights): parameters under these prefixes may be missing
+    # from a checkpoint (they keep their fresh init, reported); checkpoint tensors a model lacks are dropped.
     optional_prefixes: tuple[str, ...] = ()
     head_prefix = ""  # a fine-tuning head ("classifier." / "qa_outputs."), named in shape errors
     load_report: checkpoint.LoadReport | None = None  # set by loading
@@ -261,7 +259,6 @@ class BertModel(BertPreTrainedModel):
     """
 
     base_model_prefix = ""
-    unused_checkpoint_prefixes = ("cls.",)
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True, attn_implementation: str = "eager",
                  gelu_implementation: str = "eager", *, init_weights: bool = True):
@@ -269,8 +266,6 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config, attn_implementation, gelu_implementation)
         self.pooler = BertPooler(config) if add_pooling_layer else None
-        if not add_pooling_layer:
-            self.unused_checkpoint_prefixes = ("cls.", "pooler.")
         if init_weights:  # a wrapping model (BertForPreTraining, ...) initialises everything once itself
             self.post_init()
 
@@ -335,6 +330,8 @@ def _masked_lm(predictions: BertLMPredictionHead, hidden: torch.Tensor, labels: 
 class BertForPreTraining(BertPreTrainedModel):
     """BERT with both pretraining heads: masked-LM logits and next-sentence-prediction logits (+ losses)."""
 
+    optional_prefixes = ("cls.",)  # an encoder-only checkpoint loads with fresh heads
+
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
                  gelu_implementation: str = "eager"):
         super().__init__(config)
@@ -368,7 +365,7 @@ class BertForPreTraining(BertPreTrainedModel):
 class BertForMaskedLM(BertPreTrainedModel):
     """BERT with only the masked-LM head (no pooler, no NSP), as RoBERTa-style pretraining uses."""
 
-    unused_checkpoint_prefixes = ("cls.seq_relationship.", "bert.pooler.")
+    optional_prefixes = ("cls.",)  # an encoder-only checkpoint loads with a fresh MLM head
 
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
                  gelu_implementation: str = "eager"):
@@ -427,7 +424,6 @@ class BertForSequenceClassification(BertForFinetuning):
     """
 
     head_prefix = "classifier."
-    unused_checkpoint_prefixes = ("cls.", "qa_outputs.")
     optional_prefixes = ("classifier.", "bert.pooler.")
 
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
@@ -468,7 +464,6 @@ class BertForQuestionAnswering(BertForFinetuning):
     """
 
     head_prefix = "qa_outputs."
-    unused_checkpoint_prefixes = ("cls.", "bert.pooler.", "classifier.")
     optional_prefixes = ("qa_outputs.",)
 
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",

@@ -28,6 +28,24 @@ from minibert.reference import losses
 from minibert.rng import (EMBEDDINGS_LAYER, SITE_ATTENTION_OUTPUT, SITE_ATTENTION_PROBS, SITE_EMBEDDINGS,
                           SITE_FFN_OUTPUT, dropout_site_offset)
 
+
+def load_params(directory: str | os.PathLike, dtype, pretraining_heads: bool, model_name: str):
+    """(config, params, LoadReport) of an HF checkpoint directory, under ``minibert.checkpoint``'s one policy.
+
+    config.json is checked against the weights' headers before any tensor is read; missing pretraining
+    heads (``cls.*``) get BERT's fresh initialisation and tensors the model has no place for are dropped,
+    both reported (``checkpoint.match_weights``).
+    """
+    config = BertConfig.from_pretrained(directory)
+    state = checkpoint.load_state_dict(directory, config)
+    expected = checkpoint.expected_shapes(config, pretraining_heads=pretraining_heads)
+    report = checkpoint.match_weights({k: v.shape for k, v in state.items()}, expected,
+                                      ("cls.",) if pretraining_heads else (), os.fspath(directory), model_name)
+    params = {k: np.asarray(state[k], dtype=dtype) for k in expected if k in state}
+    params.update(init_params(config, dtype, shapes={k: expected[k] for k in report.newly_initialized}))
+    return config, params, report
+
+
 def init_params(config: BertConfig, dtype=np.float32, seed: int = 0,
                 shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """BERT's initialisation for every BertForPreTraining parameter (Devlin et al.'s ``create_initializer``):
@@ -55,6 +73,8 @@ class BertModel:
     naming) or ``""`` for a bare BertModel's names.
     """
 
+    load_report: checkpoint.LoadReport | None = None  # set by from_pretrained
+
     def __init__(self, config: BertConfig, params: dict[str, np.ndarray], prefix: str = "bert."):
         self.config, self.params, self.prefix = config, params, prefix
         self._cache = None
@@ -62,11 +82,11 @@ class BertModel:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, dtype=np.float32) -> "BertModel":
         """Load the encoder of an HF checkpoint directory: a bare BertModel's (names without ``bert.``) or
-        a model with heads (the ``cls.*`` heads are left out). Shapes are checked against config.json."""
-        config = BertConfig.from_pretrained(directory)
-        state = {k: v for k, v in checkpoint.load_state_dict(directory).items() if not k.startswith("cls.")}
-        checkpoint.check_state_dict(state, config, pretraining_heads=False)
-        return cls(config, {k: np.array(v, dtype=dtype) for k, v in state.items()}, prefix="bert.")
+        a model with heads (the ``cls.*`` heads are dropped, see ``load_report``). See ``load_params``."""
+        config, params, report = load_params(directory, dtype, pretraining_heads=False, model_name=cls.__name__)
+        model = cls(config, params, prefix="bert.")
+        model.load_report = report
+        return model
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, training=False, dropout_seed=0):
         """input_ids, token_type_ids, attention_mask: int [B, S] -> (last_hidden_state [B, S, E],
@@ -136,6 +156,8 @@ class BertForPreTraining:
     drawn with ``seed``. All arithmetic runs in ``dtype`` (float32 or float64).
     """
 
+    load_report: checkpoint.LoadReport | None = None  # set by from_pretrained
+
     def __init__(self, config: BertConfig, params: dict | None = None, dtype=np.float32, seed: int = 0):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -197,11 +219,13 @@ class BertForPreTraining:
     def from_pretrained(cls, directory: str | os.PathLike, dtype=np.float32) -> "BertForPreTraining":
         """Load an HF-layout checkpoint directory (config.json + model.safetensors or pytorch_model.bin).
 
-        Old ``gamma``/``beta`` names and bare-BertModel checkpoints (no ``bert.`` prefix, no heads) are
-        accepted; a bare encoder's pooler/heads missing raises, naming them.
+        Old ``gamma``/``beta`` names and bare-BertModel checkpoints (no ``bert.`` prefix) are accepted; a
+        bare encoder's missing heads get a fresh initialisation, said in ``load_report`` (``load_params``).
         """
-        config = BertConfig.from_pretrained(directory)
-        return cls(config, checkpoint.load_state_dict(directory), dtype=dtype)
+        config, params, report = load_params(directory, dtype, pretraining_heads=True, model_name=cls.__name__)
+        model = cls(config, params, dtype=dtype)
+        model.load_report = report
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json + model.safetensors (atomically) in the layout ``transformers`` loads."""
