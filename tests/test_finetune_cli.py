@@ -257,3 +257,18 @@ def test_resume_refuses_other_settings(tmp_path, tiny_model, capsys):
     assert cli.main(classify_args(tiny_model, tmp_path / "o", data, data, "--epochs", "1", "--lr", "5e-4",
                                   "--resume")) == 2
     assert "lr: checkpoint 0.001, now 0.0005" in capsys.readouterr().err
+
+
+def test_read_examples_reports_oversized_fields_and_deep_json_by_line(tmp_path):
+    long_tsv = tmp_path / "long.tsv"  # a field over csv's 128 KiB limit: file:line, not a _csv.Error traceback
+    long_tsv.write_text("text\tlabel\nfine\t1\n" + "x" * 200_000 + "\t0\n")
+    with pytest.raises(ValueError, match=r"long.tsv:3: the row starting here cannot be read \(field larger"):
+        classify.read_examples(str(long_tsv))
+    unclosed = tmp_path / "unclosed.csv"  # the usual cause in a CSV: a quote that is never closed
+    unclosed.write_text('text,label\nfine,1\n"oops,0\n' + "more,1\n" * 20_000)
+    with pytest.raises(ValueError, match=r"unclosed.csv:3: .*is a quote left unclosed"):
+        classify.read_examples(str(unclosed))
+    deep = tmp_path / "deep.jsonl"  # RecursionError in the JSON parser
+    deep.write_text('{"text": "fine", "label": 1}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(ValueError, match=r"deep.jsonl:2: nested too deeply"):
+        classify.read_examples(str(deep))

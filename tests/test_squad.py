@@ -546,3 +546,10 @@ def test_cli_features_shows_windows(vocab_dir):
     assert "question 'paris-1': When was the Eiffel Tower finished?" in out
     assert out.count("\nwindow ") >= 3 and "*" in out
     assert "-> '1889'" in out and "label: 0..0 = [CLS]" in out
+
+
+def test_read_squad_deeply_nested_json_is_a_clear_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"data": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match="deep.json: nested too deeply"):
+        read_squad(path)

@@ -91,6 +91,9 @@ def _rows(path: str, header: bool) -> tuple[list[str] | None, list[tuple[int, di
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{number}: not a JSON object ({e.msg}); JSONL has one object per line")
+            except RecursionError:
+                raise ValueError(f"{path}:{number}: nested too deeply to be an example (Python's JSON parser "
+                                 f"gives up); JSONL has one flat object per line") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{number}: each JSONL line must be an object, got {type(row).__name__}")
             rows.append((number, row))
@@ -98,7 +101,16 @@ def _rows(path: str, header: bool) -> tuple[list[str] | None, list[tuple[int, di
     delimiter = "\t" if path.endswith((".tsv", ".txt")) else ","
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL  # GLUE TSVs have bare quotes
     reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quoting=quoting)
-    rows = [(reader.line_num, fields) for fields in reader if fields]
+    rows, start = [], 1  # start: the line where the row being read begins (a quoted field may span lines)
+    try:
+        for fields in reader:
+            if fields:
+                rows.append((reader.line_num, fields))
+            start = reader.line_num + 1
+    except csv.Error as e:  # e.g. a field longer than csv.field_size_limit() (128 KiB)
+        hint = "is it really a TSV file?" if delimiter == "\t" else "is a quote left unclosed?"
+        raise ValueError(f"{path}:{start}: the row starting here cannot be read ({e}); an example's text is a "
+                         f"few thousand characters at most: {hint}") from None
     if not rows:
         raise ValueError(f"{path} has no rows")
     names = None

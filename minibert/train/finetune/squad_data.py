@@ -53,6 +53,8 @@ def read_squad(path) -> list[SquadExample]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a SQuAD file (Python's JSON parser gives up)") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise ValueError(f"{path}: a SQuAD file is a JSON object whose 'data' is a list of articles")
     examples, seen = [], set()
