@@ -42,8 +42,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from minibert.files import atomic_write_bytes
-from minibert.tokenizer.vocab_file import read_json
+from minibert.files import atomic_write_bytes, read_json
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"

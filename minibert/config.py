@@ -11,8 +11,7 @@ import math
 import os
 from typing import Any
 
-from minibert.files import atomic_write_text
-from minibert.tokenizer.vocab_file import read_json
+from minibert.files import atomic_write_text, read_json
 
 # The activations BERT checkpoints name in config.json, mapped to the GELU form they mean.
 # "gelu" is the exact erf form the original TF code used; "gelu_new"/"gelu_tanh"/"gelu_pytorch_tanh"

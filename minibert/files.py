@@ -1,11 +1,17 @@
-"""Crash-safe file writing: everything minibert writes goes to a temporary name and is renamed.
+"""Files in and out: crash-safe writing, and the one reader of JSON configuration files.
 
-``os.replace`` is atomic on POSIX and Windows, so a reader (or a resumed run) sees either the old file or
-the complete new one, never a half-written file left by an interrupted process.
+Everything minibert writes goes to a temporary name and is renamed. ``os.replace`` is atomic on POSIX and
+Windows, so a reader (or a resumed run) sees either the old file or the complete new one, never a
+half-written file left by an interrupted process.
+
+Every JSON file minibert reads as configuration (``config.json``, ``tokenizer_config.json``,
+``tokenizer.json``, a sharded checkpoint's index) goes through :func:`read_json`, so a bad one is always
+a ``ValueError`` that names the file, never a traceback.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 
@@ -39,3 +45,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def read_json(path: str) -> dict:
+    """A UTF-8 JSON file holding an object -> that object (a dict).
+
+    Raises ``ValueError`` naming the file when it is not UTF-8 (a byte-order mark is allowed), not JSON,
+    nested too deeply for Python's parser, or holds something other than an object.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path!r} is not valid UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{path!r} is nested too deeply to be a configuration file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path!r} must hold a JSON object ({{...}}), not {type(data).__name__}")
+    return data

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 
-from minibert.files import atomic_write_text
+from minibert.files import atomic_write_text, read_json
 from minibert.tokenizer.basic import BasicTokenizer, check_text
 from minibert.tokenizer.encoding import BatchEncoding, encode_batch
 from minibert.tokenizer.vocab_file import (CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SPECIAL_TOKENS, UNK_TOKEN,
-                                           load_vocab, read_json)
+                                           load_vocab)
 from minibert.tokenizer.wordpiece import (MAX_INPUT_CHARS_PER_WORD, WORDPIECE_CACHE_SIZE, WORDPIECE_PREFIX,
                                           WordpieceTokenizer)
 

@@ -1,11 +1,9 @@
 """A BERT vocabulary on disk: ``vocab.txt``, one token per line, the line number is the token's id.
 
-Also the five special tokens every BERT vocabulary reserves, and the JSON reader (clear errors for a
-file that is not UTF-8 JSON) that ``tokenizer_config.json`` and HF's ``tokenizer.json`` go through.
+Also the five special tokens every BERT vocabulary reserves.
 """
 from __future__ import annotations
 
-import json
 import os
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -50,21 +48,3 @@ def load_vocab(path) -> dict[str, int]:
                              f"{index + 1}); remove the duplicate")
         vocab[token] = index
     return vocab
-
-
-def read_json(path: str) -> dict:
-    """A UTF-8 JSON file holding an object -> that object (a dict).
-
-    Raises ``ValueError`` naming the file when it is not UTF-8 (a byte-order mark is allowed), not JSON,
-    nested too deeply for Python's parser, or holds something other than an object.
-    """
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path!r} is not valid UTF-8 JSON: {e}") from None
-    except RecursionError:
-        raise ValueError(f"{path!r} is nested too deeply to be a configuration file") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path!r} must hold a JSON object ({{...}}), not {type(data).__name__}")
-    return data
