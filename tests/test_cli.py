@@ -171,3 +171,13 @@ def test_every_help_shows_every_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "passes over the training data (default: 3)" in text and "(default: 0.0001)" in text
 
+
+def test_python_dash_m_minibert_ops_prints_a_table():
+    from minibert.ops import backend_info
+    from minibert.ops.__main__ import table
+    text = table(backend_info())
+    lines = text.splitlines()
+    assert lines[0].startswith("extension: ") and any(ln.split()[:2] == ["op", "device"] for ln in lines)
+    for op in ("attention", "gelu", "bias_gelu", "dropout"):
+        for device in ("cpu", "cuda"):
+            assert any(ln.split()[:2] == [op, device] and ln.split()[2] in ("fused", "eager") for ln in lines)
