@@ -117,7 +117,7 @@ def print_summary(summary: dict) -> None:
         print(f"  fill-mask on held-out sentences (top {len(summary['examples'][0]['top'])}, * = the word "
               f"that was there):")
         for example in summary["examples"]:
-            shown = "  ".join(f"{'*' if token == example['answer'] else ''}{token} {p:.0%}"
+            shown = "  ".join(f"{'*' if token == example['answer'] else ''}{token} {p:.1%}"
                               for token, p in example["top"])
             hit = "" if any(t == example["answer"] for t, _ in example["top"]) else f"   (* {example['answer']})"
             print(f"    {example['text']}\n      -> {shown}{hit}")
