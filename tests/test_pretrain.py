@@ -551,3 +551,15 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(()).item())
     trainer_state.restore_rng_state(torch.load(tmp_path / "s.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+
+
+def test_stop_request_first_signal_asks_a_repeat_is_ignored_a_later_one_interrupts(monkeypatch):
+    with signals.StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C again (torchrun forwards it): ignored
+        assert stop.requested == "SIGINT"
+        monkeypatch.setattr(signals, "REPEAT_SECONDS", 0.0)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signals.Interrupted("x", "SIGTERM").exit_status == 143

@@ -4,8 +4,10 @@ Inside ``with StopRequest() as stop:`` the first SIGINT or SIGTERM only sets ``s
 signal's name); the training loop checks it after every step, finishes that step, writes a checkpoint
 atomically and raises :class:`Interrupted`, whose message is the one line to print: where it stopped and
 the command that resumes it. The command line turns it into exit status 128 + the signal (130 for
-Ctrl-C), without a traceback. A second signal interrupts at once (``KeyboardInterrupt``), for a run
-stuck in a long evaluation. The previous handlers are restored on leaving the ``with``.
+Ctrl-C), without a traceback. A second signal, a second or more after the first, interrupts at once
+(``KeyboardInterrupt``), for a run stuck in a long evaluation; one sooner is the same Ctrl-C arriving
+twice (under torchrun the terminal signals every process and the launcher forwards it again) and is
+ignored. The previous handlers are restored on leaving the ``with``.
 
 Handlers can only be installed from the main thread; a run started elsewhere keeps the usual behaviour.
 DataLoader worker processes forked inside the ``with`` inherit the handler and ignore the signal there:
@@ -17,6 +19,9 @@ import os
 import shlex
 import signal
 import threading
+import time
+
+REPEAT_SECONDS = 1.0  # a second signal sooner than this after the first is the same Ctrl-C, delivered twice
 
 
 class Interrupted(Exception):
@@ -34,6 +39,7 @@ class StopRequest:
 
     def __init__(self):
         self.requested: str | None = None
+        self._first = 0.0
         self._previous: dict = {}
         self._pid = os.getpid()
 
@@ -53,8 +59,10 @@ class StopRequest:
         if os.getpid() != self._pid:
             return  # a forked DataLoader worker: the main process stops the run
         if self.requested is not None:
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now
-        self.requested = signal.Signals(signum).name
+            if time.monotonic() - self._first >= REPEAT_SECONDS:
+                raise KeyboardInterrupt  # the second Ctrl-C: stop now
+            return
+        self.requested, self._first = signal.Signals(signum).name, time.monotonic()
 
 
 def resume_command(argv: list[str] | None, verb: str, out: str) -> str:
