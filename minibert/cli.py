@@ -7,8 +7,10 @@ and listing the first in ``VERBS``. A verb whose work is a module of its own (``
 instead.
 
 User errors (a missing file, a corpus that is not UTF-8, a vocabulary size that cannot work, an output
-path that is a file) are printed as ``minibert: error: ...`` with exit status 2, like argparse's own usage
-errors, instead of a traceback.
+path that is a file, a run folder that already holds a run) are printed as ``minibert: error: ...`` with
+exit status 2, like argparse's own usage errors, instead of a traceback. A training run stopped by Ctrl-C
+or SIGTERM saves itself and prints one line, how to resume it, with exit status 130 (143 for SIGTERM).
+Every ``--help`` shows every option's default (:class:`HelpFormatter`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,18 @@ from minibert.data import corpus
 from minibert.tokenizer import train as vocab_trainer
 
 DEMO_SENTENCE = "The tokenizer splits unaffable words like tokenization into pieces."
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with every default: "(default: X)" is added to each option whose help does not already
+    say its default. On/off flags are off unless given, and say nothing."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default in (None, argparse.SUPPRESS) or action.nargs == 0
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return text + " (default: %(default)s)"
 
 
 def _print_corpus_stats(stats: dict, label: str) -> None:
@@ -72,6 +86,7 @@ def _train_and_report(corpus_spec, vocab_size: int, out_dir: str, do_lower_case:
 
 def _add_train_vocab(subparsers) -> None:
     p = subparsers.add_parser("train-vocab", help="learn a WordPiece vocabulary from text",
+                              formatter_class=HelpFormatter,
                               description="Learn a WordPiece vocabulary from a corpus in BERT format: one "
                                           "sentence per line, blank line between documents.")
     p.add_argument("corpus", nargs="*", metavar="CORPUS",
@@ -100,9 +115,10 @@ def _run_train_vocab(args) -> int:
 
 def _add_tokenize(subparsers) -> None:
     p = subparsers.add_parser("tokenize", help="show, step by step, how a text is tokenized",
+                              formatter_class=HelpFormatter,
                               description="Show every stage of BERT tokenization of a text (or a text pair).")
     p.add_argument("text", help="the text to tokenize")
-    p.add_argument("--pair", help="a second text, for a [CLS] A [SEP] B [SEP] pair")
+    p.add_argument("--pair", help="a second text, for a [CLS] A [SEP] B [SEP] pair (default: none)")
     p.add_argument("--vocab", help="a folder with vocab.txt (default: the vocabulary trained on the "
                                    "built-in corpus, trained and cached on first use)")
     p.add_argument("--cased", action="store_true", help="keep case and accents (do_lower_case=False)")
@@ -125,6 +141,7 @@ def _run_tokenize(args) -> int:
 
 def _add_corpus(subparsers) -> None:
     p = subparsers.add_parser("corpus", help="write the built-in corpus to a file in BERT format",
+                              formatter_class=HelpFormatter,
                               description="Write the built-in corpus (Python's own documentation) as one "
                                           "sentence per line, a blank line between documents.")
     p.add_argument("--out", required=True, help="the file to write")
@@ -142,6 +159,7 @@ def _run_corpus(args) -> int:
 
 def _add_demo(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train a vocabulary on the built-in corpus and tokenize a sentence",
+                              formatter_class=HelpFormatter,
                               description="A one-minute first look: learn a WordPiece vocabulary from "
                                           "Python's documentation, then tokenize a sentence step by step.")
     p.add_argument("--out", default="runs/vocab", help="folder for the vocabulary (default: %(default)s)")
@@ -165,8 +183,12 @@ def _run_demo(args) -> int:
 
 def _add_module_verb(subparsers, verb: str, module_name: str, help: str, description: str) -> None:
     module = importlib.import_module(module_name)
-    p = subparsers.add_parser(verb, help=help, description=description)
+    p = subparsers.add_parser(verb, help=help, description=description, formatter_class=HelpFormatter)
     module.add_arguments(p)
+    for action in p._actions:  # sub-verbs the module declares (assignment make|grade) show defaults too
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.formatter_class = HelpFormatter
 
     def run(args) -> int:
         status = module.run(args)  # pretrain returns its summary dict; assignments its exit status
@@ -190,7 +212,8 @@ def _add_fill_mask(subparsers) -> None:
 
 def _add_finetune(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a BERT: classify (sentences) or squad (QA)",
-                              description="Fine-tune a pretrained BERT on a downstream task.")
+                              description="Fine-tune a pretrained BERT on a downstream task.",
+                              formatter_class=HelpFormatter)
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
     _add_module_verb(tasks, "classify", "minibert.train.finetune.classify",
                      help="sentence / sentence-pair classification or regression (TSV, CSV, JSONL)",
@@ -216,7 +239,8 @@ VERBS = [_add_pretrain, _add_fill_mask, _add_finetune, _add_assignment, _add_tra
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb in ``VERBS``."""
-    parser = argparse.ArgumentParser(prog="minibert", description="BERT pretraining from scratch.")
+    parser = argparse.ArgumentParser(prog="minibert", description="BERT pretraining from scratch.",
+                                     formatter_class=HelpFormatter)
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for add_verb in VERBS:
         add_verb(subparsers)
@@ -224,10 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``minibert VERB ...``; return the exit status (0 ok, 2 usage or input error)."""
+    """Run ``minibert VERB ...``; return the exit status (0 ok, 2 usage or input error, 130 Ctrl-C)."""
+    from minibert.train.signals import Interrupted
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line, for a stopped run's "resume with: ..." line
     try:
         return args.run(args)
     except (ValueError, UnicodeDecodeError, OSError) as e:  # OSError: missing files, permissions, full disk
         print(f"minibert: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # a training run stopped on a signal, after saving a checkpoint
+        if str(e):
+            print(e, file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:  # Ctrl-C before the run could save anything (or twice)
+        print("\nminibert: interrupted", file=sys.stderr)
+        return 130

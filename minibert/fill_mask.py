@@ -2,9 +2,12 @@
 
 This is the masked-LM task the model was pretrained on, asked directly: the text is tokenized, every
 ``[MASK]`` stays a single ``[MASK]`` token, and the MLM head's softmax at each masked position is the
-model's belief about the missing word piece. Try it on a checkpoint of ``minibert pretrain``::
+model's belief about the missing word piece. Try it on a run of ``minibert pretrain``::
 
-    python -m minibert fill-mask --model runs/pretrain/last "The [MASK] statement exits a loop."
+    python -m minibert fill-mask --model runs/pretrain "The [MASK] statement exits a loop."
+
+``--model`` takes a run folder (its ``best/``, else its ``last/`` checkpoint) or a checkpoint folder,
+as every command does (``minibert.train.state.model_directory``).
 """
 from __future__ import annotations
 
@@ -99,15 +102,21 @@ def load(model_dir: str, device: str = "cpu"):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``minibert fill-mask``'s options to ``parser``."""
     parser.add_argument("text", nargs="+", help=f"text with one or more {MASK} tokens")
-    parser.add_argument("--model", required=True, help="checkpoint directory (e.g. runs/pretrain/last)")
-    parser.add_argument("--top-k", type=int, default=5, help="predictions shown per mask (default 5)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--model", required=True,
+                        help="a run folder (e.g. runs/pretrain: its best/, else its last/ checkpoint) or a "
+                             "checkpoint folder (e.g. runs/pretrain/last)")
+    parser.add_argument("--top-k", type=int, default=5, help="predictions shown per mask")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
 def run(args) -> list:
     """Print the top-k predictions of every [MASK] of every text; returns them as ``fill_mask`` does."""
-    model, tokenizer = load(args.model, args.device)
-    print(f"model: {args.model}: {model.loading_report()}", file=sys.stderr)
+    from minibert.train.state import model_directory
+
+    model_dir = model_directory(args.model)
+    model, tokenizer = load(model_dir, args.device)
+    print(f"model: {model_dir}")
+    print(f"model: {model_dir}: {model.loading_report()}", file=sys.stderr)
     if model.newly_initialized:
         print("warning: the checkpoint has no masked-LM head, so these predictions are random", file=sys.stderr)
     results = []
@@ -116,14 +125,15 @@ def run(args) -> list:
         results.append(predictions)
         print(text)
         for n, candidates in enumerate(predictions, 1):
-            shown = "  ".join(f"{token} ({p:.3f})" for token, p in candidates)
-            print(f"  {MASK} {n}: {shown}")
+            label = f"{MASK} {n}" if len(predictions) > 1 else MASK
+            print(f"  {label}: " + "  ".join(f"{token:<12} {p:6.1%}" for token, p in candidates).rstrip())
     return results
 
 
 def main(argv=None) -> list:
     """``python -m minibert.fill_mask --model DIR "text with a [MASK]"``."""
-    parser = argparse.ArgumentParser(prog="minibert fill-mask",
+    from minibert.cli import HelpFormatter
+    parser = argparse.ArgumentParser(prog="minibert fill-mask", formatter_class=HelpFormatter,
                                      description="Predict the tokens behind each [MASK] with a pretrained BERT.")
     add_arguments(parser)
     return run(parser.parse_args(argv))

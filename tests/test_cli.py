@@ -133,3 +133,51 @@ def test_assignment_verb_cuts_and_grades_a_handout(tmp_path, capsys):
     assert out.count("not implemented") >= 6
     assert main(["assignment", "grade", "no-such-assignment", str(tmp_path)]) == 2
     assert "unknown assignment" in capsys.readouterr().err
+
+
+def _parsers(parser, prefix="minibert"):
+    """(name, parser) of every verb and sub-verb under ``parser``."""
+    import argparse
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{prefix} {name}")
+
+
+def test_every_help_shows_every_default(capsys):
+    """Each option's help gives its default: added by the formatter, or said in the help when it is not a
+    plain value (None means something). On/off flags and required options have none to show."""
+    from minibert.cli import build_parser
+    missing = []
+    for name, parser in _parsers(build_parser()):
+        if name.startswith("minibert assignment "):
+            continue  # the assignment module's own options
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.nargs == 0 or action.required or action.default is None and not action.option_strings:
+                continue
+            if "default" not in formatter._get_help_string(action).lower():
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, missing
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("encoder layers (default: 4)", "peak learning rate (default: 0.0005)",
+                  "(default: linear)", "(default: runs/pretrain)", "(default: 100)"):
+        assert shown in text, shown
+    with pytest.raises(SystemExit):
+        main(["finetune", "classify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "passes over the training data (default: 3)" in text and "(default: 0.0001)" in text
+
+
+def test_python_dash_m_minibert_ops_prints_a_table():
+    from minibert.ops import backend_info
+    from minibert.ops.__main__ import table
+    text = table(backend_info())
+    lines = text.splitlines()
+    assert lines[0].startswith("extension: ") and any(ln.split()[:2] == ["op", "device"] for ln in lines)
+    for op in ("attention", "gelu", "bias_gelu", "dropout"):
+        for device in ("cpu", "cuda"):
+            assert any(ln.split()[:2] == [op, device] and ln.split()[2] in ("fused", "eager") for ln in lines)

@@ -88,3 +88,17 @@ def test_clear_errors(overfit_dir, tmp_path):
         fill_mask.load(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not a directory"):
         fill_mask.load(str(tmp_path / "missing"))
+
+
+def test_a_run_folder_means_its_best_else_its_last_checkpoint(overfit_dir, tmp_path, capsys):
+    """`--model RUN` works as `--model RUN/last` (and prefers RUN/best): one rule for every command."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(overfit_dir, run / "last")
+    (fox,), = fill_mask.main(["--model", str(run), "The quick brown [MASK] jumps over the lazy dog."])
+    assert fox[0][0] == "fox" and f"model: {run / 'last'}" in capsys.readouterr().out
+    shutil.copytree(overfit_dir, run / "best")
+    fill_mask.main(["--model", str(run), "the [MASK] fox"])
+    assert f"model: {run / 'best'}" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="is not a BERT checkpoint"):
+        fill_mask.main(["--model", str(tmp_path), "the [MASK] fox"])

@@ -111,8 +111,7 @@ def test_classify_learns_a_keyword_task_reproducibly_and_resumes(tmp_path, tiny_
         return original(*a)
 
     monkeypatch.setattr(classify, "classification_metrics", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(classify_args(tiny_model, tmp_path / "c", train, dev))
+    assert cli.main(classify_args(tiny_model, tmp_path / "c", train, dev)) == 130  # no traceback either
     monkeypatch.setattr(classify, "classification_metrics", original)
     resumed = run_classify(classify_args(tiny_model, tmp_path / "c", train, dev, "--resume"))
     assert resumed["history"] == summary["history"]
@@ -272,3 +271,50 @@ def test_read_examples_reports_oversized_fields_and_deep_json_by_line(tmp_path):
     deep.write_text('{"text": "fine", "label": 1}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     with pytest.raises(ValueError, match=r"deep.jsonl:2: nested too deeply"):
         classify.read_examples(str(deep))
+
+
+def test_classify_overwrite_and_resume_rules_and_ctrl_c(tmp_path, tiny_model, capsys, monkeypatch):
+    """The rules of `minibert pretrain`, once for `finetune classify`: an existing run is not replaced
+    without --overwrite; a run folder works as --model; Ctrl-C mid-epoch saves, prints how to resume and
+    exits 130, and --resume then gives the losses of a run that was never stopped."""
+    import os
+    import signal
+
+    from minibert.train import state as trainer_state
+    from minibert.train.finetune import loop
+
+    data = write_tsv(tmp_path / "d.tsv", keyword_rows(48, seed=10))
+    argv = classify_args(tiny_model, tmp_path / "full", data, data, "--epochs", "2")  # 3 steps per epoch
+    full = run_classify(argv)
+    assert cli.main(argv) == 2
+    assert "already holds a run" in (err := capsys.readouterr().err) and "--overwrite" in err and "--resume" in err
+    assert run_classify(argv + ["--overwrite"])["history"] == full["history"]
+
+    # A run folder as --model means its best/ checkpoint (else last/).
+    assert run_classify(classify_args(str(tmp_path / "full"), tmp_path / "again", data, data, "--epochs", "1"))
+    assert trainer_state.model_directory(str(tmp_path / "full")) == str(tmp_path / "full" / "best")
+
+    stopped = tmp_path / "stopped"
+    real, calls = loop.clip_and_step, []
+
+    def step_and_kill(*args):
+        calls.append(1)
+        if len(calls) == 4:  # the first step of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args)
+
+    monkeypatch.setattr(loop, "clip_and_step", step_and_kill)
+    argv = classify_args(tiny_model, stopped, data, data, "--epochs", "2")
+    assert cli.main(argv) == 130
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("stopped at step 4 of 6 (epoch 2); resume with: minibert finetune classify --model ")
+    assert line.endswith(" --resume") and "Traceback" not in line
+    monkeypatch.setattr(loop, "clip_and_step", real)
+    assert trainer_state.load_trainer_state(str(stopped / "last"))["step"] == 4
+
+    assert run_classify(argv + ["--resume"])["history"] == full["history"]
+    assert "resuming" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (stopped / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in rows] == [(r["split"], r["step"]) for r in expected]
+    np.testing.assert_allclose([r.get("loss", 0) for r in rows], [r.get("loss", 0) for r in expected], rtol=1e-6)

@@ -5,7 +5,10 @@
 * ``backends``: one optimizer step of MLM + NSP for the torch model and for the NumPy reference;
 * ``common``: what pretraining and fine-tuning share: AdamW and its parameter groups, clip-and-step,
   seeds, the device, the metrics log;
-* ``state``: checkpoints with optimizer, schedule and RNG state, and the checks ``--resume`` makes;
-* ``budget``: the ``--minutes`` planner; ``report``: progress, curves and the summary;
+* ``state``: checkpoints with optimizer, schedule and RNG state, the checks ``--resume`` makes, the rules of
+  an output folder (``--overwrite``) and what ``--model PATH`` means;
+* ``budget``: the run's clock: the learning rate, evaluations, checkpoints and the end of a ``--steps`` or
+  ``--minutes`` run; ``signals``: Ctrl-C / SIGTERM stop a run cleanly; ``report``: progress, curves and the
+  summary;
 * ``finetune``: ``minibert finetune classify | squad`` on top of the same pieces.
 """

@@ -165,6 +165,7 @@ class PretrainingData:
     nsp_majority_accuracy: float    # NSP accuracy of always guessing the more common label
     fingerprint: str                # hash of the training text (or shards), checked on --resume
     source: str                     # where the instances came from, for the opening line
+    held_out_sentences: list = dataclasses.field(default_factory=list)  # a few, for fill-mask examples
 
 
 def prepare_data(args, tokenizer, config) -> PretrainingData:
@@ -172,7 +173,7 @@ def prepare_data(args, tokenizer, config) -> PretrainingData:
     masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask)
                if args.dynamic_masking else None)
     pad_id = config.pad_token_id
-    eval_batches = []
+    eval_batches, held_out_sentences = [], []
     if args.shards:
         instances = data.PretrainingShards(args.shards, tokenizer=tokenizer)
         if not instances.masked and masking is None:
@@ -188,6 +189,7 @@ def prepare_data(args, tokenizer, config) -> PretrainingData:
                           if eval_docs else [])[:args.eval_sequences]
         eval_batches = _collate_all(eval_instances, pad_id, args.max_seq_length, args.batch_size)
         fingerprint = _fingerprint(train_docs)
+        held_out_sentences = [doc[len(doc) // 2] for doc in eval_docs[:40] if doc]
         source = f"{len(train_docs)} documents; {len(eval_docs)} documents held out"
     if not len(instances):
         raise ValueError("no pretraining instances were created: the training corpus is too small "
@@ -199,4 +201,5 @@ def prepare_data(args, tokenizer, config) -> PretrainingData:
     return PretrainingData(
         instances=instances, masking=masking, eval_batches=eval_batches, unigram_token=unigram,
         unigram_accuracy=_unigram_accuracy(scored, unigram),
-        nsp_majority_accuracy=float(max(nsp.mean(), 1 - nsp.mean())), fingerprint=fingerprint, source=source)
+        nsp_majority_accuracy=float(max(nsp.mean(), 1 - nsp.mean())), fingerprint=fingerprint, source=source,
+        held_out_sentences=held_out_sentences)

@@ -10,18 +10,25 @@ The loop, in the order it happens (options and defaults: ``minibert.train.pretra
    ``torch.optim.AdamW`` (``--backend torch``), or the NumPy reference with its hand-written backward and
    AdamW (``--backend numpy``) driven by the very same loop: same batches, schedule, logging, checkpoints.
 3. **Steps.** Gradients accumulate over ``--grad-accum`` micro-batches, the loss normalised by the whole
-   global batch; then the global gradient norm is clipped and AdamW steps at BERT's linear warm-up then
-   linear decay of the learning rate (``minibert.reference.schedules``).
-4. **Watching** (``minibert.train.report``). A progress bar (loss, MLM / NSP accuracy, tokens/s); every
-   step appended to ``OUT/metrics.jsonl``; evaluation on the held-out documents every ``--eval-every``
-   steps; loss and accuracy curves in ``OUT/curves.png``.
-5. **Checkpoints** (``minibert.train.state``). ``OUT/last`` every ``--save-every`` steps and at the end:
-   loads in ``transformers`` unchanged, and ``--resume`` continues it with the same loss trajectory.
-6. **Summary.** Final train / eval loss, MLM and NSP accuracy, and the *unigram baseline*: the MLM
-   accuracy of always guessing the most frequent masked token, the score to beat.
+   global batch; then the global gradient norm is clipped and AdamW steps at the learning rate the plan
+   gives (``minibert.train.budget``): with ``--steps N`` a function of the step (BERT's linear warm-up and
+   decay, ``--schedule``), exactly reproducible; with ``--minutes M`` a function of the fraction of the
+   time budget spent, and the run stops stepping when what is left is what the final evaluation and
+   checkpoint need.
+4. **Watching** (``minibert.train.report``). A progress bar (loss, MLM / NSP accuracy, tokens/s, lr); every
+   step appended to ``OUT/metrics.jsonl`` with its ``lr`` and ``elapsed`` seconds; evaluation on the
+   held-out documents (every ``--eval-every`` steps, or ``--eval-every-minutes``); loss and accuracy curves
+   in ``OUT/curves.png``.
+5. **Checkpoints** (``minibert.train.state``). ``OUT/last`` every ``--save-every`` steps (or
+   ``--save-every-minutes``) and at the end: loads in ``transformers`` unchanged, and ``--resume``
+   continues it with the same loss trajectory. A fresh run never replaces one already in ``OUT`` unless
+   ``--overwrite``; Ctrl-C finishes the step, saves, and says how to resume (``minibert.train.signals``).
+6. **Summary.** Final train / eval loss, MLM and NSP accuracy, the *unigram baseline* (the MLM accuracy of
+   always guessing the most frequent masked token, the score to beat), why the run stopped, and the
+   model's guesses for a masked word in a few held-out sentences.
 
 Try it: ``python -m minibert.train.pretrain`` (five minutes on two CPU cores), then
-``python -m minibert.fill_mask --model runs/pretrain/last "The [MASK] statement exits a loop."``.
+``python -m minibert fill-mask --model runs/pretrain "The [MASK] statement exits a loop."``.
 
 Several processes: ``torchrun --nproc_per_node N -m minibert pretrain ...`` runs data parallel
 (DistributedDataParallel, gloo on CPU, nccl on GPU). Each rank trains on a disjoint part of every global
@@ -30,26 +37,32 @@ batch (``global batch = --batch-size x N x --grad-accum``); rank 0 logs and save
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
-import time
+import sys
 
 import torch
 
 from minibert.files import atomic_write_text
-from minibert.reference.schedules import linear_warmup_decay
-from minibert.train import budget, distributed, report, state
+from minibert.train import budget, distributed, report, signals, state
 from minibert.train.backends import STAT_KEYS, build_backend, count_batch
 from minibert.train.common import append_metrics, derived_seed, read_metrics
 from minibert.train.data import StepBatches, prepare_data
 from minibert.train.pretrain_args import (CURVES_FILE, METRICS_FILE, SUMMARY_FILE, TRAJECTORY_ARGS,  # noqa: F401
-                                          add_arguments, build_config, build_parser, check_args)  # (cli: add_arguments)
+                                          add_arguments, build_config, build_parser, check_args,  # (cli: add_arguments)
+                                          check_size_options)
 
 
 def main(argv=None) -> dict:
-    """Parse ``argv`` and pretrain; returns the summary dictionary (also written to OUT/summary.json)."""
-    return run(build_parser().parse_args(argv))
+    """Parse ``argv`` and pretrain; returns the summary dictionary (also written to OUT/summary.json).
+
+    Raises ``signals.Interrupted`` when a signal stopped the run (after saving it)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = ["pretrain", *argv]  # for the "resume with:" line
+    return run(args)
 
 
 def run(args) -> dict:
@@ -94,19 +107,31 @@ def train(args, rank: int, world_size: int, device) -> dict:
     if args.amp and device.type != "cuda" and rank == 0:
         print("note: --amp (bf16 autocast) only applies on CUDA; training in float32 on the CPU")
     out, metrics_path, curves_path = args.out, os.path.join(args.out, METRICS_FILE), os.path.join(args.out, CURVES_FILE)
-    resume_dir = state.find_checkpoint(out) if args.resume else None
-    saved = state.load_trainer_state(resume_dir) if resume_dir else None
-    weights_dir = resume_dir or args.init_from
+    global_batch = args.batch_size * world_size * args.grad_accum
+    run_args = {**{k: getattr(args, k) for k in TRAJECTORY_ARGS}, "global_batch_size": global_batch}
+
+    # -- where the run starts: a new folder (an existing run is replaced only with --overwrite) or --resume
+    saved = resume_dir = None
+    if args.resume:
+        resume_dir = state.find_checkpoint(out)
+        saved = state.load_trainer_state(resume_dir)
+        state.check_same_run(saved["args"], run_args)  # before the data is built: refuse fast
+        if saved.get("finished"):
+            raise ValueError(f"--resume: the run in {out} already finished (step {saved['step']}); there is "
+                             f"nothing left to train. Start a new run (another --out, or --overwrite).")
+    elif rank == 0:
+        state.check_new_run(out, args.overwrite)
+    weights_dir = resume_dir or (state.model_directory(args.init_from) if args.init_from else None)
 
     # -- data: the same instances give the same batches, from memory or from shards
     tokenizer = BertTokenizer.from_pretrained(weights_dir or args.vocab or args.shards or default_vocab_dir())
     config = build_config(args, tokenizer, weights_dir)
-    d = prepare_data(args, tokenizer, config)
-    global_batch = args.batch_size * world_size * args.grad_accum
-    run_args = {**{k: getattr(args, k) for k in TRAJECTORY_ARGS}, "global_batch_size": global_batch,
-                "corpus_fingerprint": d.fingerprint}
     if saved is not None:
-        state.check_same_run(saved["args"], run_args)
+        check_size_options(args, config)
+    d = prepare_data(args, tokenizer, config)
+    run_args["corpus_fingerprint"] = d.fingerprint
+    if saved is not None:
+        state.check_same_run(saved["args"], run_args)  # and the same text
     batches = StepBatches(d.instances, micro_batch_size=args.batch_size, grad_accum=args.grad_accum, rank=rank,
                           world_size=world_size, seed=args.seed, pad_id=config.pad_token_id,
                           max_seq_length=args.max_seq_length, num_steps=0, masking=d.masking)
@@ -116,101 +141,118 @@ def train(args, rank: int, world_size: int, device) -> dict:
     step_fn = functools.partial(train_step, backend, seed=args.seed, rank=rank, world_size=world_size, device=device)
     eval_fn = functools.partial(evaluate, backend, rank=rank, world_size=world_size, device=device)
 
-    # -- how many steps, and where to start
+    # -- the plan (a step count, or a time budget: budget.py) and where to start
     start_step = 0
     if saved is not None:
         backend.load_optimizer_state(saved["optimizer"])
         state.restore_rng_state(saved["rng"])
-        start_step, total_steps = saved["step"], saved["total_steps"]
-    elif args.steps:
-        total_steps = args.steps
-    else:  # --minutes: time real steps (at lr 0, moving no weight) and plan the count
-        alone = functools.partial(evaluate, backend, rank=0, world_size=1, device=device)
-        total_steps = budget.plan_steps(args, backend, batches, d, tokenizer, step_fn, alone, rank, world_size,
-                                        device)
-    batches.num_steps = total_steps
-    warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * total_steps)
-    run_state = {"total_steps": total_steps, "args": run_args,
-                 "scheduler": {"kind": "linear_warmup_decay", "peak_lr": args.lr, "warmup_steps": warmup,
-                               "total_steps": total_steps},
+        start_step = saved["step"]
+    plan = budget.make_plan(args, saved, start_step, evaluates=bool(d.eval_batches))
+    run_state = {"args": run_args, "scheduler": {"kind": args.schedule, "peak_lr": args.lr},
                  "data": {"n_instances": len(d.instances), "global_batch_size": global_batch,
                           "corpus_fingerprint": d.fingerprint}}
 
-    rows: list[dict] = []
+    rows: list[dict] = []  # rank 0's metrics: the train and eval lines of this run
+
+    def save(step: int, finished: bool = False) -> str:
+        trainer = {**run_state, **plan.state(), "finished": finished}
+        return state.save_pretraining(out, backend, tokenizer, step, trainer, args.keep_checkpoints)
+
+    def evaluate_and_log(step: int) -> dict:
+        result = eval_fn(d.eval_batches)
+        if rank == 0:
+            rows.append({"split": "eval", "step": step, **result, "elapsed": plan.elapsed()})
+            append_metrics(metrics_path, rows[-1])
+            report.save_curves(rows, curves_path, d.unigram_accuracy)
+        return result
+
     if rank == 0:
+        if args.overwrite:
+            state.clear_run(out)
         os.makedirs(out, exist_ok=True)
         rows = read_metrics(metrics_path, start_step) if saved is not None else []
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         print(f"pretraining a {config.num_hidden_layers}-layer, {config.hidden_size}-wide BERT "
               f"({args.backend}, {device}, {world_size} process{'es' if world_size > 1 else ''}) on "
-              f"{len(d.instances)} instances from {d.source}; global batch {global_batch}; {total_steps} steps"
-              + (f" planned for {args.minutes:g} min" if args.minutes and saved is None else ""))
+              f"{len(d.instances)} instances from {d.source}; global batch {global_batch}; {plan.describe()}")
+        if saved is not None:
+            print(f"resuming {out} at {plan.describe_position(start_step)}")
 
     # -- the loop; worker processes (--num-workers) build the next steps' batches in the background
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start_step, total_steps),
-                                         num_workers=args.num_workers, collate_fn=_identity)
-    progress = report.Progress(total_steps, start_step, enabled=rank == 0 and not args.quiet)
-    t_start = time.perf_counter()
-    deadline = t_start + args.minutes * 60.0 if args.minutes and saved is None else None
-    step_done, train_seconds, tokens_seen = start_step, 0.0, 0.0
-    t_step = time.perf_counter()
-    for step, micro_batches in zip(range(start_step, total_steps), loader):
-        lr = linear_warmup_decay(step, args.lr, warmup, total_steps)
-        stats, grad_norm = step_fn(micro_batches, step, lr)
-        step_done, seconds = step + 1, time.perf_counter() - t_step  # seconds include waiting for the batch
-        train_seconds += seconds
-        tokens_seen += stats["n_tokens"]
-        row = report.train_row(step_done, stats, lr, grad_norm, seconds)
-        if rank == 0:
-            rows.append(row)
-            append_metrics(metrics_path, row)
-            progress.update(row)
-        if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"the loss became {row['loss']} at step {step_done}; lower --lr "
-                                     f"(now {args.lr}) or raise --warmup-steps")
-        if d.eval_batches and args.eval_every and step_done % args.eval_every == 0 and step_done < total_steps:
-            result = eval_fn(d.eval_batches)
+    order = range(start_step, plan.total_steps) if plan.total_steps is not None else itertools.count(start_step)
+    loader = iter(torch.utils.data.DataLoader(batches, batch_size=None, sampler=order,
+                                              num_workers=args.num_workers, collate_fn=_identity))
+    progress = report.Progress(plan.total_steps, start_step, enabled=rank == 0 and not args.quiet)
+    step, train_seconds, tokens_seen = start_step, 0.0, 0.0
+    last_eval = (None, None)  # (step, result) of the latest evaluation
+    plan.start()
+    with signals.StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, save, say how to resume
+        while True:
+            # Rank 0's clock decides for all ranks: is the run over, and the step's learning rate.
+            now = budget.agree({**plan.before_step(step), "interrupted": stop.requested is not None},
+                               rank, world_size, device)
+            if now["finished"] or now["interrupted"]:
+                break
+            t_step = budget.clock()
+            stats, grad_norm = step_fn(next(loader), step, now["lr"])
+            step, seconds = step + 1, budget.clock() - t_step  # seconds include waiting for the batch
+            plan.measured("step", seconds)
+            train_seconds += seconds
+            tokens_seen += stats["n_tokens"]
+            row = report.train_row(step, stats, now["lr"], grad_norm, seconds, plan.elapsed())
             if rank == 0:
-                rows.append({"split": "eval", "step": step_done, **result})
-                append_metrics(metrics_path, rows[-1])
-                report.save_curves(rows, curves_path, d.unigram_accuracy)
-        if args.save_every and step_done % args.save_every == 0 and step_done < total_steps and rank == 0:
-            state.save_pretraining(out, backend, tokenizer, step_done, run_state, args.keep_checkpoints)
-        # Every rank stops at the same step: one late rank stops them all.
-        if deadline is not None and distributed.all_reduce_sum(
-                {"late": float(time.perf_counter() > deadline)}, world_size, device)["late"]:
-            if rank == 0:
-                progress.bar.write(f"time budget of {args.minutes:g} min reached at step {step_done}")
-            break
-        t_step = time.perf_counter()
-    progress.bar.close()
-    wall_seconds = time.perf_counter() - t_start
+                rows.append(row)
+                append_metrics(metrics_path, row)
+                progress.update(row, plan)
+            if not math.isfinite(row["loss"]):
+                raise FloatingPointError(f"the loss became {row['loss']} at step {step}; lower --lr "
+                                         f"(now {args.lr}) or raise --warmup-steps")
+            due = budget.agree(plan.after_step(step), rank, world_size, device)
+            if due["eval"]:
+                t0 = budget.clock()
+                last_eval = (step, evaluate_and_log(step))
+                plan.measured("eval", budget.clock() - t0)
+            if due["save"]:
+                t0 = budget.clock()
+                if rank == 0:
+                    save(step)
+                plan.measured("save", budget.clock() - t0)
+        progress.close()
 
-    # -- the end: a last evaluation and checkpoint, the summary
-    final_eval = eval_fn(d.eval_batches) if d.eval_batches else None
-    if rank != 0:
-        return {}
-    if final_eval is not None:
-        rows.append({"split": "eval", "step": step_done, **final_eval})
-        append_metrics(metrics_path, rows[-1])
-    path = state.save_pretraining(out, backend, tokenizer, step_done, run_state, args.keep_checkpoints)
-    summary = report.summarize(rows, final_eval, timing={
-        "steps": step_done, "seconds": wall_seconds, "train_seconds": train_seconds,
-        "tokens_per_s": tokens_seen / train_seconds if train_seconds else 0.0}, facts={
-        "unigram_baseline_mlm_acc": d.unigram_accuracy,
-        "unigram_token": tokenizer.convert_ids_to_tokens([d.unigram_token])[0],
-        "nsp_majority_baseline_acc": d.nsp_majority_accuracy, "checkpoint": path,
-        "global_batch_size": global_batch, "world_size": world_size, "backend": args.backend,
-        "device": str(device)})
-    atomic_write_text(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
-    report.save_curves(rows, curves_path, d.unigram_accuracy)
-    report.print_summary(summary)
-    return summary
+        if now["interrupted"]:
+            if rank == 0:
+                save(step)
+            raise signals.Interrupted(
+                f"stopped at step {step}{plan.describe_stop()}; resume with: "
+                f"{signals.resume_command(getattr(args, 'argv', None), 'pretrain', out)}" if rank == 0 else "",
+                stop.requested or "SIGINT")
+
+        # -- the end: a last evaluation and checkpoint, the summary
+        final_eval = None
+        if d.eval_batches:
+            final_eval = last_eval[1] if last_eval[0] == step else evaluate_and_log(step)
+        if rank != 0:
+            return {}
+        path = save(step, finished=True)
+        summary = report.summarize(rows, final_eval, timing={
+            "steps": step, "seconds": plan.elapsed(), "train_seconds": train_seconds,
+            "tokens_per_s": tokens_seen / train_seconds if train_seconds else 0.0, **plan.summary(step)}, facts={
+            "unigram_baseline_mlm_acc": d.unigram_accuracy,
+            "unigram_token": tokenizer.convert_ids_to_tokens([d.unigram_token])[0],
+            "nsp_majority_baseline_acc": d.nsp_majority_accuracy, "checkpoint": path,
+            "global_batch_size": global_batch, "world_size": world_size, "backend": args.backend,
+            "device": str(device)})
+        summary["examples"] = report.fill_mask_examples(path, d.held_out_sentences)
+        atomic_write_text(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+        report.save_curves(rows, curves_path, d.unigram_accuracy)
+        report.print_summary(summary)
+        return summary
 
 
 def _identity(x):
     return x  # DataLoader must not turn our NumPy batches into tensors (the numpy backend wants arrays)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the same as `minibert pretrain ...`: one-line errors, exit status 130 on Ctrl-C
+    from minibert.cli import main as cli_main
+    sys.exit(cli_main(["pretrain", *sys.argv[1:]]))

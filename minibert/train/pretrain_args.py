@@ -21,16 +21,20 @@ DEFAULT_WEIGHT_DECAY = 0.01  # Devlin et al., 2018, appendix A.2
 DEFAULT_DUPE_FACTOR = 5      # copies of the corpus with different masks; the original code used 10
 MAX_POSITION_EMBEDDINGS = 512  # as BERT-Base, so a checkpoint can later be fine-tuned on longer inputs
 DEFAULT_EVAL_SEQUENCES = 512  # ~10k masked tokens: accuracy to about +-0.5%, in seconds
+DEFAULT_OUT = os.path.join("runs", "pretrain")
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 SUMMARY_FILE = "summary.json"
 
-# Arguments that shape the loss trajectory: a resumed run must use the same values, or it would not
-# continue the run it claims to continue. (--out, --resume, --device, --num-workers, --eval-every,
-# --save-every may change freely.)
+# Settings that cannot change on --resume: those that shape the loss trajectory and the model itself (a
+# resumed run would not continue the run it claims to continue). --out, --device, --num-workers, the
+# evaluation and checkpoint intervals, --attn/--gelu, --quiet and --keep-checkpoints may change freely.
 TRAJECTORY_ARGS = ("corpus", "shards", "held_out_every", "max_seq_length", "dupe_factor", "whole_word_mask",
-                   "dynamic_masking", "lr", "warmup_steps", "warmup_ratio", "weight_decay",
-                   "clip_grad_norm", "steps", "minutes", "seed", "backend", "dtype", "dropout")
+                   "dynamic_masking", "config", "layers", "hidden", "heads", "intermediate", "init_from",
+                   "lr", "schedule", "warmup_steps", "warmup_ratio", "weight_decay", "clip_grad_norm", "steps",
+                   "minutes", "seed", "backend", "dtype", "dropout")
+SIZE_OPTIONS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+                "intermediate": "intermediate_size"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,65 +45,86 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "or 'builtin' (default): the Python documentation that ships with Python")
     g.add_argument("--shards", default=None, metavar="DIR",
                    help="train on the instances of a shard directory (written by `python -m minibert.data --out "
-                        "DIR` or minibert.data.write_shards) instead of --corpus; no held-out evaluation")
+                        "DIR` or minibert.data.write_shards) instead of --corpus; no held-out evaluation "
+                        "(default: none, train on --corpus)")
     g.add_argument("--vocab", default=None,
                    help="directory holding vocab.txt (default: the --shards directory's, or the vocabulary trained "
                         "on the built-in corpus, cached on first use; see `minibert train-vocab`)")
-    g.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default 128)")
+    g.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence")
     g.add_argument("--dupe-factor", type=int, default=DEFAULT_DUPE_FACTOR,
-                   help=f"copies of the corpus, each with different masks (default {DEFAULT_DUPE_FACTOR})")
+                   help="copies of the corpus, each with different masks")
     g.add_argument("--whole-word-mask", action="store_true", help="mask all pieces of a word together")
     g.add_argument("--dynamic-masking", action="store_true",
                    help="draw new masks every time a sequence is batched (RoBERTa) instead of once")
     g.add_argument("--held-out-every", type=int, default=10,
-                   help="hold out every N-th document for evaluation (default 10: 10%%; 0 = no evaluation)")
+                   help="hold out every N-th document for evaluation (10: 10%%; 0 = no evaluation)")
     g.add_argument("--eval-sequences", type=int, default=DEFAULT_EVAL_SEQUENCES,
-                   help=f"held-out sequences scored per evaluation (default {DEFAULT_EVAL_SEQUENCES})")
+                   help="held-out sequences scored per evaluation")
     g.add_argument("--num-workers", type=int, default=0, help="background processes building batches")
 
     g = parser.add_argument_group("model")
-    g.add_argument("--config", default=None, help="config.json to use instead of the size options below")
-    g.add_argument("--layers", type=int, default=4, help="encoder layers (default 4)")
-    g.add_argument("--hidden", type=int, default=256, help="hidden size (default 256)")
-    g.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
-    g.add_argument("--intermediate", type=int, default=1024, help="feed-forward size (default 1024)")
+    g.add_argument("--config", default=None,
+                   help="config.json to use instead of the size options below (default: the size options)")
+    g.add_argument("--layers", type=int, default=4, help="encoder layers")
+    g.add_argument("--hidden", type=int, default=256, help="hidden size")
+    g.add_argument("--heads", type=int, default=4, help="attention heads")
+    g.add_argument("--intermediate", type=int, default=1024, help="feed-forward size")
     g.add_argument("--dropout", type=float, default=None,
-                   help="override the config's hidden and attention dropout (default: config's, 0.1)")
-    g.add_argument("--init-from", default=None, help="start from this checkpoint's weights (and config)")
+                   help="override the config's hidden and attention dropout (default: the config's, 0.1)")
+    g.add_argument("--init-from", default=None,
+                   help="start from this checkpoint's weights and config: a checkpoint or run folder "
+                        "(default: random initialisation)")
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                   help=f"sequences per process per micro-step (default {DEFAULT_BATCH_SIZE})")
+                   help="sequences per process per micro-step")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-steps accumulated per optimizer step")
-    g.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"peak learning rate (default {DEFAULT_LR})")
-    g.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
+    g.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate")
+    g.add_argument("--schedule", choices=("linear", "noam", "constant"), default="linear",
+                   help="learning-rate schedule of a --steps run: BERT's linear warm-up and decay to 0, the "
+                        "Transformer's warm-up then 1/sqrt(step) decay (peak --lr), or constant. A --minutes run "
+                        "always warms up and decays linearly with the time spent")
+    g.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up steps of a --steps run (default: --warmup-ratio of the steps)")
     g.add_argument("--warmup-ratio", type=float, default=DEFAULT_WARMUP_RATIO,
-                   help=f"warm-up as a fraction of all steps, when --warmup-steps is not given "
-                        f"(default {DEFAULT_WARMUP_RATIO})")
+                   help="warm-up as a fraction of the steps (--steps) or of the time (--minutes)")
     g.add_argument("--weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY,
-                   help=f"AdamW weight decay, not applied to biases and LayerNorm "
-                        f"(default {DEFAULT_WEIGHT_DECAY})")
-    g.add_argument("--clip-grad-norm", type=float, default=1.0, help="max global gradient norm (default 1.0)")
-    g.add_argument("--steps", type=int, default=None, help="optimizer steps to train")
+                   help="AdamW weight decay, not applied to biases and LayerNorm")
+    g.add_argument("--clip-grad-norm", type=float, default=1.0, help="max global gradient norm")
+    g.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps to train: an exactly reproducible run (default: --minutes)")
     g.add_argument("--minutes", type=float, default=None,
-                   help=f"time budget instead of --steps: the step count is planned from the measured speed "
-                        f"(default when neither is given: {DEFAULT_MINUTES:g})")
+                   help=f"time budget instead of --steps: the learning rate warms up and decays to 0 with the "
+                        f"time spent, and the run ends, final evaluation and checkpoint included, within it "
+                        f"whatever the load (default when neither is given: {DEFAULT_MINUTES:g})")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, masks and dropout")
 
     g = parser.add_argument_group("run")
-    g.add_argument("--out", default=os.path.join("runs", "pretrain"), help="output directory")
-    g.add_argument("--resume", action="store_true", help="continue the run saved in OUT/last")
-    g.add_argument("--eval-every", type=int, default=100, help="evaluate every N steps (and at the end)")
+    g.add_argument("--out", default=None,
+                   help=f"output folder (default: {DEFAULT_OUT}); an existing run there is never replaced "
+                        f"without --overwrite")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (given explicitly) with the same options; a --minutes "
+                        "run continues with the budget it has left")
+    g.add_argument("--eval-every", type=int, default=100,
+                   help="--steps runs: evaluate every N steps (and at the end; 0: only at the end)")
     g.add_argument("--save-every", type=int, default=200,
-                   help="checkpoint OUT/last every N steps (and at the end)")
+                   help="--steps runs: checkpoint OUT/last every N steps (and at the end; 0: only at the end)")
+    g.add_argument("--eval-every-minutes", type=float, default=None,
+                   help="--minutes runs: evaluate every M minutes, once right after the first step, and at the "
+                        "end (default: a fifth of the budget, at least 1)")
+    g.add_argument("--save-every-minutes", type=float, default=None,
+                   help="--minutes runs: checkpoint every M minutes, once right after the first step, and at "
+                        "the end (default: a fifth of the budget, at least 1)")
     g.add_argument("--keep-checkpoints", action="store_true",
                    help="also keep a copy OUT/step-N of each checkpoint")
     g.add_argument("--backend", choices=("torch", "numpy"), default="torch",
                    help="torch (fast) or numpy (the readable reference, same loop)")
     g.add_argument("--attn", choices=("eager", "sdpa", "fused"), default="fused",
-                   help="attention implementation of the torch model (default fused)")
+                   help="attention implementation of the torch model")
     g.add_argument("--gelu", choices=("eager", "fused"), default="fused",
-                   help="GELU implementation of the torch model (default fused)")
+                   help="GELU implementation of the torch model")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="parameter dtype (float64 for exact comparisons between backends)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored, with a note, on CPU)")
@@ -109,8 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The stand-alone ``python -m minibert.train.pretrain`` parser."""
+    from minibert.cli import HelpFormatter
     parser = argparse.ArgumentParser(prog="minibert pretrain", description="Pretrain a BERT from scratch "
-                                     "on masked-LM + next-sentence prediction.")
+                                     "on masked-LM + next-sentence prediction.", formatter_class=HelpFormatter)
     add_arguments(parser)
     return parser
 
@@ -137,8 +163,44 @@ def check_args(args, world_size: int) -> None:
         raise ValueError("--held-out-every must be 0 (no evaluation) or at least 2")
     if args.backend == "numpy" and world_size > 1:
         raise ValueError("--backend numpy runs in one process; use --backend torch under torchrun")
+    for flag, value in (("--eval-every-minutes", args.eval_every_minutes),
+                        ("--save-every-minutes", args.save_every_minutes)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if args.resume and args.overwrite:
+        raise ValueError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out: name the folder of the run to continue (e.g. --out runs/pretrain)")
     if args.steps is None and args.minutes is None:
         args.minutes = DEFAULT_MINUTES
+    if args.minutes is not None:
+        if args.schedule != "linear":
+            raise ValueError(f"--schedule {args.schedule} is for --steps runs; a --minutes run warms up and "
+                             f"decays linearly with the time spent")
+        if args.warmup_steps is not None:
+            raise ValueError("--warmup-steps is for --steps runs; a --minutes run warms up over --warmup-ratio "
+                             "of its time")
+    if args.steps is not None and args.schedule == "noam" and warmup_steps(args) < 1:
+        raise ValueError("--schedule noam needs a warm-up of at least one step (--warmup-steps or --warmup-ratio)")
+    if args.out is None:
+        args.out = DEFAULT_OUT
+
+
+def warmup_steps(args) -> int:
+    """The warm-up of a --steps run: --warmup-steps, else --warmup-ratio of the steps."""
+    return args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * args.steps)
+
+
+def check_size_options(args, config: BertConfig) -> None:
+    """On --resume (of a run built from the size options) refuse size options that differ from the model's."""
+    if args.config is not None or args.init_from is not None:
+        return
+    diffs = [f"--{name}: checkpoint {getattr(config, field)}, now {getattr(args, name)}"
+             for name, field in SIZE_OPTIONS.items() if getattr(config, field) != getattr(args, name)]
+    if diffs:
+        raise ValueError("--resume: the model in the checkpoint has another size; a resumed run keeps its "
+                         "architecture:\n  " + "\n  ".join(diffs)
+                         + "\nRepeat the original command line with --resume (or start a fresh --out).")
 
 
 def build_config(args, tokenizer, weights_dir: str | None) -> BertConfig:

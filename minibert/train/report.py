@@ -22,29 +22,36 @@ def metrics(stats: dict) -> dict:
             "nsp_acc": stats["nsp_correct"] / max(stats["n_examples"], 1)}
 
 
-def train_row(step_done: int, stats: dict, lr: float, grad_norm: float, seconds: float) -> dict:
-    """The metrics line of one training step."""
+def train_row(step_done: int, stats: dict, lr: float, grad_norm: float, seconds: float, elapsed: float) -> dict:
+    """The metrics line of one training step: ``lr`` it used, ``elapsed`` seconds of the run at its end."""
     return {"split": "train", "step": step_done, **metrics(stats), "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_s": stats["n_tokens"] / seconds}
+            "tokens_per_s": stats["n_tokens"] / seconds if seconds > 0 else 0.0, "elapsed": elapsed}
 
 
 class Progress:
-    """The progress bar: loss, MLM / NSP accuracy and tokens/s, each an exponential moving average."""
+    """The progress bar: loss, MLM / NSP accuracy and tokens/s, each an exponential moving average, the
+    learning rate, and for a time budget the minutes left (``total`` is None: no step count is planned)."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int | None, initial: int, enabled: bool):
         from tqdm import tqdm
         self.bar = tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, mininterval=1.0,
                         desc="pretrain")
         self.smooth: dict = {}
 
-    def update(self, row: dict) -> None:
+    def update(self, row: dict, plan) -> None:
         """Advance one step, showing ``row``'s figures smoothed."""
         for k in ("loss", "mlm_acc", "nsp_acc", "tokens_per_s"):
             self.smooth[k] = row[k] if k not in self.smooth else 0.9 * self.smooth[k] + 0.1 * row[k]
+        extra = {}
+        if getattr(plan, "seconds", None):
+            extra["left"] = f"{max(0.0, plan.seconds - row['elapsed']) / 60:.1f}min"
         self.bar.set_postfix(loss=f"{self.smooth['loss']:.3f}", mlm=f"{self.smooth['mlm_acc']:.3f}",
                              nsp=f"{self.smooth['nsp_acc']:.3f}", tok_s=f"{self.smooth['tokens_per_s']:.0f}",
-                             refresh=False)
+                             lr=f"{row['lr']:.2e}", **extra, refresh=False)
         self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def summarize(rows: list[dict], final_eval: dict | None, timing: dict, facts: dict) -> dict:
@@ -94,9 +101,9 @@ def save_curves(rows: list[dict], path: str, baseline: float | None) -> None:
 
 
 def print_summary(summary: dict) -> None:
-    """Print the end-of-run figures, the baselines beside the model's accuracies."""
-    print(f"\npretraining finished: {summary['steps']} steps in {summary['seconds'] / 60:.1f} min "
-          f"({summary['tokens_per_s']:.0f} tokens/s)")
+    """Print the end-of-run figures, the baselines beside the model's accuracies, and a few fill-mask examples."""
+    print(f"\npretraining finished: {summary['steps']} steps in {summary['seconds'] / 60:.2f} min "
+          f"({summary['tokens_per_s']:.0f} tokens/s); {summary['stopped']}")
     print(f"  final train loss {summary['train_loss']:.3f}   MLM acc {summary['train_mlm_acc']:.3f}   "
           f"NSP acc {summary['train_nsp_acc']:.3f}   (mean of the last {summary['final_window']} steps)")
     if summary.get("eval_loss") is not None:
@@ -106,3 +113,52 @@ def print_summary(summary: dict) -> None:
           f"{summary['unigram_token']!r} (unigram), NSP acc {summary['nsp_majority_baseline_acc']:.3f} "
           f"always guessing the majority label")
     print(f"  checkpoint: {summary['checkpoint']}")
+    if summary.get("examples"):
+        print(f"  fill-mask on held-out sentences (top {len(summary['examples'][0]['top'])}, * = the word "
+              f"that was there):")
+        for example in summary["examples"]:
+            shown = "  ".join(f"{'*' if token == example['answer'] else ''}{token} {p:.1%}"
+                              for token, p in example["top"])
+            hit = "" if any(t == example["answer"] for t, _ in example["top"]) else f"   (* {example['answer']})"
+            print(f"    {example['text']}\n      -> {shown}{hit}")
+
+
+EXAMPLES = 4  # held-out sentences shown with the model's fill-mask guesses at the end of a run
+
+
+def cloze(sentences: list[str], tokenizer, n: int = EXAMPLES) -> list[tuple[str, str]]:
+    """Up to ``n`` (sentence with one ``[MASK]``, the word masked) from ``sentences``, deterministically.
+
+    The masked word is the one nearest the middle that the vocabulary holds whole (a single word piece),
+    is alphabetic and has at least four letters: a content word the model could know, not a fragment.
+    """
+    chosen = []
+    for sentence in sentences:
+        words = sentence.split()
+        if not 6 <= len(words) <= 24:
+            continue
+        middle = len(words) / 2
+        candidates = sorted(range(1, len(words) - 1), key=lambda i: abs(i - middle))
+        for i in candidates:
+            word = words[i]
+            pieces = tokenizer.tokenize(word) if word.isalpha() and len(word) >= 4 else []
+            if len(pieces) == 1 and pieces[0].lower() == word.lower():
+                chosen.append((" ".join(words[:i] + ["[MASK]"] + words[i + 1:]), pieces[0]))
+                break
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def fill_mask_examples(checkpoint_dir: str, sentences: list[str], top_k: int = 5) -> list[dict]:
+    """The checkpoint's top-``top_k`` guesses for a masked word in a few held-out ``sentences``."""
+    if not sentences:
+        return []
+    from minibert import fill_mask
+
+    model, tokenizer = fill_mask.load(checkpoint_dir)
+    examples = []
+    for text, answer in cloze(sentences, tokenizer):
+        (top,) = fill_mask.fill_mask(model, tokenizer, text, top_k)
+        examples.append({"text": text, "answer": answer, "top": top})
+    return examples

@@ -14,6 +14,10 @@ directory. So a checkpoint is written under ``OUT/.tmp-<random>``; only once it 
 ``OUT/last`` moved aside (``OUT/.old-<random>``) and the new one renamed into place. A crash between the
 two renames leaves no ``OUT/last`` but a complete ``.old-*`` directory, which :func:`find_checkpoint`
 recovers. At no moment is a half-written checkpoint called ``last``.
+
+Also here, the rules of an output folder: a fresh run never replaces an existing one unless told to
+(:func:`check_new_run`, :func:`clear_run`), and ``--model PATH`` means one thing everywhere
+(:func:`model_directory`).
 """
 from __future__ import annotations
 
@@ -27,7 +31,11 @@ import numpy as np
 import torch
 
 TRAINER_STATE = "trainer_state.pt"
-LAST = "last"
+LAST, BEST = "last", "best"
+# What a run leaves in its folder: an existing one is replaced only with --overwrite (first four) ...
+RUN_MARKERS = (LAST, BEST, "metrics.jsonl", "summary.json")
+# ... and --overwrite removes these (a run's outputs, never anything else the folder holds).
+RUN_OUTPUTS = RUN_MARKERS + ("curves.png", "predictions.tsv", "predictions.json", "nbest_predictions.json")
 
 
 def capture_rng_state() -> dict:
@@ -127,6 +135,10 @@ def find_checkpoint(out_dir: str) -> str:
         recovered = max(orphans, key=os.path.getmtime)
         os.replace(recovered, last)
         return last
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--resume: there is no checkpoint to resume: the run folder {out_dir!r} does not "
+                                f"exist. Pass --out with the folder of the run to continue, or start a fresh run "
+                                f"without --resume.")
     raise FileNotFoundError(
         f"--resume: there is no checkpoint to resume in {out_dir!r} (expected {last}/{TRAINER_STATE}). "
         f"Start a fresh run without --resume, or point --out at the directory of an earlier run.")
@@ -139,10 +151,63 @@ def load_trainer_state(checkpoint_dir: str) -> dict:
 
 
 def check_same_run(saved: dict, now: dict) -> None:
-    """Refuse to resume with settings that would change the loss trajectory."""
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-             if saved.get(k) != now.get(k)]
+    """Refuse to resume with settings that differ from the saved run's, listing every difference.
+
+    Only settings both sides record are compared (a checkpoint written before a setting existed resumes).
+    """
+    diffs = [f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}" for k in sorted(set(saved) & set(now))
+             if saved[k] != now[k]]
     if diffs:
         raise ValueError("--resume: these settings differ from the run being resumed, so it could not "
                          "continue the same trajectory:\n  " + "\n  ".join(diffs)
                          + "\nRepeat the original command line with --resume (or start a fresh --out).")
+
+
+def existing_run(out_dir: str) -> list[str]:
+    """The run outputs (checkpoints, metrics, summary) already in ``out_dir``; empty for a new folder."""
+    if not os.path.isdir(out_dir):
+        return []
+    names = set(os.listdir(out_dir))
+    found = [n for n in RUN_MARKERS if n in names]
+    return found + sorted(n for n in names if n.startswith("step-") or n.startswith(".old-"))
+
+
+def check_new_run(out_dir: str, overwrite: bool) -> None:
+    """Refuse to start a fresh run in a folder that holds one, unless ``--overwrite`` (then :func:`clear_run`)."""
+    if os.path.isfile(out_dir):
+        raise FileExistsError(f"--out {out_dir!r} is a file, not a folder")
+    found = existing_run(out_dir)
+    if found and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds a run ({', '.join(found)}). Continue it with --resume (the same options "
+            f"plus --resume), replace it with --overwrite, or choose another --out.")
+
+
+def clear_run(out_dir: str) -> None:
+    """Remove a previous run's outputs from ``out_dir`` (``--overwrite``), and nothing else."""
+    if not os.path.isdir(out_dir):
+        return
+    for name in os.listdir(out_dir):
+        if name in RUN_OUTPUTS or name.startswith(("step-", ".old-", ".tmp-")):
+            path = os.path.join(out_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+
+def model_directory(path: str) -> str:
+    """The checkpoint ``--model PATH`` means, for every command that reads a model (fill-mask, finetune).
+
+    ``PATH`` itself when it holds ``config.json`` (a checkpoint, e.g. ``runs/pretrain/last`` or an HF BERT
+    folder); otherwise ``PATH`` is a run folder and means its ``best/`` checkpoint, else its ``last/``.
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--model {path!r} is not a directory; pass a run folder (e.g. runs/pretrain) "
+                                f"or a checkpoint folder (e.g. runs/pretrain/last)")
+    for candidate in (path, os.path.join(path, BEST), os.path.join(path, LAST)):
+        if os.path.isfile(os.path.join(candidate, "config.json")):
+            return candidate
+    raise FileNotFoundError(f"--model {path!r} is not a BERT checkpoint: it holds no config.json, and no "
+                            f"{BEST}/config.json or {LAST}/config.json. Pass a run folder of `minibert pretrain` "
+                            f"or `minibert finetune`, a checkpoint folder, or an HF BERT folder")

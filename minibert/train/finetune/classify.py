@@ -327,8 +327,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``minibert finetune classify``'s options to ``parser``."""
     g = parser.add_argument_group("data")
     g.add_argument("--train", help="training file (.tsv, .csv or .jsonl); default: the built-in task")
-    g.add_argument("--dev", help="evaluation file, same columns (required with --train)")
-    g.add_argument("--predict", help="a file to label with the best model (its label column is optional)")
+    g.add_argument("--dev", help="evaluation file, same columns (default: none; required with --train)")
+    g.add_argument("--predict", help="a file to label with the best model, its label column optional "
+                                     "(default: none)")
     g.add_argument("--text-column", default="text", help="name (or 0-based number) of the text column")
     g.add_argument("--text-pair-column", default=None, help="second text of a pair task (default: none)")
     g.add_argument("--label-column", default="label", help="name (or number) of the label column")

@@ -15,11 +15,14 @@ linearly over the first 10% of steps and decayed linearly to 0 at the last one, 
 global norm 1.0. After every epoch the model is
 evaluated and ``OUT/last`` is written; ``OUT/best`` too when the main metric improved. Both are written
 atomically (``minibert.train.state``) and load in ``transformers`` unchanged. Every step appends a row to
-``OUT/metrics.jsonl``, every evaluation another.
+``OUT/metrics.jsonl``, every evaluation another. A folder that already holds a run is replaced only with
+``--overwrite``; Ctrl-C (or SIGTERM) finishes the step, saves ``OUT/last`` and prints the command that
+resumes it (``minibert.train.signals``).
 
 Reproducible: the head's initialisation, the shuffle of each epoch and the dropout masks of each step are
 pure functions of ``--seed`` (and the epoch / step), so the same command gives the same numbers, and
-``--resume`` continues a run from its last finished epoch exactly as if it had never stopped.
+``--resume`` continues a run from its last checkpoint (an epoch's end, or the step a signal stopped it
+at) exactly as if it had never stopped.
 """
 from __future__ import annotations
 
@@ -35,8 +38,9 @@ import torch
 
 from minibert.files import atomic_write_text
 from minibert.reference.schedules import linear_warmup_decay
+from minibert.train import signals
 from minibert.train import state as trainer_state
-from minibert.train.common import append_metrics, clip_and_step, derived_seed, make_optimizer
+from minibert.train.common import append_metrics, clip_and_step, derived_seed, make_optimizer, read_metrics
 
 # The BERT paper fine-tunes BERT-Base for 2-4 epochs at batch 16/32 and lr 5e-5/3e-5/2e-5. Those rates
 # are for a 110M-parameter model pretrained for days. The small models trained here (2-4 layers, a few
@@ -51,40 +55,44 @@ DEFAULT_WEIGHT_DECAY = 0.01  # Devlin et al., 2018, appendix A.2
 DEFAULT_CLIP_GRAD_NORM = 1.0
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
-BEST, LAST = "best", trainer_state.LAST
-# Settings that shape the trajectory: --resume refuses to continue a run with different values.
+BEST, LAST = trainer_state.BEST, trainer_state.LAST
+# Settings that shape the trajectory: --resume refuses to continue a run with different values. (A task's
+# data options are included where the task has them.)
 TRAJECTORY_ARGS = ("model", "epochs", "batch_size", "lr", "warmup_ratio", "weight_decay", "clip_grad_norm",
-                   "seed", "max_seq_length", "random_init")
+                   "seed", "max_seq_length", "random_init", "train", "dev", "text_column", "text_pair_column",
+                   "label_column", "no_header", "regression", "doc_stride", "max_query_length")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, max_seq_length: int) -> None:
     """The options every fine-tuning task takes: model, output, optimisation, backends, device."""
     g = parser.add_argument_group("model and run")
     g.add_argument("--model", required=True,
-                   help="an HF-format BERT directory (config.json, model.safetensors, vocab.txt): a "
-                        "`minibert pretrain` output such as runs/pretrain (its last/ is used) or a real BERT")
+                   help="an HF-format BERT folder (config.json, model.safetensors, vocab.txt) or a run folder "
+                        "such as runs/pretrain (its best/, else its last/), or a real BERT")
     g.add_argument("--random-init", action="store_true",
                    help="use --model's config and vocabulary but random weights (what pretraining buys)")
     g.add_argument("--out", required=True, help="output directory (best/, last/, metrics.jsonl, summary.json)")
-    g.add_argument("--resume", action="store_true", help="continue the run in OUT from its last epoch")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (repeat the same options)")
     g.add_argument("--max-seq-length", type=int, default=max_seq_length,
-                   help=f"tokens per sequence, [CLS] and [SEP] included (default {max_seq_length})")
+                   help="tokens per sequence, [CLS] and [SEP] included")
     g.add_argument("--attn", choices=("eager", "sdpa", "fused"), default="fused",
-                   help="attention implementation (default fused)")
+                   help="attention implementation")
     g.add_argument("--gelu", choices=("eager", "fused"), default="fused", help="GELU implementation")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
-    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"default {DEFAULT_BATCH_SIZE}")
-    g.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"peak learning rate (default {DEFAULT_LR})")
+    g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="passes over the training data")
+    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="examples per step")
+    g.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate")
     g.add_argument("--warmup-ratio", type=float, default=DEFAULT_WARMUP_RATIO,
-                   help=f"linear warm-up over this fraction of the steps (default {DEFAULT_WARMUP_RATIO})")
+                   help="linear warm-up over this fraction of the steps")
     g.add_argument("--weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY,
-                   help=f"AdamW weight decay, not on biases and LayerNorm (default {DEFAULT_WEIGHT_DECAY})")
+                   help="AdamW weight decay, not on biases and LayerNorm")
     g.add_argument("--clip-grad-norm", type=float, default=DEFAULT_CLIP_GRAD_NORM,
-                   help=f"max global gradient norm (default {DEFAULT_CLIP_GRAD_NORM})")
+                   help="max global gradient norm")
     g.add_argument("--seed", type=int, default=0, help="seed of the head's init, shuffling and dropout")
 
 
@@ -100,21 +108,19 @@ def check_training_arguments(args) -> None:
         raise ValueError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.clip_grad_norm <= 0:
         raise ValueError(f"--clip-grad-norm must be positive, got {args.clip_grad_norm}")
+    if args.resume and args.overwrite:
+        raise ValueError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
 
 
-def model_directory(path: str) -> str:
-    """The checkpoint directory ``--model`` means: ``path`` itself, or the ``last/`` of a pretraining run."""
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return path
-    last = os.path.join(path, LAST)
-    if os.path.isfile(os.path.join(last, "config.json")):
-        return last
-    raise FileNotFoundError(f"--model {path!r} is not a BERT checkpoint: it holds no config.json (nor "
-                            f"last/config.json). Pass a `minibert pretrain` output directory or an HF BERT folder")
+model_directory = trainer_state.model_directory  # what --model means: one rule for every command
 
 
 class Resume:
-    """Where a run starts: the model directory to load and, for ``--resume``, the saved trainer state."""
+    """Where a run starts: the model directory to load and, for ``--resume``, the saved trainer state.
+
+    A fresh run refuses an ``--out`` that holds a run unless ``--overwrite`` (the old outputs are removed
+    when the new run first writes, in :func:`finetune`).
+    """
 
     def __init__(self, args):
         self.state = None
@@ -123,6 +129,7 @@ class Resume:
             self.state = trainer_state.load_trainer_state(self.model_dir)
             trainer_state.check_same_run(self.state["args"], run_args(args))
         else:
+            trainer_state.check_new_run(args.out, args.overwrite)
             self.model_dir = model_directory(args.model)
 
 
@@ -153,56 +160,68 @@ def finetune(model: torch.nn.Module, tokenizer, train_features: list, collate: C
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     metrics_path = os.path.join(out, METRICS_FILE)
     history: list[dict] = []
-    start_epoch, best = 0, None
+    start_epoch, start_step, best = 0, 0, None  # epochs evaluated, steps done
     if resume.state is not None:
         optimizer.load_state_dict(resume.state["optimizer"])
         start_epoch, best, history = (resume.state["epoch"], resume.state["best"],
                                       json.loads(resume.state["history"]))
+        start_step = resume.state.get("step", start_epoch * steps_per_epoch)
+        print(f"resuming {out} at step {start_step} of {total_steps} ({start_epoch} of {args.epochs} epochs "
+              f"evaluated)")
+    if getattr(args, "overwrite", False):
+        trainer_state.clear_run(out)
     os.makedirs(out, exist_ok=True)
-    if resume.state is None:
-        atomic_write_text(metrics_path, "")
+    rows = read_metrics(metrics_path, start_step) if resume.state is not None else []
+    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))  # drop steps after the checkpoint
 
-    def save(name: str, epoch_done: int) -> str:
-        payload = {"epoch": epoch_done, "step": epoch_done * steps_per_epoch, "total_steps": total_steps,
+    def save(name: str, epochs_evaluated: int, step_done: int) -> str:
+        payload = {"epoch": epochs_evaluated, "step": step_done, "total_steps": total_steps,
                    "optimizer": optimizer.state_dict(), "best": best, "history": json.dumps(history),
                    "rng": trainer_state.capture_rng_state(), "args": run_args(args)}
         return trainer_state.save_checkpoint(out, lambda d: model.save_pretrained(d, tokenizer), payload, name)
 
     from tqdm import tqdm
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=args.quiet,
+    bar = tqdm(total=total_steps, initial=start_step, disable=args.quiet,
                dynamic_ncols=True, mininterval=1.0, desc="fine-tune")
     t_start = time.perf_counter()
     smooth = None
-    for epoch in range(start_epoch, args.epochs):
-        model.train()
-        order = epoch_order(len(train_features), args.seed, epoch)
-        for i in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            batch = collate([train_features[j] for j in order[i * args.batch_size:(i + 1) * args.batch_size]])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch, dropout_seed=derived_seed(args.seed, step, 1)).loss
-            loss.backward()
-            lr = linear_warmup_decay(step, args.lr, warmup, total_steps)
-            grad_norm = clip_and_step(model, optimizer, lr, args.clip_grad_norm)
-            value = float(loss.detach())
-            append_metrics(metrics_path, {"split": "train", "epoch": epoch + 1, "step": step + 1, "loss": value,
-                                          "lr": lr, "grad_norm": grad_norm})
-            smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
-            bar.set_postfix(epoch=epoch + 1, loss=f"{smooth:.4f}", refresh=False)
-            bar.update(1)
-        model.eval()
-        with torch.no_grad():
-            result = {k: float(v) for k, v in evaluate(model).items()}
-        row = {"split": "eval", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, **result}
-        history.append(row)
-        append_metrics(metrics_path, row)
-        bar.write(f"epoch {epoch + 1}/{args.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        improved = best is None or result[main_metric] > best[main_metric]
-        if improved:
-            best = row
-        save(LAST, epoch + 1)
-        if improved:
-            trainer_state.copy_checkpoint(out, os.path.join(out, LAST), BEST)
+    with signals.StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, save, say how to resume
+        for epoch in range(start_epoch, args.epochs):
+            model.train()
+            order = epoch_order(len(train_features), args.seed, epoch)
+            for i in range(max(0, start_step - epoch * steps_per_epoch), steps_per_epoch):
+                step = epoch * steps_per_epoch + i
+                batch = collate([train_features[j] for j in order[i * args.batch_size:(i + 1) * args.batch_size]])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss = model(**batch, dropout_seed=derived_seed(args.seed, step, 1)).loss
+                loss.backward()
+                lr = linear_warmup_decay(step, args.lr, warmup, total_steps)
+                grad_norm = clip_and_step(model, optimizer, lr, args.clip_grad_norm)
+                value = float(loss.detach())
+                append_metrics(metrics_path, {"split": "train", "epoch": epoch + 1, "step": step + 1,
+                                              "loss": value, "lr": lr, "grad_norm": grad_norm})
+                smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
+                bar.set_postfix(epoch=epoch + 1, loss=f"{smooth:.4f}", refresh=False)
+                bar.update(1)
+                if stop.requested:
+                    bar.close()
+                    save(LAST, epoch, step + 1)
+                    raise signals.Interrupted(
+                        f"stopped at step {step + 1} of {total_steps} (epoch {epoch + 1}); resume with: "
+                        f"{signals.resume_command(getattr(args, 'argv', None), 'finetune', out)}", stop.requested)
+            model.eval()
+            with torch.no_grad():
+                result = {k: float(v) for k, v in evaluate(model).items()}
+            row = {"split": "eval", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, **result}
+            history.append(row)
+            append_metrics(metrics_path, row)
+            bar.write(f"epoch {epoch + 1}/{args.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+            improved = best is None or result[main_metric] > best[main_metric]
+            if improved:
+                best = row
+            save(LAST, epoch + 1, (epoch + 1) * steps_per_epoch)
+            if improved:
+                trainer_state.copy_checkpoint(out, os.path.join(out, LAST), BEST)
     bar.close()
     summary = {"epochs": args.epochs, "steps": total_steps, "train_examples": len(train_features),
                "seconds": time.perf_counter() - t_start, "main_metric": main_metric, "best": best,
