@@ -169,8 +169,18 @@ def _child_main(conn, folder: str, memory_limit_mb: int, loaders: dict) -> None:
         try:
             if request[0] == "load":
                 reply = _load(request[1], folder, modules, loaders, memory_limit_mb)
-            else:
-                reply = _call(*request[1:], folder=folder, modules=modules, memory_limit_mb=memory_limit_mb)
+            else:  # a batch of calls, answered together; the first failure ends it
+                filename, function, driver, calls, in_place = request[1:]
+                results, changes = [], []
+                for args, kwargs in calls:
+                    reply = _call(filename, function, driver, args, kwargs, in_place, folder=folder,
+                                  modules=modules, memory_limit_mb=memory_limit_mb)
+                    if reply[0] == "failed":
+                        break
+                    results.append(reply[1])
+                    changes.append(reply[2])
+                else:
+                    reply = ("ok", results, changes)
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # noqa: BLE001 -- report anything, even an unpicklable result
             data = pickle.dumps(("failed", "error", f"{type(exc).__name__}: {exc}", ()))
@@ -394,15 +404,16 @@ class Sandbox:
         """Import (or build) the student's ``filename``; StudentFailure("missing", ...) when it cannot."""
         self._request(("load", filename), deadline)
 
-    def call(self, filename: str, function: str | None, args: tuple, kwargs: dict, deadline: float,
-             in_place=(), driver: str | None = None):
-        """Run the student's ``function`` on ``args`` (or ``driver(function or module, *args)``) in the child.
+    def call(self, filename: str, function: str | None, calls: list, deadline: float, in_place=(),
+             driver: str | None = None):
+        """Run the student's ``function`` (or ``driver(module, *args)``) in the child on each (args, kwargs)
+        of ``calls``, in one round trip.
 
-        Returns (result, changed): ``changed`` names the arguments the call modified, with their new
-        values for the names in ``in_place`` (which the caller may copy back with :func:`write_back`).
-        Raises StudentFailure when the code raises, times out or crashes.
+        Returns (results, changes): for each call what it returned, and which arguments it modified, with
+        their new values for the names in ``in_place`` (which the caller may copy back with
+        :func:`write_back`). Raises StudentFailure when the code raises, times out or crashes.
         """
         self.load(filename, deadline)
-        _, result, changed = self._request(("call", filename, function, driver, args, kwargs, tuple(in_place)),
-                                           deadline)
-        return result, changed
+        _, results, changes = self._request(("call", filename, function, driver, list(calls), tuple(in_place)),
+                                            deadline)
+        return results, changes
