@@ -198,11 +198,11 @@ def test_hints_formulas_and_full(tmp_path):
     make("backprop", tmp_path / "formulas", hints="formulas")
     assert "dx = rstd * (g - mean(g)" in (tmp_path / "formulas/layers.py").read_text()
     assert "## Derivations" not in (tmp_path / "formulas/structure.md").read_text()
-    make("backprop", tmp_path / "full", hints="full")
-    full = (tmp_path / "full/layers.py").read_text()
-    assert "dx = rstd * (g - mean(g)" in full and "    # [N, out]" not in full  # trailing comments are code
-    assert "        # The key bias" not in full
-    assert "# A masked softmax" in full  # an outline comment of a cut body... of the forward, which stays
+    make("masking", tmp_path / "full", hints="full")
+    make("masking", tmp_path / "masking", hints="formulas")
+    outline = "    # Candidate \"words\": lists of positions that are chosen together."
+    assert outline in (tmp_path / "full/masking.py").read_text()  # the body's comments, as an outline
+    assert outline not in (tmp_path / "masking/masking.py").read_text()
     with pytest.raises(ValueError, match="hints must be one of none, formulas, full"):
         make("backprop", tmp_path / "x", hints="all")
 
