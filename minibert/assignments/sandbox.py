@@ -111,7 +111,8 @@ def _describe(exc: BaseException, folder: Path, memory_limit_mb: int) -> tuple:
     """(kind, message, error types) for an exception raised by the student's code."""
     names = tuple(c.__name__ for c in type(exc).__mro__)
     if isinstance(exc, NotImplementedError):
-        return "not implemented", f"raises NotImplementedError{_where(exc, folder)}", names
+        text = f": {exc}" if str(exc) else ""
+        return "not implemented", f"raises NotImplementedError{text}{_where(exc, folder)}", names
     message = f"{type(exc).__name__}: {exc}{_where(exc, folder)}"
     if isinstance(exc, MemoryError):
         message += f" (the memory limit is {memory_limit_mb} MB)"
