@@ -48,8 +48,9 @@ class Task:
     docstring is a contract already). ``in_place``: the arguments the function modifies as its result (a
     ``grads`` dict it adds to, the lists it trims, an optimizer's state); the grader copies their new
     values back. ``may_change``: arguments it may overwrite on the way (the upstream gradient of a
-    backward pass). A change to any other argument is pointed out in the report. ``notebook``: the code of the function's check
-    cell in the handout's notebook. ``needs``: "cuda" for a task graded only where a GPU is present.
+    backward pass). A change to any other argument is pointed out in the report. ``notebook``: the code
+    of the function's check cell in the handout's notebook. ``needs``: "cuda" for a task graded only
+    where a GPU is present.
     """
 
     file: str

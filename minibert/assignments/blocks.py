@@ -142,21 +142,22 @@ ASSIGNMENT = Assignment(
                        "c_ln): the block's input, the first dense weight [F, E], and the caches of bias+GELU, the "
                        "output dense, the dropout and the LayerNorm.\n\n"
                        "Adds to grads the gradients of the six parameters under their HF names; returns dx [B, S, E]."),
-             notebook='check_block("feed_forward_backward", "bert.encoder.layer.0.", lambda p: blocks.feed_forward_forward(\n'
-                      '    p, "bert.encoder.layer.0", x, "none", 1e-12, 0.2, 7, 0), {"x": x},\n'
+             notebook='check_block("feed_forward_backward", "bert.encoder.layer.0.", lambda p: (\n'
+                      '    blocks.feed_forward_forward(p, "bert.encoder.layer.0", x, "none", 1e-12, 0.2, 7, 0)),\n'
+                      '    {"x": x},\n'
                       '    skip=("bert.encoder.layer.0.attention",))'),
         Task(FILE, "pooler_backward", 1, "dh (only position 0 non-zero) and the dense grads", _check_pooler,
              in_place=("grads",), may_change=("dpooled",),
              contract=("Backward of pooler_forward. dpooled: [B, E]; cache: (prefix, h_shape, c_dense, pooled): the "
                        "shape of h, the dense layer's cache and the output.\n\n"
                        "Adds to grads the dense layer's gradients; returns dh, shaped h_shape."),
-             notebook='check_block("pooler_backward", "bert.pooler", lambda p: blocks.pooler_forward(p, "bert.pooler", h),\n'
-                      '            {"h": h})'),
+             notebook=('check_block("pooler_backward", "bert.pooler",\n'
+                       '            lambda p: blocks.pooler_forward(p, "bert.pooler", h), {"h": h})')),
         Task(FILE, "mlm_head_backward", 2, "dh and the grads of the transform, the bias and the tied word "
              "embeddings", _check_mlm_head, in_place=("grads",), may_change=("dlogits",),
-             contract=("Backward of mlm_head_forward. dlogits: [B, S, V]; cache: (word_embeddings_name, c_dense, c_gelu, "
-                       "c_ln, c_dec): the name of the tied word-embedding table and the caches of the transform "
-                       "dense, the GELU, the LayerNorm and the decoder.\n\n"
+             contract=("Backward of mlm_head_forward. dlogits: [B, S, V]; cache: (word_embeddings_name, c_dense, "
+                       "c_gelu, c_ln, c_dec): the name of the tied word-embedding table and the caches of the "
+                       "transform dense, the GELU, the LayerNorm and the decoder.\n\n"
                        "Adds to grads the gradients of the transform, of cls.predictions.bias and of the word "
                        "embeddings (the decoder's weight: add, since the embedding lookup adds its own); returns "
                        "dh [B, S, E]."),

@@ -75,8 +75,9 @@ def _check_mask_tokens(t, gen):
         with t.variant(f"whole_word_mask={whole_word}", cases) as v:
             sequences = [_sequence(gen, continuation, ordinary) for _ in range(600)]
             # All calls in one batch; the first 50 sequences twice, with the same seed (reproducibility).
-            outputs = t.call_many([(list(ids), spec, random.Random(seed + n)) for n, ids in enumerate(sequences)]
-                                  + [(list(ids), spec, random.Random(seed + n)) for n, ids in enumerate(sequences[:50])])
+            calls = [(list(ids), spec, random.Random(seed + n)) for n, ids in enumerate(sequences)]
+            outputs = t.call_many(calls + [(list(ids), spec, random.Random(seed + n))
+                                           for n, ids in enumerate(sequences[:50])])
             for n, ids in enumerate(sequences):
                 what = f"sequence {n} ({len(ids)} ids)"
                 masked, positions, labels = outputs[n]
