@@ -306,3 +306,15 @@ def test_the_class_seed_file_is_created_once_and_kept(tmp_path):
     with pytest.raises(ValueError, match="one integer"):
         read_class_seed(tmp_path / "bad.txt")
     assert main(["grade-all", "backprop", str(tmp_path / "none"), "--csv", str(tmp_path / "g.csv")]) == 2
+
+
+def test_output_that_breaks_the_contract_fails_its_cases_without_stopping_the_grader(tmp_path):
+    for file in ASSIGNMENTS["masking"].files:
+        shutil.copy(LIBRARY_ROOT / file, tmp_path)
+    source = (tmp_path / "masking.py").read_text()
+    (tmp_path / "masking.py").write_text(source.replace("    return masked_ids, positions, labels\n",
+                                                        "    return masked_ids\n"))
+    report = grade("masking", tmp_path)
+    row = rows(report)["mask_tokens"]
+    assert row["status"] == "fail" and "the grader could not use what your function returned" in row["message"]
+    assert report["score"] == 3

@@ -275,6 +275,11 @@ class TaskRun:
         except StudentFailure as exc:
             v.fail_pending(str(exc), exc.kind)
             return
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            # what came back is not what the contract says (a tuple too short, a list for a dict...)
+            v.fail_pending(f"the grader could not use what your function returned ({type(exc).__name__}: {exc})",
+                           "fail")
+            return
         if v.pending:
             raise RuntimeError(f"check of {self.task.function}: cases {v.pending} of {name!r} were not judged")
 
