@@ -227,8 +227,8 @@ def _add_finetune(subparsers) -> None:
 def _add_assignment(subparsers) -> None:
     _add_module_verb(subparsers, "assignment", "minibert.assignments.__main__",
                      help="cut classroom assignments from the code and grade them function by function",
-                     description="list the assignments, make a handout (function bodies cut, structure.md), "
-                                 "or grade a student's folder.")
+                     description="list the assignments, make a handout (function bodies cut, structure.md, a "
+                                 "notebook), grade a student's folder, or grade a whole class (grade-all).")
 
 
 # ----------------------------------------------------------------------------------------------------

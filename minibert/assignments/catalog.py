@@ -1,11 +1,11 @@
 """The assignments an instructor can hand out, by name."""
 from __future__ import annotations
 
-from minibert.assignments import backprop, blocks, losses_and_adamw, masking
+from minibert.assignments import backprop, blocks, kernel, losses_and_adamw, masking
 from minibert.assignments.base import Assignment
 
 ASSIGNMENTS = {a.name: a for a in (backprop.ASSIGNMENT, blocks.ASSIGNMENT, losses_and_adamw.ASSIGNMENT,
-                                         masking.ASSIGNMENT)}
+                                   masking.ASSIGNMENT, kernel.ASSIGNMENT)}
 
 
 def get(name: str) -> Assignment:
