@@ -72,6 +72,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["minibert", "minibert.*"]),
+    # The kernel assignment's C++/CUDA sources are compiled by the grader, so they ship with the package.
+    package_data={"minibert.assignments": ["csrc/*.cpp", "csrc/*.cu"]},
     install_requires=[
         "numpy>=1.24",
         "torch>=2.4",

@@ -53,8 +53,17 @@ def test_calling_torch_inside_the_kernel_or_dropping_the_markers_is_refused():
 
 @pytest.mark.slow
 def test_the_library_kernel_scores_full_marks(tmp_path):
+    """Every correctness and memory case passes. The speed case is a timing on a shared machine, and tests
+    never assert a time: it must have run and reported its measurement, and the grade depends on it only
+    through that case (on an idle machine the library kernel earns it as well)."""
     report = grade("kernel", submission(tmp_path))
-    assert (report["score"], report["max_score"]) == (10, 10), format_report(report, verbose=True)
+    speed = [c for c in report["functions"][0]["cases"] if c["name"].startswith("speed")]
+    assert len(speed) == 1 and "torch eager" in speed[0]["message"] + " ".join(report["functions"][0]["notes"])
+    others = [c for c in report["functions"][0]["cases"] if not c["name"].startswith("speed")]
+    assert others and all(c["passed"] for c in others), format_report(report, verbose=True)
+    share = report["functions"][0]["max_points"] / len(report["functions"][0]["cases"])
+    expected = 10 if speed[0]["passed"] else round(10 - share, 2)
+    assert (report["score"], report["max_score"]) == (expected, 10), format_report(report, verbose=True)
     cuda = report["functions"][1]
     if cuda["status"] == "skipped":
         assert "needs a CUDA GPU" in cuda["message"]

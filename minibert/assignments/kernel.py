@@ -143,7 +143,11 @@ def measure_memory(module, S):
 
 
 def measure_speed(module, shape):
-    """Median seconds of the kernel and of eager attention on float32 ``shape``, 7 interleaved runs."""
+    """(kernel seconds, eager seconds, kernel / eager) on float32 ``shape``: medians of 7 paired rounds.
+
+    Each round times the kernel and eager attention back to back, so a burst of load from other processes
+    hits both; the ratio is the median of the per-round ratios, which such bursts move least.
+    """
     import torch
 
     from minibert.ops import eager
@@ -160,7 +164,8 @@ def measure_speed(module, shape):
             fn()
             if repeat >= 2:  # two warm-up rounds
                 times[name].append(time.perf_counter() - start)
-    return float(np.median(times["kernel"])), float(np.median(times["eager"]))
+    ratio = float(np.median(np.array(times["kernel"]) / np.array(times["eager"])))
+    return float(np.median(times["kernel"])), float(np.median(times["eager"])), ratio
 
 
 # ---- the checks ---------------------------------------------------------------------------------------
@@ -211,10 +216,11 @@ def _check_cpu(t, gen):
         if not correct:
             v.check("faster than torch eager", False, gate)
         else:
-            kernel, eager = t.call_driver("minibert.assignments.kernel:measure_speed", SPEED_SHAPE)
-            measured = f"{kernel * 1e3:.1f} ms, torch eager {eager * 1e3:.1f} ms (median of 7)"
+            kernel, eager, ratio = t.call_driver("minibert.assignments.kernel:measure_speed", SPEED_SHAPE)
+            measured = (f"{kernel * 1e3:.1f} ms, torch eager {eager * 1e3:.1f} ms (medians of 7 paired runs; "
+                        f"kernel / eager {ratio:.2f})")
             t.notes.append(f"speed: {measured}")
-            v.check("faster than torch eager", kernel < eager,
+            v.check("faster than torch eager", ratio < 1.0,
                     f"{measured}: stream over key tiles so the scores stay in cache, and make the inner loops "
                     f"run over contiguous memory")
 
