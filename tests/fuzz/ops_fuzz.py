@@ -333,7 +333,8 @@ class _Builder:
 
         if op == "attention":
             q, k, v = cast(self.q), cast(self.k), cast(self.v)
-            scale = s["q"][3] ** -0.5 if s["scale"] is None else s["scale"]
+            D = s["q"][3]  # (with D = 0 every score is an empty sum, 0, whatever the scale: 0 ** -0.5 raises)
+            scale = s["scale"] if s["scale"] is not None else D ** -0.5 if D else 1.0
             scores = torch.matmul(q, k.transpose(-2, -1)) * scale
             if self.keep is not None:
                 scores = scores.masked_fill(~self.keep[:, None, None, :], -math.inf)
