@@ -31,7 +31,7 @@ __device__ __forceinline__ bool key_valid(const uint8_t* key_mask, int64_t b, in
 }
 
 __device__ __forceinline__ float dropout_factor(const DropoutArgs& dropout, uint64_t index) {
-  if (dropout.threshold == 0) return 1.0f;
+  if (!dropout.active) return 1.0f;
   return dropout_keep(dropout.base, index, dropout.threshold) ? static_cast<float>(dropout.inv_keep) : 0.0f;
 }
 
@@ -81,9 +81,13 @@ attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const
       float s = 0.0f;
       for (int64_t d = 0; d < D; ++d) s += q_s[row * D + d] * k_s[lane * ks_stride + d];
       s = valid ? s : -INFINITY;
-      const float m_new = fmaxf(m[r], warp_max(s));  // finite: the tile has a valid key
-      const float alpha = __expf(m[r] - m_new);      // 0 on the first useful tile (m = -inf)
-      const float p = valid ? __expf(s - m_new) : 0.0f;
+      const float m_new = fmaxf(m[r], warp_max(s));
+      // m_new is -inf only while every score of the row is -inf (an inf in q or k): the row has no
+      // usable key yet, so exp subtracts 0 instead (exp(-inf + inf) would be NaN) and p = 0, as in
+      // attention_cpu.cpp.
+      const float shift = m_new == -INFINITY ? 0.0f : m_new;
+      const float alpha = __expf(m[r] - shift);  // 0 on the first useful tile (m = -inf)
+      const float p = valid ? __expf(s - shift) : 0.0f;
       l[r] = l[r] * alpha + warp_sum(p);  // softmax normaliser: probabilities before dropout
       m[r] = m_new;
       const float pd = p * dropout_factor(dropout, static_cast<uint64_t>((bh * Sq + i0 + row) * Sk + j0 + lane));
@@ -204,7 +208,7 @@ attention_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ 
         dp = warp_sum(dp);
         const float p = valid[kk] ? __expf(s - lse_r) : 0.0f;
         const float z = dropout_factor(dropout, row_index + key0 + kk);
-        const float ds = p * (dp * z - d_s[r]);
+        const float ds = valid[kk] ? p * (dp * z - d_s[r]) : 0.0f;  // padding: 0, even if D is NaN
 #pragma unroll
         for (int t = 0; t < kDPerLane; ++t) {
           dvr[kk][t] += p * z * dov[t];

@@ -105,7 +105,8 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
     const bool valid0 = tc_key_valid(key_mask, b, Sk, j0 + lane);
     const bool valid1 = tc_key_valid(key_mask, b, Sk, j0 + lane + 32);
     // Also the barrier after staging. A tile of padding only is skipped by the whole block; a tile
-    // with one valid key gives every row a finite tile maximum below (the mask is per key, not per row).
+    // with one valid key gives every row a finite tile maximum below (the mask is per key, not per row)
+    // unless an inf in q or k makes its scores -inf, which step 3 handles.
     if (!__syncthreads_or(valid0 || valid1)) continue;
 
     // 2. S = Q K^T for the warp's 16 rows: K is [keys][D] row-major, which is K^T in column-major.
@@ -128,14 +129,17 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
     for (int r = 0; r < kTcWarpRows; ++r) {
       const float s0 = valid0 ? scale * s_w[r * kTcTileKeys + lane] : -INFINITY;
       const float s1 = valid1 ? scale * s_w[r * kTcTileKeys + lane + 32] : -INFINITY;
-      const float m_new = fmaxf(m[r], warp_max(fmaxf(s0, s1)));  // finite: the tile has a valid key
-      const float alpha = __expf(m[r] - m_new);                    // 0 on the first useful tile
-      const float p0 = valid0 ? __expf(s0 - m_new) : 0.0f;
-      const float p1 = valid1 ? __expf(s1 - m_new) : 0.0f;
+      const float m_new = fmaxf(m[r], warp_max(fmaxf(s0, s1)));
+      // -inf only while the row's scores are all -inf (an inf in q or k): subtract 0, not -inf, so p = 0
+      // instead of NaN (as attention_cpu.cpp).
+      const float shift = m_new == -INFINITY ? 0.0f : m_new;
+      const float alpha = __expf(m[r] - shift);  // 0 on the first useful tile
+      const float p0 = valid0 ? __expf(s0 - shift) : 0.0f;
+      const float p1 = valid1 ? __expf(s1 - shift) : 0.0f;
       l[r] = l[r] * alpha + warp_sum(p0 + p1);
       m[r] = m_new;
       float z0 = 1.0f, z1 = 1.0f;
-      if (dropout.threshold != 0) {  // the same element index as the CPU kernel and NumPy
+      if (dropout.active) {  // the same element index as the CPU kernel and NumPy
         const uint64_t row_index = static_cast<uint64_t>((bh * Sq + i0 + warp * kTcWarpRows + r) * Sk + j0);
         const float keep_scale = static_cast<float>(dropout.inv_keep);
         z0 = dropout_keep(dropout.base, row_index + lane, dropout.threshold) ? keep_scale : 0.0f;

@@ -53,9 +53,11 @@ void check_same(const at::Tensor& a, const at::Tensor& b, const char* name_a, co
               " must be on the same device, got ", a.device(), " and ", b.device());
 }
 
-DropoutArgs make_dropout(double p, int64_t seed, int64_t offset) {
-  TORCH_CHECK(p >= 0.0 && p < 1.0, "minibert: dropout probability must be in [0, 1), got ", p);
+// `name` is the schema's name of the probability: dropout_p (attention) or p (dropout).
+DropoutArgs make_dropout(const char* name, double p, int64_t seed, int64_t offset) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "minibert: ", name, " (the dropout probability) must be in [0, 1), got ", p);
   DropoutArgs args;
+  args.active = p > 0.0;
   // floor(p * 2^24) in double, exactly as minibert.rng.dropout_threshold computes it.
   args.threshold = static_cast<uint32_t>(std::floor(p * static_cast<double>(1u << kRandomBits)));
   args.base = dropout_base(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
@@ -94,7 +96,7 @@ AttentionInputs check_attention(const at::Tensor& q, const at::Tensor& k, const 
               " (at most ", max_head_dim, ")");
   AttentionInputs in{q.contiguous(), k.contiguous(), v.contiguous(), at::Tensor(),
                      {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)},
-                     make_dropout(dropout_p, seed, offset)};
+                     make_dropout("dropout_p", dropout_p, seed, offset)};
   if (key_mask.has_value()) {
     const at::Tensor& m = *key_mask;
     TORCH_CHECK(m.scalar_type() == at::kBool, "minibert: key_mask must be a bool tensor, got ", m.scalar_type());
@@ -111,8 +113,10 @@ const uint8_t* mask_ptr(const at::Tensor& mask) {
   return mask.defined() ? reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()) : nullptr;
 }
 
-// lse is float64 for float64 inputs and float32 otherwise (the CUDA kernels accumulate in float32).
-at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+// lse is float64 on the CPU, whatever q's dtype: the backward recomputes P = exp(s - lse), and a float32
+// lse of a row with large scores (|s| ~ 1e5, where a float32 ulp is 0.008) would scale the whole row's P
+// by up to 0.4%. The CUDA kernels compute in float32 and store float32.
+at::ScalarType lse_dtype(const at::Tensor& q) { return q.is_cuda() ? at::kFloat : at::kDouble; }
 
 // What attention_backward needs besides check_attention: grad_out and out shaped like q, lse (and
 // grad_lse, when given) the [B, H, S_q] tensor attention_forward returned.
@@ -188,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const 
   AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "minibert_attention_forward", [&] {
     at::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) {
       attention_forward_cpu(in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(),
-                            mask_ptr(in.mask), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), sh,
+                            mask_ptr(in.mask), out.data_ptr<scalar_t>(), lse.data_ptr<double>(), sh,
                             static_cast<scalar_t>(scale), in.dropout, begin, end);
     });
   });
@@ -206,8 +210,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
   AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "minibert_attention_backward", [&] {
     at::parallel_for(0, sh.batch * sh.heads, 1, [&](int64_t begin, int64_t end) {
       attention_backward_cpu(g.grad_out.data_ptr<scalar_t>(), in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(),
-                             in.v.data_ptr<scalar_t>(), g.out.data_ptr<scalar_t>(), g.lse.data_ptr<scalar_t>(),
-                             g.grad_lse.defined() ? g.grad_lse.data_ptr<scalar_t>() : nullptr, mask_ptr(in.mask),
+                             in.v.data_ptr<scalar_t>(), g.out.data_ptr<scalar_t>(), g.lse.data_ptr<double>(),
+                             g.grad_lse.defined() ? g.grad_lse.data_ptr<double>() : nullptr, mask_ptr(in.mask),
                              dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), sh,
                              static_cast<scalar_t>(scale), in.dropout, begin, end);
     });
@@ -226,9 +230,10 @@ at::Tensor gelu_forward_impl(const GeluInputs& in) {
   return y;
 }
 
-// Returns (dx, dbias); dbias undefined without bias. Without bias the tensor is one long row split
-// across threads; with bias, rows are split and each chunk sums its own partial bias gradient (no two
-// threads write the same partial), and the partials are added at the end.
+// Returns (dx, dbias); dbias undefined without bias. x is not empty (the caller answers that case), so
+// n_cols >= 1. Without bias the tensor is one long row split across threads; with bias, rows are split
+// and each chunk sums its own partial bias gradient (no two threads write the same partial), and the
+// partials are added at the end.
 std::tuple<at::Tensor, at::Tensor> gelu_backward_impl(const GeluInputs& in) {
   at::Tensor dx = at::empty_like(in.x);
   if (!in.bias.defined()) {
@@ -256,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor> gelu_backward_impl(const GeluInputs& in) {
 
 at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed, int64_t offset) {
   check_dtype(x_in, "x");
-  const DropoutArgs args = make_dropout(p, seed, offset);
+  const DropoutArgs args = make_dropout("p", p, seed, offset);
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "minibert_dropout", [&] {
@@ -325,7 +330,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
 
 at::Tensor gelu_forward_impl(const GeluInputs& in) {
   at::Tensor y = at::empty_like(in.x);
-  if (in.x.numel() == 0) return y;
   const c10::cuda::CUDAGuard guard(in.x.device());
   check_cuda(gelu_forward_cuda(scalar_kind(in.x), in.x.data_ptr(), in.bias.defined() ? in.bias.data_ptr() : nullptr,
                                y.data_ptr(), in.x.numel(), in.n_cols, in.use_tanh, c10::cuda::getCurrentCUDAStream()),
@@ -337,22 +341,21 @@ at::Tensor gelu_forward_impl(const GeluInputs& in) {
 // accumulator, converted to the input dtype at the end.
 std::tuple<at::Tensor, at::Tensor> gelu_backward_impl(const GeluInputs& in) {
   const bool has_bias = in.bias.defined();
-  const int64_t n_cols = has_bias ? in.n_cols : std::max<int64_t>(in.x.numel(), 1);
+  const int64_t n_cols = has_bias ? in.n_cols : in.x.numel();  // without bias: one long row
   const c10::cuda::CUDAGuard guard(in.x.device());
   at::Tensor dx = at::empty_like(in.x);
   at::Tensor dbias_acc = has_bias ? at::zeros({n_cols}, in.x.options().dtype(at::kFloat)) : at::Tensor();
-  if (in.x.numel() > 0)
-    check_cuda(gelu_backward_cuda(scalar_kind(in.x), in.grad.data_ptr(), in.x.data_ptr(),
-                                  has_bias ? in.bias.data_ptr() : nullptr, dx.data_ptr(),
-                                  has_bias ? dbias_acc.data_ptr<float>() : nullptr, in.x.numel() / n_cols, n_cols,
-                                  in.use_tanh, c10::cuda::getCurrentCUDAStream()),
-               "gelu_backward");
+  check_cuda(gelu_backward_cuda(scalar_kind(in.x), in.grad.data_ptr(), in.x.data_ptr(),
+                                has_bias ? in.bias.data_ptr() : nullptr, dx.data_ptr(),
+                                has_bias ? dbias_acc.data_ptr<float>() : nullptr, in.x.numel() / n_cols, n_cols,
+                                in.use_tanh, c10::cuda::getCurrentCUDAStream()),
+             "gelu_backward");
   return {dx, has_bias ? dbias_acc.to(in.x.scalar_type()) : at::Tensor()};
 }
 
 at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed, int64_t offset) {
   check_dtype(x_in, "x");
-  const DropoutArgs args = make_dropout(p, seed, offset);
+  const DropoutArgs args = make_dropout("p", p, seed, offset);
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
@@ -369,23 +372,30 @@ at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed, int64_t offse
 // ---------------------------------------------------------------------------------------------- GELU ops
 // The four GELU ops check their arguments, then run a device's gelu_forward_impl / gelu_backward_impl:
 // the template argument is the cpu:: or the cuda:: one, picked where each device's ops are registered.
+// An empty x (some dimension 0) is answered here, for both devices, without a kernel: an empty result
+// and a zero bias gradient. The kernels may then assume n_cols >= 1 (they divide by it).
 
 template <at::Tensor (*Forward)(const GeluInputs&)>
 at::Tensor gelu_forward(const at::Tensor& x, const std::string& approximate) {
-  return Forward(check_gelu(x, at::Tensor(), at::Tensor(), approximate));
+  const GeluInputs in = check_gelu(x, at::Tensor(), at::Tensor(), approximate);
+  return in.x.numel() == 0 ? at::empty_like(in.x) : Forward(in);
 }
 template <at::Tensor (*Forward)(const GeluInputs&)>
 at::Tensor bias_gelu_forward(const at::Tensor& x, const at::Tensor& bias, const std::string& approximate) {
-  return Forward(check_gelu(x, bias, at::Tensor(), approximate));
+  const GeluInputs in = check_gelu(x, bias, at::Tensor(), approximate);
+  return in.x.numel() == 0 ? at::empty_like(in.x) : Forward(in);
 }
 template <std::tuple<at::Tensor, at::Tensor> (*Backward)(const GeluInputs&)>
 at::Tensor gelu_backward(const at::Tensor& grad, const at::Tensor& x, const std::string& approximate) {
-  return std::get<0>(Backward(check_gelu(x, at::Tensor(), grad, approximate)));
+  const GeluInputs in = check_gelu(x, at::Tensor(), grad, approximate);
+  return in.x.numel() == 0 ? at::empty_like(in.x) : std::get<0>(Backward(in));
 }
 template <std::tuple<at::Tensor, at::Tensor> (*Backward)(const GeluInputs&)>
 std::tuple<at::Tensor, at::Tensor> bias_gelu_backward(const at::Tensor& grad, const at::Tensor& x,
                                                       const at::Tensor& bias, const std::string& approximate) {
-  return Backward(check_gelu(x, bias, grad, approximate));
+  const GeluInputs in = check_gelu(x, bias, grad, approximate);
+  if (in.x.numel() == 0) return {at::empty_like(in.x), at::zeros_like(in.bias)};  // no rows: dbias = 0
+  return Backward(in);
 }
 
 }  // namespace

@@ -10,8 +10,11 @@ struct AttentionShape {
 };
 
 // Dropout: element `index` is kept iff dropout_bits(base, index) >= threshold, and kept values are
-// scaled by inv_keep = 1 / (1 - p). threshold == 0 means no dropout (p == 0).
+// scaled by inv_keep = 1 / (1 - p). `active` is p > 0. It is not the same as threshold != 0: for
+// 0 < p < 2^-24 the threshold floor(p * 2^24) is 0, so every element is kept, but a kept element must
+// still be scaled by 1 / (1 - p), as minibert.rng does (skipping it would be off by a relative p).
 struct DropoutArgs {
+  bool active;
   uint32_t threshold;
   uint64_t base;  // dropout_base(seed, offset) from dropout_hash.h
   double inv_keep;

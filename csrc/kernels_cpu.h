@@ -12,10 +12,10 @@ namespace minibert {
 constexpr int64_t kCpuQueryTile = 64;
 
 // Forward for work items [item_begin, item_end), item = (b * H + h) * n_query_tiles + query_tile.
-// Writes out: [B, H, S_q, D] and lse: [B, H, S_q] (log-sum-exp of the scaled, masked scores; -inf for a
-// row whose keys are all padding, whose output is zeros).
+// Writes out: [B, H, S_q, D] and lse: [B, H, S_q] (log-sum-exp of the scaled, masked scores, float64 for
+// every input dtype; -inf for a row whose keys are all padding, whose output is zeros).
 void attention_forward_cpu(const float* q, const float* k, const float* v, const uint8_t* key_mask,
-                           float* out, float* lse, const AttentionShape& shape, float scale,
+                           float* out, double* lse, const AttentionShape& shape, float scale,
                            const DropoutArgs& dropout, int64_t item_begin, int64_t item_end);
 void attention_forward_cpu(const double* q, const double* k, const double* v, const uint8_t* key_mask,
                            double* out, double* lse, const AttentionShape& shape, double scale,
@@ -24,7 +24,7 @@ void attention_forward_cpu(const double* q, const double* k, const double* v, co
 // Backward for (batch, head) pairs [bh_begin, bh_end): one pair owns its rows of dq, dk, dv, so pairs
 // run in parallel without races. grad_lse ([B, H, S_q]) may be null (lse not used downstream).
 void attention_backward_cpu(const float* grad_out, const float* q, const float* k, const float* v,
-                            const float* out, const float* lse, const float* grad_lse,
+                            const float* out, const double* lse, const double* grad_lse,
                             const uint8_t* key_mask, float* dq, float* dk, float* dv,
                             const AttentionShape& shape, float scale, const DropoutArgs& dropout,
                             int64_t bh_begin, int64_t bh_end);

@@ -21,10 +21,14 @@ Example::
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from minibert.ops import eager
-from minibert.ops._load import EXTENSION, MAX_HEAD_DIM, ExtensionFallbackWarning, backend_info
+from minibert.ops._load import EXTENSION, KERNEL_DTYPES, MAX_HEAD_DIM, ExtensionFallbackWarning, backend_info
 from minibert.ops._load import supports as _supports
 from minibert.ops.eager import to_int64
 
@@ -40,12 +44,27 @@ def is_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- validation
+# Every argument is checked here, before any kernel runs, and every error names the argument at fault.
+# The checks must also trace under torch.compile(fullgraph=True): they look at types, shapes, dtypes and
+# devices, which the compiler knows, and read a tensor's values only where noted (the attention mask).
 
-def _check_p(p: float) -> float:
+def _check_p(name: str, p) -> float:
+    """A dropout probability: a real number (not a bool or a string) in [0, 1); returns it as a float."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} (the dropout probability) must be a real number in [0, 1), got {p!r}")
     p = float(p)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
+    if not 0.0 <= p < 1.0:  # also refuses NaN, for which every comparison is False
+        raise ValueError(f"{name} (the dropout probability) must be in [0, 1), got {p!r}")
     return p
+
+
+def _check_counter(name: str, n) -> int:
+    """A dropout seed or offset: a Python or NumPy integer, any value, taken modulo 2**64 (as an int64).
+
+    bool is refused although Python counts it as an integer: ``seed=True`` is almost surely a mistake."""
+    if isinstance(n, bool) or not isinstance(n, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"{name} must be an integer (any value; it is taken modulo 2**64), got {n!r}")
+    return to_int64(n)
 
 
 def _check_tensor(name: str, t) -> None:
@@ -55,13 +74,45 @@ def _check_tensor(name: str, t) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
-def _check_approximate(approximate: str) -> None:
+def _check_approximate(approximate) -> None:
     if approximate not in _APPROXIMATE:
         raise ValueError(f"approximate must be 'none' (erf GELU, BERT's 'gelu') or 'tanh' ('gelu_new'), "
                          f"got {approximate!r}")
 
 
-def _check_attention(q, k, v, attention_mask, dropout_p):
+def _check_scale(scale, head_dim: int) -> float:
+    """The score scale: a finite real number, or None for ``head_dim ** -0.5``."""
+    if scale is None:
+        # With head_dim 0 every score is an empty sum, 0, whatever the scale: 1 avoids 0 ** -0.5.
+        return float(head_dim ** -0.5) if head_dim > 0 else 1.0
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a finite real number or None, got {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+    return float(scale)
+
+
+def _check_shape(shape) -> tuple:
+    """A tensor shape: a sequence of non-negative integers (a tuple, list or torch.Size)."""
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+            isinstance(s, (numbers.Integral, torch.SymInt)) and not isinstance(s, bool) for s in shape):
+        raise TypeError(f"shape must be a sequence of non-negative integers, got {shape!r}")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape must not have negative sizes, got {tuple(shape)}")
+    return tuple(shape)
+
+
+def _check_same_kind(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """``t`` is real where ``ref`` is, fake where ``ref`` is fake (FakeTensorMode: shapes, no values).
+
+    Mixing the two is refused here by name; torch would fail later with an assertion about FakeTensorMode.
+    (Under torch.compile every tensor is traced alike, so there is nothing to check.)"""
+    if not torch.compiler.is_compiling() and is_fake(t) != is_fake(ref):
+        raise ValueError(f"{name} and {ref_name} must both be real tensors or both fake tensors (made under "
+                         f"the same FakeTensorMode), got {name} {'fake' if is_fake(t) else 'real'}")
+
+
+def _check_attention(q, k, v) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t)
         if t.dim() != 4:
@@ -69,22 +120,53 @@ def _check_attention(q, k, v, attention_mask, dropout_p):
         if t.dtype != q.dtype or t.device != q.device:
             raise ValueError(f"q, k, v must share dtype and device, got q {q.dtype} on {q.device}, "
                              f"{name} {t.dtype} on {t.device}")
+        _check_same_kind(name, t, "q", q)
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, heads and head_dim")
-    if q.numel() == 0 or k.numel() == 0:
-        raise ValueError(f"attention got an empty tensor (q {tuple(q.shape)}, k {tuple(k.shape)}); "
-                         "every dimension must be at least 1")
-    if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor):
-            raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
-        if tuple(attention_mask.shape) != (q.shape[0], k.shape[2]):
-            raise ValueError(f"attention_mask must have shape [batch, seq_k] = [{q.shape[0]}, {k.shape[2]}] "
-                             f"(1 keep, 0 pad), got {tuple(attention_mask.shape)}")
-        if attention_mask.device != q.device:
-            raise ValueError(f"attention_mask is on {attention_mask.device} but q is on {q.device}")
-    return _check_p(dropout_p)
+
+
+def _values_readable(t: torch.Tensor) -> bool:
+    """Whether ``t`` has values to read: meta and fake tensors (shape-only tracing) have none."""
+    return t.device.type != "meta" and not is_fake(t)
+
+
+def _check_mask(attention_mask, q, k) -> torch.Tensor | None:
+    """The key-padding mask, checked: returns it as a bool keep-mask [B, S_k] (True = real key), or None.
+
+    Its values must be 0 or 1 (any real dtype; a bool mask needs no check). Reading them is what catches an
+    additive mask (0 keep, -10000 pad: the HF convention), which read as "non-zero = keep" would attend
+    only to the padding. On a GPU this check costs a host-device sync, accepted for non-bool masks (the
+    model passes a bool mask and pays nothing). Under torch.compile the check is torch._assert_async,
+    which the compiled graph keeps and runs (no graph break, no data-dependent Python branch); on a GPU
+    it fails as a device-side assert, which ends the process's CUDA context: loud, never silent. Meta
+    and fake tensors have no values to check.
+    """
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+    if tuple(attention_mask.shape) != (q.shape[0], k.shape[2]):
+        raise ValueError(f"attention_mask must have shape [batch, seq_k] = [{q.shape[0]}, {k.shape[2]}] "
+                         f"(1 keep, 0 pad), got {tuple(attention_mask.shape)}")
+    if attention_mask.device != q.device:
+        raise ValueError(f"attention_mask is on {attention_mask.device} but q is on {q.device}")
+    _check_same_kind("attention_mask", attention_mask, "q", q)
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    if attention_mask.is_complex():
+        raise TypeError(f"attention_mask must be a bool, integer or floating-point tensor, "
+                        f"got {attention_mask.dtype}")
+    problem = ("attention_mask must hold 1 (keep) and 0 (padding) only (NaN is refused). An additive mask (0 "
+               "keep, a large negative number pad, as in HF) converts with attention_mask=(additive_mask == 0)")
+    binary = ((attention_mask == 0) | (attention_mask == 1)).all()  # NaN == anything is False: refused too
+    if torch.compiler.is_compiling():
+        torch._assert_async(binary, problem)
+    elif _values_readable(attention_mask) and not bool(binary):
+        bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+        raise ValueError(f"{problem}; got {bad[0].item()!r}")
+    return attention_mask != 0
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -92,23 +174,27 @@ def _check_attention(q, k, v, attention_mask, dropout_p):
 def attention(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, offset=0):
     """Softmax attention ``softmax(q k^T * scale + mask) v`` with optional dropout on the probabilities.
 
-    q: [B, H, S_q, D]; k, v: [B, H, S_k, D]; attention_mask: [B, S_k], 1 keep / 0 pad (any dtype) or None;
-    scale defaults to ``D ** -0.5``. Dropout (``dropout_p`` > 0) uses the counter-based hash of
-    ``minibert.rng`` with (``seed``, ``offset``) on the probability element ``((b*H + h)*S_q + i)*S_k + j``,
-    so it matches the NumPy reference exactly. A query row whose keys are all padding returns zeros (and
-    zero gradients). Returns [B, H, S_q, D]. Differentiable in q, k, v.
+    q: [B, H, S_q, D]; k, v: [B, H, S_k, D]; attention_mask: [B, S_k] or None, 1 keep / 0 pad (bool, or
+    any real dtype holding only 0 and 1); scale defaults to ``D ** -0.5``. Dropout (``dropout_p`` > 0)
+    uses the counter-based hash of ``minibert.rng`` with (``seed``, ``offset``) on the probability element
+    ``((b*H + h)*S_q + i)*S_k + j``, so it matches the NumPy reference exactly. A query row whose keys are
+    all padding (or that has no keys, S_k = 0) returns zeros (and zero gradients). Returns [B, H, S_q, D].
+    Differentiable in q, k, v (once: double backward raises; use the eager path for it).
     """
-    dropout_p = _check_attention(q, k, v, attention_mask, dropout_p)
-    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    if not _supports(q):
-        mask = None if attention_mask is None else eager.AttentionMask(attention_mask)
+    _check_attention(q, k, v)
+    dropout_p = _check_p("dropout_p", dropout_p)
+    seed, offset = _check_counter("seed", seed), _check_counter("offset", offset)
+    scale = _check_scale(scale, q.shape[-1])
+    key_mask = _check_mask(attention_mask, q, k)
+    # The kernel covers non-empty tensors of its dtypes with head_dim up to its limit; anything else has
+    # the same answer from the eager path (backends are a switch: a fallback, not an error). Empty
+    # inputs have defined answers there: an empty output, or zeros when there are no keys (S_k = 0).
+    if (not _supports(q) or q.numel() == 0 or k.numel() == 0
+            or q.shape[-1] > MAX_HEAD_DIM[q.device.type]):
+        mask = None if key_mask is None else eager.AttentionMask(key_mask)
         return eager.attention(q, k, v, mask, scale, dropout_p, seed, offset, dropout=dropout)
-    if q.shape[-1] > MAX_HEAD_DIM[q.device.type]:
-        raise ValueError(f"head_dim {q.shape[-1]} is not supported by the fused kernel on {q.device.type} "
-                         f"(at most {MAX_HEAD_DIM[q.device.type]}); use the eager attention path")
-    key_mask = None if attention_mask is None else attention_mask != 0
     out, _ = torch.ops.minibert.attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), key_mask,
-                                                  scale, dropout_p, to_int64(seed), to_int64(offset))
+                                                  scale, dropout_p, seed, offset)
     return out
 
 
@@ -131,7 +217,8 @@ def bias_gelu(x, bias, approximate="none"):
                          f"bias {tuple(bias.shape)}")
     if bias.dtype != x.dtype or bias.device != x.device:
         raise ValueError(f"x and bias must share dtype and device, got {x.dtype} on {x.device} and "
-                         f"{bias.dtype} on {bias.device}")
+                         f"bias {bias.dtype} on {bias.device}")
+    _check_same_kind("bias", bias, "x", x)
     if _supports(x):
         return torch.ops.minibert.bias_gelu_forward(x.contiguous(), bias.contiguous(), approximate)
     return eager.bias_gelu(x, bias, approximate)
@@ -141,48 +228,153 @@ def dropout(x, p, seed, offset=0):
     """Inverted hash dropout: ``x * keep / (1 - p)`` with keep from ``minibert.rng`` (flat C-order index).
 
     The same (seed, offset) always drops the same elements, on every backend, and backward regenerates the
-    mask instead of storing it. ``p == 0`` returns x unchanged.
+    mask instead of storing it. ``p == 0`` returns x unchanged; any ``p > 0`` scales the kept elements,
+    even one so small that no element is dropped. seed and offset are integers, taken modulo 2**64.
     """
     _check_tensor("x", x)
-    p = _check_p(p)
+    p = _check_p("p", p)
+    seed, offset = _check_counter("seed", seed), _check_counter("offset", offset)
     if p == 0.0:
         return x
     if _supports(x):
-        return torch.ops.minibert.dropout(x.contiguous(), p, to_int64(seed), to_int64(offset))
+        return torch.ops.minibert.dropout(x.contiguous(), p, seed, offset)
     return eager.dropout(x, p, seed, offset)
 
 
 def dropout_scale_mask(shape, p, seed, offset=0, device="cpu", dtype=torch.float32):
-    """The tensor ``keep / (1 - p)`` of ``shape`` (flat C-order element index).
+    """The tensor ``keep / (1 - p)`` of ``shape`` (flat C-order element index), of a floating ``dtype``.
 
-    Multiply probabilities or activations by it to apply exactly the dropout of ``dropout``/``attention``.
+    Multiply probabilities or activations by it to apply exactly the dropout of ``dropout``/``attention``;
+    equal to ``minibert.rng.dropout_scale_mask``.
     """
-    p = _check_p(p)
-    ones = torch.ones(tuple(int(s) for s in shape), device=device, dtype=dtype)
+    shape = _check_shape(shape)
+    p = _check_p("p", p)
+    seed, offset = _check_counter("seed", seed), _check_counter("offset", offset)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype (a 0/1 mask scaled by 1 / (1 - p) is "
+                        f"not an integer), got {dtype!r}")
+    ones = torch.ones(shape, device=device, dtype=dtype)
     if p == 0.0:
         return ones
     return dropout(ones, p, seed, offset)
 
 
 # ---------------------------------------------------------------------------------------------- autograd + fake
-# Fake kernels give shapes and dtypes without computing (for torch.compile and meta tensors); the autograd
-# formulas call the backward ops. They are registered right below, at import, when the extension is loaded.
+# Fake kernels give shapes and dtypes without computing (for torch.compile, FakeTensorMode and meta
+# tensors); the autograd formulas call the backward ops. They are registered right below, at import, when
+# the extension is loaded. The dispatcher sends a call to the fake kernel whenever ANY tensor argument is
+# meta or fake, so a fake kernel must refuse what the real one refuses (a CPU q with a meta mask would
+# otherwise "succeed" with an uninitialised CPU tensor): _native_* mirror csrc/bindings.cpp's checks,
+# with its messages, as RuntimeError (what TORCH_CHECK raises).
+
+def _native_check(ok: bool, *message) -> None:
+    if not ok:
+        raise RuntimeError("minibert: " + "".join(str(m) for m in message))
+
+
+def _native_check_dtype(t, name):
+    allowed = KERNEL_DTYPES.get(t.device.type)
+    if allowed is None:  # meta tensors: no kernel to match, but the ops are for floating-point data
+        _native_check(t.is_floating_point(), name, " has dtype ", t.dtype, "; the kernels take floating point")
+    else:
+        _native_check(t.dtype in allowed, name, " has dtype ", t.dtype, ", which the ", t.device.type,
+                      " kernels do not support (use ", ", ".join(str(d) for d in allowed), ")")
+
+
+def _native_check_same(a, b, name_a, name_b):
+    _native_check(a.dtype == b.dtype, name_a, " and ", name_b, " must have the same dtype, got ", a.dtype,
+                  " and ", b.dtype)
+    _native_check(a.device == b.device, name_a, " and ", name_b, " must be on the same device, got ", a.device,
+                  " and ", b.device)
+
+
+def _native_check_p(name, p):
+    _native_check(0.0 <= p < 1.0, name, " (the dropout probability) must be in [0, 1), got ", p)
+
+
+def _native_check_attention(q, k, v, key_mask, dropout_p):
+    _native_check_dtype(q, "q")
+    _native_check_same(q, k, "q", "k")
+    _native_check_same(q, v, "q", "v")
+    _native_check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, "attention expects q, k, v of shape "
+                  "[batch, heads, seq, head_dim], got ranks ", q.dim(), ", ", k.dim(), ", ", v.dim())
+    _native_check(k.shape == v.shape, "k and v must have the same shape, got ", tuple(k.shape), " and ",
+                  tuple(v.shape))
+    _native_check(q.shape[0] == k.shape[0] and q.shape[1] == k.shape[1] and q.shape[3] == k.shape[3],
+                  "q ", tuple(q.shape), " and k ", tuple(k.shape), " must agree in batch, heads and head_dim")
+    _native_check(q.numel() > 0 and k.numel() > 0, "attention got an empty tensor (q ", tuple(q.shape), ", k ",
+                  tuple(k.shape), "); every dimension must be at least 1")
+    max_head_dim = MAX_HEAD_DIM.get(q.device.type)
+    _native_check(max_head_dim is None or q.shape[3] <= max_head_dim, "head_dim ", q.shape[3],
+                  " is not supported on ", q.device, " (at most ", max_head_dim, ")")
+    _native_check_p("dropout_p", dropout_p)
+    if key_mask is not None:
+        _native_check(key_mask.dtype == torch.bool, "key_mask must be a bool tensor, got ", key_mask.dtype)
+        _native_check(key_mask.device == q.device, "key_mask is on ", key_mask.device, " but q is on ", q.device)
+        _native_check(tuple(key_mask.shape) == (q.shape[0], k.shape[2]), "key_mask must have shape [batch, "
+                      "seq_k] = [", q.shape[0], ", ", k.shape[2], "], got ", tuple(key_mask.shape))
+
+
+def _lse_dtype(q):
+    return torch.float32 if q.device.type == "cuda" else torch.float64  # as lse_dtype in csrc/bindings.cpp
+
+
+def _native_check_gelu(x, bias, grad, approximate):
+    _native_check_dtype(x, "x")
+    _native_check(approximate in _APPROXIMATE, "approximate must be 'none' (erf GELU) or 'tanh', got '",
+                  approximate, "'")
+    if bias is not None:
+        _native_check_same(x, bias, "x", "bias")
+        _native_check(bias.dim() == 1 and x.dim() >= 1 and x.shape[-1] == bias.shape[0], "bias must be 1-D "
+                      "with the size of x's last dimension, got shape ", tuple(bias.shape))
+    if grad is not None:
+        _native_check_same(x, grad, "x", "grad")
+        _native_check(grad.shape == x.shape, "grad ", tuple(grad.shape), " must have the shape of x ",
+                      tuple(x.shape))
+
 
 def _attention_forward_fake(q, k, v, key_mask, scale, dropout_p, seed, offset):
-    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=lse_dtype)  # out [B, H, S_q, D], lse [B, H, S_q]
+    _native_check_attention(q, k, v, key_mask, dropout_p)
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=_lse_dtype(q))  # out [B, H, S_q, D], lse [B, H, S_q]
 
 
 def _attention_backward_fake(grad_out, q, k, v, out, lse, grad_lse, key_mask, scale, dropout_p, seed, offset):
+    _native_check_attention(q, k, v, key_mask, dropout_p)
+    _native_check_same(q, grad_out, "q", "grad_out")
+    _native_check_same(q, out, "q", "out")
+    _native_check(grad_out.shape == q.shape and out.shape == q.shape, "grad_out and out must have the shape "
+                  "of q ", tuple(q.shape), ", got ", tuple(grad_out.shape), " and ", tuple(out.shape))
+    for name, t in (("lse", lse), ("grad_lse", grad_lse)):
+        _native_check(t is None or (t.dtype == _lse_dtype(q) and t.device == q.device
+                                    and tuple(t.shape) == tuple(q.shape[:3])),
+                      name, " must be the ", _lse_dtype(q), " [B, H, S_q] tensor returned by attention_forward")
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-def _like_input_fake(x, *args):
+def _gelu_forward_fake(x, approximate):
+    _native_check_gelu(x, None, None, approximate)
+    return x.new_empty(x.shape)
+
+
+def _gelu_backward_fake(grad, x, approximate):
+    _native_check_gelu(x, None, grad, approximate)
+    return x.new_empty(x.shape)
+
+
+def _bias_gelu_forward_fake(x, bias, approximate):
+    _native_check_gelu(x, bias, None, approximate)
     return x.new_empty(x.shape)
 
 
 def _bias_gelu_backward_fake(grad, x, bias, approximate):
+    _native_check_gelu(x, bias, grad, approximate)
     return x.new_empty(x.shape), bias.new_empty(bias.shape)
+
+
+def _dropout_fake(x, p, seed, offset):
+    _native_check_dtype(x, "x")
+    _native_check_p("p", p)
+    return x.new_empty(x.shape)
 
 
 def _attention_setup(ctx, inputs, output):
@@ -230,15 +422,31 @@ def _dropout_backward(ctx, grad):
     return torch.ops.minibert.dropout(grad.contiguous(), *ctx.args), None, None, None
 
 
+def _no_double_backward(op: str, eager_choice: str):
+    """An autograd formula for a backward op: raises, so that differentiating a gradient of ``op`` (double
+    backward, e.g. a gradient penalty) fails clearly instead of silently giving zeros."""
+    def backward(ctx, *grads):
+        raise RuntimeError(f"double backward through minibert.ops.{op} is not supported; use {eager_choice}: "
+                           "plain torch ops, which autograd differentiates again")
+    return backward
+
+
 if is_available():  # without the extension there are no torch.ops.minibert ops to register for
-    torch.library.register_fake("minibert::attention_forward", _attention_forward_fake)
-    torch.library.register_fake("minibert::attention_backward", _attention_backward_fake)
-    for _name in ("gelu_forward", "gelu_backward", "bias_gelu_forward", "dropout"):
-        torch.library.register_fake(f"minibert::{_name}", _like_input_fake)
-    torch.library.register_fake("minibert::bias_gelu_backward", _bias_gelu_backward_fake)
+    for _name, _fake in (("attention_forward", _attention_forward_fake),
+                         ("attention_backward", _attention_backward_fake),
+                         ("gelu_forward", _gelu_forward_fake), ("gelu_backward", _gelu_backward_fake),
+                         ("bias_gelu_forward", _bias_gelu_forward_fake),
+                         ("bias_gelu_backward", _bias_gelu_backward_fake), ("dropout", _dropout_fake)):
+        torch.library.register_fake(f"minibert::{_name}", _fake)
     torch.library.register_autograd("minibert::attention_forward", _attention_backward,
                                     setup_context=_attention_setup)
     torch.library.register_autograd("minibert::gelu_forward", _gelu_backward, setup_context=_gelu_setup)
     torch.library.register_autograd("minibert::bias_gelu_forward", _bias_gelu_backward,
                                     setup_context=_bias_gelu_setup)
     torch.library.register_autograd("minibert::dropout", _dropout_backward, setup_context=_dropout_setup)
+    # Dropout's backward is the dropout op itself (linear), so it differentiates again; the others do not.
+    torch.library.register_autograd("minibert::attention_backward", _no_double_backward(
+        "attention", "attn_implementation='eager' (minibert.ops.eager.attention)"))
+    for _name in ("gelu_backward", "bias_gelu_backward"):
+        torch.library.register_autograd(f"minibert::{_name}", _no_double_backward(
+            _name.replace("_backward", ""), "gelu_implementation='eager' (minibert.ops.eager.gelu)"))

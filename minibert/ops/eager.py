@@ -10,6 +10,8 @@ Shapes: B batch, H heads, S_q / S_k query / key sequence length, D head size.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -67,7 +69,8 @@ class AttentionMask:
     """The key-padding mask of a batch in the forms eager attention needs, made once and reused.
 
     Built from a ``[B, S_k]`` mask of 1 (real token) / 0 (padding), any dtype. A model builds one per
-    forward pass and every layer shares it (``additive`` is cached per dtype).
+    forward pass and every layer shares it: eager attention reads ``key_keep``, the SDPA path
+    ``additive`` (cached per dtype) and ``has_keys``.
     """
 
     def __init__(self, attention_mask: torch.Tensor):
@@ -80,7 +83,7 @@ class AttentionMask:
         """[B, 1, 1, S_k]: 0 for a real key, the most negative finite ``dtype`` number for a padding key.
 
         Finite rather than -inf: a row whose keys are all padding then gets a finite (uniform) softmax
-        instead of 0/0 = NaN, and attention zeroes that row with ``has_keys``. exp(min - max) underflows
+        instead of 0/0 = NaN, and the SDPA path zeroes that row with ``has_keys``. exp(min - max) underflows
         to exactly 0, so a padding key contributes nothing to a row that has a real key.
         """
         if dtype not in self._additive:
@@ -95,17 +98,31 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Attention
     """softmax(q k^T * scale + mask) v in plain tensor ops (the textbook form); q: [B, H, S_q, D],
     k, v: [B, H, S_k, D] -> [B, H, S_q, D].
 
-    A query row whose keys are all padding returns zeros. With ``dropout_p > 0`` the probabilities are
+    A query row with no usable key (all its keys padding, no keys at all, or every score -inf from an
+    inf in q or k) returns zeros and zero gradients. With ``dropout_p > 0`` the probabilities are
     dropped by ``dropout(probs, dropout_p, seed, offset)``: element (b, h, i, j) has the flat index
     ``((b*H + h)*S_q + i)*S_k + j``, the rng contract. ``minibert.ops.dropout`` may be passed to use the
     dropout kernel where there is one; the default is this module's pure-torch ``dropout``.
     """
+    # The scores are edited in place (masked_fill_): autograd allows it, as neither the product nor the
+    # fills need these values for their backward, and it keeps one [B, H, S_q, S_k] tensor, not three.
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale                    # [B, H, S_q, S_k]
     if mask is not None:
-        scores = scores + mask.additive(scores.dtype)
+        # Replace the scores of padding keys (rather than add ``mask.additive``): a NaN or inf score of a
+        # padding key, from a NaN or inf in its k, must not leak into the row (NaN + min is NaN).
+        scores.masked_fill_(~mask.key_keep[:, None, None, :], -math.inf)
+    if scores.shape[-1] == 0:  # no keys at all (S_k = 0): the product below gives zeros
+        return torch.matmul(scores, v)
+    # A row whose largest score is infinite would make softmax compute inf - inf = NaN, in the backward
+    # too. Its scores are replaced by their limit: 0 at the keys that equal the maximum, -inf elsewhere.
+    # A maximum of -inf means no key to attend to (all padding, or an inf in q or k): the row's output
+    # (smaller than its probabilities) is then set to zeros, which also stops its gradient. One of +inf
+    # puts all the weight on the +inf keys, and every other key gets exactly 0 (and its v a zero gradient).
+    top = scores.detach().amax(dim=-1, keepdim=True)                          # [B, H, S_q, 1]
+    infinite_top = top.isinf()
+    scores.masked_fill_(infinite_top & (scores != top), -math.inf)
+    scores.masked_fill_(infinite_top & (scores == top), 0.0)
     probs = torch.softmax(scores, dim=-1)
-    if mask is not None:
-        probs = probs * mask.has_keys                                        # all-padding rows attend to nothing
     if dropout_p > 0.0:
         probs = dropout(probs, dropout_p, seed, offset)
-    return torch.matmul(probs, v)
+    return torch.matmul(probs, v).masked_fill(top == -math.inf, 0.0)
