@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from minibert import modeling, ops, rng
 from minibert.config import BertConfig
 from minibert.modeling import BertForMaskedLM, BertForPreTraining, BertModel
+from minibert.model_shapes import show_layer_shapes
 from minibert.ops.eager import AttentionMask
 from minibert.rng import dropout_site_offset
 
@@ -423,6 +423,6 @@ def test_value_checks_skip_other_devices_unless_asked(monkeypatch):
 
 
 def test_show_your_work_entry_point_runs(capsys):
-    modeling._show_your_work()  # what ``python -m minibert.modeling`` prints
+    show_layer_shapes(BertForPreTraining)  # what ``python -m minibert.modeling`` prints
     printed = capsys.readouterr().out
     assert "prediction_logits       (2, 8, 100)" in printed and "loss = mlm" in printed
