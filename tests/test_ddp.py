@@ -23,7 +23,7 @@ import torch
 from minibert.train import pretrain
 from minibert.modeling import BertForPreTraining
 
-from test_pretrain import read_rows, tiny_args, tiny_data, write_unmasked_shards  # noqa: F401  (tiny_data: a fixture)
+from test_pretrain import read_rows, tiny_args, write_unmasked_shards
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,7 +41,7 @@ def torchrun(args):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_dynamic_masking(tiny_data, tmp_path):  # noqa: F811
+def test_two_gloo_processes_match_one_process_with_dynamic_masking(tiny_data, tmp_path):
     single = tmp_path / "single"
     pretrain.main(tiny_args(tiny_data, single, 4, *EXACT))
 
@@ -66,7 +66,7 @@ def test_two_gloo_processes_match_one_process_with_dynamic_masking(tiny_data, tm
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_on_shards_match_one_process_in_memory(tiny_data, tmp_path):  # noqa: F811
+def test_two_gloo_processes_on_shards_match_one_process_in_memory(tiny_data, tmp_path):
     """`--shards DIR` under torchrun: each rank reads its part of every step from disk, masks it
     dynamically, and the run equals one process holding the same instances in memory."""
     exact = [*EXACT, "--held-out-every", "0"]

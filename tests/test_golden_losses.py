@@ -45,25 +45,8 @@ def assert_same_rows(rows, expected, rtol):
                 assert row[key] == value, (key, want)
 
 
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-    """(corpus file, vocab dir): 40 language-reference topics and a 300-token vocabulary trained on them."""
-    import pydoc_data.topics
-
-    from minibert.data import corpus
-    from minibert.tokenizer.train import train_vocab
-    root = tmp_path_factory.mktemp("golden")
-    path = str(root / "corpus.txt")
-    topics = pydoc_data.topics.topics
-    topics = [corpus.text_to_sentences(topics[name]) for name in sorted(topics)]
-    corpus.write_corpus([doc for doc in topics if len(doc) > 3][:40], path)
-    vocab_dir = str(root / "vocab")
-    train_vocab(path, 300, vocab_dir, held_out_every=None)
-    return path, vocab_dir
-
-
-def pretrain(tiny_corpus, out, *extra):
-    corpus_path, vocab_dir = tiny_corpus
+def pretrain(tiny_data, out, *extra):
+    corpus_path, vocab_dir = tiny_data
     argv = ["pretrain", "--corpus", corpus_path, "--vocab", vocab_dir, *TINY_MODEL, "--max-seq-length", "32",
             "--batch-size", "8", "--dupe-factor", "1", "--out", str(out), "--quiet", "--seed", "3", *extra]
     assert cli.main(argv) == 0
@@ -80,9 +63,9 @@ PRETRAIN_RUNS = {
 
 
 @pytest.mark.parametrize("name", sorted(PRETRAIN_RUNS))
-def test_pretraining_reproduces_pinned_losses(name, tiny_corpus, tmp_path):
+def test_pretraining_reproduces_pinned_losses(name, tiny_data, tmp_path):
     extra, rtol = PRETRAIN_RUNS[name]
-    assert_same_rows(pretrain(tiny_corpus, tmp_path / name, *extra), golden("pretrain")[name], rtol)
+    assert_same_rows(pretrain(tiny_data, tmp_path / name, *extra), golden("pretrain")[name], rtol)
 
 
 def classify_rows(n, rng):
@@ -97,9 +80,9 @@ def classify_rows(n, rng):
     return "\n".join(lines) + "\n"
 
 
-def test_fine_tuning_reproduces_pinned_losses(tiny_corpus, tmp_path):
+def test_fine_tuning_reproduces_pinned_losses(tiny_data, tmp_path):
     """Classification and SQuAD from the float32 pretraining run above, as pinned."""
-    pretrain(tiny_corpus, tmp_path / "base", *PRETRAIN_RUNS["pretrain_f32_eager_accum_dyn"][0])
+    pretrain(tiny_data, tmp_path / "base", *PRETRAIN_RUNS["pretrain_f32_eager_accum_dyn"][0])
     model = str(tmp_path / "base" / "last")
     rng = random.Random(0)
     train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"

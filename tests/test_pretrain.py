@@ -11,31 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from minibert.modeling import BertForPreTraining
 from minibert.train import backends, budget, pretrain, pretrain_args, signals
 from minibert.train import state as trainer_state
-from minibert.data import corpus
-from minibert.tokenizer import train as vocab_trainer
-from minibert.modeling import BertForPreTraining
 from minibert.train.data import StepBatches
 
 TINY_MODEL = ["--layers", "2", "--hidden", "32", "--heads", "2", "--intermediate", "64"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """(corpus file, vocab dir): 40 language-reference topics and a 300-token vocabulary trained on them."""
-    import pydoc_data.topics
-    root = tmp_path_factory.mktemp("pretrain_data")
-    path = str(root / "corpus.txt")
-    topics = pydoc_data.topics.topics
-    topics = [corpus.text_to_sentences(topics[name]) for name in sorted(topics)]
-    corpus.write_corpus([doc for doc in topics if len(doc) > 3][:40], path)
-    vocab_dir = str(root / "vocab")
-    vocab_trainer.train_vocab(path, 300, vocab_dir, held_out_every=None)
-    return path, vocab_dir
 
 
 def tiny_args(tiny_data, out, steps, *extra):
