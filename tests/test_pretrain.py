@@ -547,3 +547,38 @@ def test_stop_request_first_signal_asks_a_repeat_is_ignored_a_later_one_interrup
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signals.Interrupted("x", "SIGTERM").exit_status == 143
+
+
+def test_masked_lm_prob_sets_the_training_rate_and_the_held_out_set_keeps_bert_s(tiny_data):
+    """--masked-lm-prob 0.4 masks ~40% of the training tokens (static and dynamic masks alike), while the
+    held-out questions, and so the accuracies, stay at BERT's 15% whatever the training rate."""
+    from minibert.config import BertConfig
+    from minibert.tokenizer import BertTokenizer
+    from minibert.train.data import prepare_data
+    tokenizer = BertTokenizer.from_pretrained(tiny_data[1])
+    config = BertConfig(vocab_size=len(tokenizer.vocab), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64)
+
+    def rates(*extra):
+        args = pretrain_args.build_parser().parse_args(tiny_args(tiny_data, "unused", 1, *extra))
+        pretrain_args.check_args(args, 1)
+        d = prepare_data(args, tokenizer, config)
+        batches = StepBatches(d.instances, micro_batch_size=64, grad_accum=1, rank=0, world_size=1, seed=3,
+                              pad_id=0, max_seq_length=32, num_steps=4, masking=d.masking)
+        train = [b for s in range(4) for b in batches[s]]
+
+        def rate(bs):  # masked tokens / maskable tokens (real tokens minus [CLS] and two [SEP])
+            return (sum(int((b["labels"] != -100).sum()) for b in bs)
+                    / sum(int(b["attention_mask"].sum()) - 3 * len(b["attention_mask"]) for b in bs))
+        return rate(train), rate(d.eval_batches)
+
+    train, held_out = rates()
+    assert 0.13 < train < 0.17 and 0.13 < held_out < 0.17, (train, held_out)
+    for extra in ([], ["--dynamic-masking"]):
+        train, held_out_40 = rates("--masked-lm-prob", "0.4", *extra)
+        assert 0.37 < train < 0.43, (extra, train)
+        assert held_out_40 == held_out, extra
+    assert pretrain_args.max_predictions_per_seq(pretrain_args.build_parser().parse_args(
+        ["--masked-lm-prob", "0.4", "--max-seq-length", "128"])) == 52  # not BERT's cap of 20
+    with pytest.raises(ValueError, match="--masked-lm-prob must be in"):
+        pretrain.main(tiny_args(tiny_data, "unused", 1, "--masked-lm-prob", "0.9"))

@@ -6,6 +6,7 @@ import math
 import os
 
 from minibert.config import BertConfig
+from minibert.data.masking import DEFAULT_MASKED_LM_PROB, DEFAULT_MAX_PREDICTIONS_PER_SEQ
 
 # Defaults chosen so that, on the built-in corpus and 2 CPU cores, a 4-layer, 256-wide BERT trains in
 # about five minutes to an MLM accuracy above the unigram baseline (README gives the figures). A short run
@@ -29,7 +30,8 @@ SUMMARY_FILE = "summary.json"
 # Settings that cannot change on --resume: those that shape the loss trajectory and the model itself (a
 # resumed run would not continue the run it claims to continue). --out, --device, --num-workers, the
 # evaluation and checkpoint intervals, --attn/--gelu, --quiet and --keep-checkpoints may change freely.
-TRAJECTORY_ARGS = ("corpus", "shards", "held_out_every", "max_seq_length", "dupe_factor", "whole_word_mask",
+TRAJECTORY_ARGS = ("corpus", "shards", "held_out_every", "max_seq_length", "dupe_factor", "masked_lm_prob",
+                   "whole_word_mask",
                    "dynamic_masking", "config", "layers", "hidden", "heads", "intermediate", "init_from",
                    "lr", "schedule", "warmup_steps", "warmup_ratio", "weight_decay", "clip_grad_norm", "steps",
                    "minutes", "seed", "backend", "dtype", "dropout")
@@ -53,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence")
     g.add_argument("--dupe-factor", type=int, default=DEFAULT_DUPE_FACTOR,
                    help="copies of the corpus, each with different masks")
+    g.add_argument("--masked-lm-prob", type=float, default=DEFAULT_MASKED_LM_PROB,
+                   help="fraction of the training tokens masked for the MLM loss (the held-out evaluation always "
+                        "masks BERT's 0.15, so accuracies stay comparable)")
     g.add_argument("--whole-word-mask", action="store_true", help="mask all pieces of a word together")
     g.add_argument("--dynamic-masking", action="store_true",
                    help="draw new masks every time a sequence is batched (RoBERTa) instead of once")
@@ -149,6 +154,8 @@ def check_args(args, world_size: int) -> None:
     for flag, value in positive.items():
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if not 0.0 < args.masked_lm_prob <= 0.5:
+        raise ValueError(f"--masked-lm-prob must be in (0, 0.5] (BERT uses 0.15), got {args.masked_lm_prob}")
     if args.steps is not None and args.minutes is not None:
         raise ValueError("give --steps or --minutes, not both")
     if args.steps is not None and args.steps < 1:
@@ -184,6 +191,11 @@ def check_args(args, world_size: int) -> None:
         raise ValueError("--schedule noam needs a warm-up of at least one step (--warmup-steps or --warmup-ratio)")
     if args.out is None:
         args.out = DEFAULT_OUT
+
+
+def max_predictions_per_seq(args) -> int:
+    """Masked positions per training sequence: BERT's 20 at 128 tokens and 15%, more for a higher rate."""
+    return max(DEFAULT_MAX_PREDICTIONS_PER_SEQ, math.ceil(args.masked_lm_prob * args.max_seq_length))
 
 
 def warmup_steps(args) -> int:
