@@ -100,6 +100,27 @@ def test_vectors_equal_transformers_bertmodel(model_dir):
         assert np.abs(ours - expected[pooling]).max() < TOLERANCE, pooling
 
 
+def test_a_folder_written_by_transformers(tmp_path):
+    """An HF-format folder that transformers itself saved (a bare BertModel: no ``bert.`` prefix, no heads)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=24, num_hidden_layers=2,
+                                     num_attention_heads=3, intermediate_size=48, max_position_embeddings=40,
+                                     initializer_range=0.2)
+    torch.manual_seed(1)
+    hf = transformers.BertModel(config).eval()
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB), encoding="utf-8")
+    tokenizer = BertTokenizer.from_pretrained(str(tmp_path))
+    for pooling in features.POOLINGS:
+        ours = features.encode(str(tmp_path), SENTENCES[:4], pooling=pooling, batch_size=4)
+        with torch.no_grad():
+            for row, sentence in zip(ours, SENTENCES[:4]):
+                out = hf(input_ids=torch.tensor([tokenizer(sentence)["input_ids"]]))
+                expected = {"cls": out.last_hidden_state[0, 0], "pooled": out.pooler_output[0],
+                            "mean": out.last_hidden_state[0].mean(0)}[pooling]
+                assert np.abs(row - expected.numpy()).max() < TOLERANCE, pooling
+
+
 def test_batching_and_padding_do_not_change_the_vectors(model_dir):
     model, tokenizer = features.load(model_dir)
     one = features.embed(model, tokenizer, SENTENCES, "mean", batch_size=1)     # no padding at all
