@@ -76,12 +76,13 @@ def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
 # The model and the sentences
 # ------------------------------------------------------------------------------------------------------
 def load(model_dir: str, device: str | torch.device = "cpu", pooler: bool = True,
-         attn_implementation: str = "fused"):
+         attn_implementation: str = "fused", gelu_implementation: str = "fused"):
     """(``BertModel`` in eval mode, ``BertTokenizer``) from a checkpoint folder (``model_directory``'s rule).
 
     Any head the checkpoint holds (MLM, NSP, classifier, QA) is left out. ``pooler=False`` builds the
     encoder without its pooler, which is how a checkpoint that has none (a question-answering model)
-    loads; a checkpoint that has none with ``pooler=True`` is a ``ValueError`` saying so.
+    loads; a checkpoint that has none with ``pooler=True`` is a ``ValueError`` saying so. The backends are
+    the model's (``"fused"`` quietly becomes eager where the extension is absent).
     """
     from minibert import checkpoint
     from minibert.config import BertConfig
@@ -100,7 +101,7 @@ def load(model_dir: str, device: str | torch.device = "cpu", pooler: bool = True
         raise ValueError(f"{directory} has no pooler (pooler.dense.*), as a question-answering checkpoint has "
                          f"none, so it cannot give pooled features; use pooling 'cls' or 'mean'")
     model = BertModel(config, add_pooling_layer=pooler, attn_implementation=attn_implementation,
-                      gelu_implementation="fused" if attn_implementation == "fused" else "eager")
+                      gelu_implementation=gelu_implementation)
     checkpoint.load_weights(model, state, source=directory)
     tokenizer = BertTokenizer.from_pretrained(directory)
     if len(tokenizer) > config.vocab_size:

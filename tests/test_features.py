@@ -206,6 +206,7 @@ def test_each_bad_input_gives_one_clear_error(model_dir, tmp_path, capsys):
         (["--input", good, "--model", no_vocab], "has no vocab.txt"),
         (["--input", good, "--model", tmp_path], "is not a BERT checkpoint"),
         (["--input", good, "--out", tmp_path / "nowhere" / "vectors.npy"], "nowhere' does not exist"),
+        (["--input", good, "--out", tmp_path], "is a folder; give a file name"),
         (["--input", good, "--batch-size", "0"], "--batch-size) must be a positive integer"),
         (["--input", good, "--max-seq-length", "1"], "must be at least 2"),
         (["--input", good, "--device", "toaster"], "--device 'toaster' is not a device"),
