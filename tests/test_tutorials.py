@@ -130,3 +130,20 @@ def test_a_failing_cell_is_named_with_its_source(tmp_path):
     with pytest.raises(build.NotebookError, match=r"broken.ipynb, cell 3 failed: AssertionError: x is not 2\n"
                                                   r"--- cell source ---\nassert x == 2"):
         build.run_notebook(path, tmp_path)
+
+
+def test_the_kernel_runs_in_the_work_folder_with_one_thread_inline_figures_and_the_model_variable(tmp_path):
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "a", "metadata": {}, "execution_count": None, "outputs": [], "source": [
+            "import os\n", "import matplotlib, matplotlib.pyplot as plt, torch\n",
+            f"assert os.path.realpath(os.getcwd()) == {str(tmp_path.resolve())!r}, os.getcwd()\n",
+            "assert os.environ['MINIBERT_TUTORIAL_MODEL'] == 'model-dir'\n",
+            "assert torch.get_num_threads() == 1, torch.get_num_threads()\n",
+            "assert 'inline' in matplotlib.get_backend(), matplotlib.get_backend()\n",
+            "plt.plot([0, 1]); plt.show()"]}]}
+    assert build.needs_model(notebook) and not build.needs_model({"cells": notebook["cells"][:0]})
+    path = tmp_path / "environment.ipynb"
+    path.write_text(json.dumps(notebook))
+    executed = build.run_notebook(path, tmp_path, {build.MODEL_VARIABLE: "model-dir"})
+    outputs = executed.cells[0].outputs
+    assert any("image/png" in o.get("data", {}) for o in outputs), outputs
