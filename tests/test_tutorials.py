@@ -54,7 +54,7 @@ def tutorial_model(tmp_path_factory):
     return build.pretrain_tiny_model(tmp_path_factory.mktemp("tutorial_model") / "run")
 
 
-def test_there_are_the_ten_tutorials_and_the_readme_describes_each():
+def test_the_readme_describes_every_tutorial():
     assert len(NOTEBOOKS) >= 8, [p.name for p in NOTEBOOKS]
     readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
     for path in NOTEBOOKS:
@@ -147,3 +147,22 @@ def test_the_kernel_runs_in_the_work_folder_with_one_thread_inline_figures_and_t
     executed = build.run_notebook(path, tmp_path, {build.MODEL_VARIABLE: "model-dir"})
     outputs = executed.cells[0].outputs
     assert any("image/png" in o.get("data", {}) for o in outputs), outputs
+
+
+def test_build_stores_outputs_and_hash_and_refuses_a_notebook_over_the_size_limit(tmp_path, monkeypatch):
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "a", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": ["print(6 * 7)"]}]}
+    path = tmp_path / "small.ipynb"
+    original = json.dumps(notebook)
+    path.write_text(original)
+    monkeypatch.setattr(build, "MAX_BYTES", 100)
+    with pytest.raises(SystemExit, match=r"small.ipynb would be [\d,]+ bytes .* over the 100-byte limit"):
+        build.build(path, None)
+    assert path.read_text() == original, "a notebook over the limit must not be written"
+    monkeypatch.setattr(build, "MAX_BYTES", 1_000_000)
+    build.build(path, None)
+    stored = json.loads(path.read_text())
+    assert "".join(stored["cells"][0]["outputs"][0]["text"]) == "42\n"
+    assert "execution" not in stored["cells"][0]["metadata"]
+    assert build.stored_hash(stored) == build.code_hash(notebook)

@@ -114,9 +114,13 @@ def run_notebook(path: str | os.PathLike, workdir: str | os.PathLike, extra_env:
                  timeout: int = CELL_TIMEOUT_S):
     """Execute the notebook at ``path`` in a fresh python3 kernel whose working directory is ``workdir``;
     return the executed ``nbformat`` notebook. Raises ``NotebookError`` naming the failing cell."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellExecutionError
+    except ImportError as exc:
+        raise NotebookError(f"running notebooks needs nbclient, nbformat and ipykernel ({exc}); "
+                            "install the test extra: pip install -e .[test]") from None
 
     path = Path(path)
     notebook = nbformat.read(path, as_version=4)
