@@ -95,7 +95,9 @@ def kernel_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     * the repository on ``PYTHONPATH``, so ``import minibert`` works without installing it;
     * one OpenMP/MKL thread: torch's tiny matrices are fastest on one, and the numbers do not depend on
       the machine (a kernel-start cell would have to be stored in every notebook; the environment is not);
-    * the inline matplotlib backend, as in Jupyter, so figures become ``image/png`` outputs.
+    * the inline matplotlib backend, as in Jupyter, so figures become ``image/png`` outputs;
+    * a fixed ``PYTHONHASHSEED``, so set iteration order, and what a notebook prints from it, is the same on
+      every run.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY)] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -157,6 +159,7 @@ def strip_volatile(notebook) -> None:
 
 
 def serialise(notebook) -> str:
+    """The notebook as nbformat's JSON text, ending in a newline as every other text file here."""
     import nbformat
     return nbformat.writes(notebook) + "\n"
 
