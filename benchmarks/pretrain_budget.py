@@ -57,7 +57,7 @@ VARIANTS = {
 
 
 # Variants that change only the arithmetic's values, not its amount, run at the speed of another one.
-TIMED_AS = {"lr1e-3": "default", "lr1e-3-warm15": "default"}
+TIMED_AS = {"lr1e-3": "default", "lr1e-3-warm15": "default", "no-dropout": "default"}
 CALIBRATION_STEPS = (10, 50)  # a variant's two short timing runs (calibrated mode); their difference is 40 steps
 
 
@@ -107,7 +107,10 @@ def rounds_in_budget(minutes: float) -> int:
 def run_calibrated(name: str, steps: int, cpu_step: float, seed: int, work: str, evaluations: int) -> dict:
     """The ``--steps`` run that stands for ``name``'s budget, evaluated as often as a budgeted run."""
     every = max(1, steps // evaluations)
-    summary = pretrain(name, work, seed, ["--steps", str(steps), "--eval-every", str(every), "--save-every", "0"])
+    # One thread each: the step count is fixed, so threads change only the speed, and single-threaded runs
+    # side by side waste nothing on threads waiting for each other.
+    summary = pretrain(name, work, seed, ["--steps", str(steps), "--eval-every", str(every), "--save-every", "0"],
+                       env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     return row(name, summary, cpu_seconds_per_step=cpu_step)
 
 
@@ -148,7 +151,11 @@ def main(argv=None) -> None:
     parser.add_argument("--default-steps", type=int, default=None,
                         help="calibrated mode: the steps the default recipe completes in the budget on an idle "
                              "machine (the 'steps' of `--mode wallclock --variants default`)")
-    parser.add_argument("--jobs", type=int, default=1, help="calibrated mode: training runs at a time (default 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="calibrated mode: training runs at a time, one thread each (default 1)")
+    parser.add_argument("--timings", default=None,
+                        help="calibrated mode: a JSON file of CPU seconds per step by variant, read if it exists "
+                             "and extended with what is measured (default: measure every variant)")
     args = parser.parse_args(argv)
     if args.mode == "calibrated" and (args.default_steps is None or args.default_steps < 1):
         parser.error("--mode calibrated needs --default-steps N (measure it with --mode wallclock --variants "
@@ -167,8 +174,15 @@ def main(argv=None) -> None:
             rows = [report(run_wallclock(name, args.minutes, args.seed, work)) for name in args.variants]
         else:
             cpu = {}
+            if args.timings and os.path.exists(args.timings):  # an earlier invocation's timings
+                with open(args.timings, encoding="utf-8") as f:
+                    cpu = json.load(f)
             for timed in dict.fromkeys(TIMED_AS.get(n, n) for n in ["default", *args.variants]):
-                cpu[timed] = cpu_seconds_per_step(timed, args.seed, work)
+                if timed not in cpu:
+                    cpu[timed] = cpu_seconds_per_step(timed, args.seed, work)
+                    if args.timings:
+                        with open(args.timings, "w", encoding="utf-8") as f:
+                            json.dump(cpu, f, indent=1)
                 print(f"{timed}: {cpu[timed]:.3f} CPU s/step", flush=True)
             # The default recipe's idle step count, scaled by each variant's relative cost per step.
             steps = {n: max(1, round(args.default_steps * cpu["default"] / cpu[TIMED_AS.get(n, n)]))

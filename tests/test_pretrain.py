@@ -223,9 +223,9 @@ def test_time_budget_schedule_is_a_function_of_the_time_spent(monkeypatch):
         expected = f / 0.1 if f < 0.1 else 1.0 - f
         decision = plan.before_step(0)
         assert decision["lr"] == pytest.approx(expected, abs=1e-12), t
-        assert decision["finished"] == 0.0
+        assert decision["finished"] == 0.0 and decision["progress"] == pytest.approx(f, abs=1e-12)
     clock.now = available
-    assert plan.before_step(0) == {"finished": 1.0, "lr": 0.0}
+    assert plan.before_step(0) == {"finished": 1.0, "lr": 0.0, "progress": 1.0}
 
     # A slow step (load) brings the end forward at once; the rate never climbs back when it is forgotten.
     clock.now = 0.0
@@ -582,3 +582,32 @@ def test_masked_lm_prob_sets_the_training_rate_and_the_held_out_set_keeps_bert_s
         ["--masked-lm-prob", "0.4", "--max-seq-length", "128"])) == 52  # not BERT's cap of 20
     with pytest.raises(ValueError, match="--masked-lm-prob must be in"):
         pretrain.main(tiny_args(tiny_data, "unused", 1, "--masked-lm-prob", "0.9"))
+
+
+def test_a_short_sequence_phase_switches_once_and_resumes_exactly(tiny_data, tmp_path, monkeypatch):
+    """--short-seq-length 16 --short-seq-ratio 0.5 over 8 steps: steps 0-3 on 16-token sequences, 4-7 on 32;
+    the switch is recorded in the checkpoint, and runs resumed before or after it repeat the losses."""
+    widths = {}
+    real_getitem = StepBatches.__getitem__
+
+    def spy(self, step):
+        micro = real_getitem(self, step)
+        widths[step] = max(b["input_ids"].shape[1] for b in micro)
+        return micro
+
+    monkeypatch.setattr(StepBatches, "__getitem__", spy)
+    extra = ["--short-seq-length", "16", "--short-seq-ratio", "0.5", "--save-every", "2", "--eval-every", "0"]
+    full = tmp_path / "full"
+    pretrain.main(tiny_args(tiny_data, full, 8, *extra))
+    assert all(widths[s] <= 16 for s in range(4)) and all(16 < widths[s] <= 32 for s in range(4, 8)), widths
+    assert torch.load(full / "last" / trainer_state.TRAINER_STATE, weights_only=True)["long_phase_from"] == 4
+    for crash in (3, 6):  # resumed from the checkpoint at step 2 (short phase) and at step 4 (long phase)
+        broken = tmp_path / f"broken{crash}"
+        crash_at_step(monkeypatch, crash, tiny_args(tiny_data, broken, 8, *extra))
+        pretrain.main(tiny_args(tiny_data, broken, 8, *extra, "--resume"))
+        np.testing.assert_allclose([r["loss"] for r in read_rows(broken)], [r["loss"] for r in read_rows(full)],
+                                   rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="--short-seq-length must be at least 5 and below"):
+        pretrain.main(tiny_args(tiny_data, tmp_path / "bad", 2, "--short-seq-length", "32"))
+    with pytest.raises(ValueError, match="--short-seq-ratio must be in"):
+        pretrain.main(tiny_args(tiny_data, tmp_path / "bad", 2, "--short-seq-length", "16", "--short-seq-ratio", "1"))

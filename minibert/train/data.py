@@ -128,9 +128,9 @@ def _fingerprint(documents: list) -> str:
 
 
 def _make_instances(documents, tokenizer, args, config, seed: int, dupe_factor: int, dynamic: bool,
-                    masking: dict) -> list:
+                    masking: dict, max_seq_length: int | None = None) -> list:
     return list(data.create_training_instances(
-        documents, tokenizer, max_seq_length=args.max_seq_length, dupe_factor=dupe_factor,
+        documents, tokenizer, max_seq_length=max_seq_length or args.max_seq_length, dupe_factor=dupe_factor,
         whole_word_mask=args.whole_word_mask, dynamic_masking=dynamic, seed=seed,
         max_position_embeddings=config.max_position_embeddings, **masking))
 
@@ -168,6 +168,7 @@ class PretrainingData:
     fingerprint: str                # hash of the training text (or shards), checked on --resume
     source: str                     # where the instances came from, for the opening line
     held_out_sentences: list = dataclasses.field(default_factory=list)  # a few, for fill-mask examples
+    short_instances: Sequence | None = None  # --short-seq-length: the first phase's training instances
 
 
 def prepare_data(args, tokenizer, config) -> PretrainingData:
@@ -177,7 +178,7 @@ def prepare_data(args, tokenizer, config) -> PretrainingData:
     masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask, **train_masking)
                if args.dynamic_masking else None)
     pad_id = config.pad_token_id
-    eval_batches, held_out_sentences = [], []
+    eval_batches, held_out_sentences, short_instances = [], [], None
     if args.shards:
         instances = data.PretrainingShards(args.shards, tokenizer=tokenizer)
         if not instances.masked and masking is None:
@@ -191,6 +192,11 @@ def prepare_data(args, tokenizer, config) -> PretrainingData:
         train_docs, eval_docs = read_split(args.corpus, args.held_out_every)
         instances = _make_instances(train_docs, tokenizer, args, config, args.seed, args.dupe_factor,
                                     args.dynamic_masking, train_masking)
+        if args.short_seq_length is not None:  # the same text cut shorter, for the first phase
+            short_masking = {**train_masking, "max_predictions_per_seq": max_predictions_per_seq(
+                args, args.short_seq_length)}
+            short_instances = _make_instances(train_docs, tokenizer, args, config, args.seed + 2, args.dupe_factor,
+                                              args.dynamic_masking, short_masking, args.short_seq_length)
         # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
         eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False, {})
                           if eval_docs else [])[:args.eval_sequences]
@@ -209,4 +215,4 @@ def prepare_data(args, tokenizer, config) -> PretrainingData:
         instances=instances, masking=masking, eval_batches=eval_batches, unigram_token=unigram,
         unigram_accuracy=_unigram_accuracy(scored, unigram),
         nsp_majority_accuracy=float(max(nsp.mean(), 1 - nsp.mean())), fingerprint=fingerprint, source=source,
-        held_out_sentences=held_out_sentences)
+        held_out_sentences=held_out_sentences, short_instances=short_instances)
