@@ -65,6 +65,17 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") ->
     return F.gelu(x + bias, approximate=approximate)
 
 
+def residual_dropout_layernorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                               bias: torch.Tensor, eps: float, p: float = 0.0, seed: int = 0,
+                               offset: int = 0, dropout=dropout) -> torch.Tensor:
+    """``LayerNorm(residual + dropout(x))`` over the last dimension (``residual`` None: ``LayerNorm(dropout(x))``),
+    as three ops that each write their result: the dropped x, the sum, the normalised output."""
+    h = dropout(x, p, seed, offset)
+    if residual is not None:
+        h = h + residual
+    return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
+
+
 class AttentionMask:
     """The key-padding mask of a batch in the forms eager attention needs, made once and reused.
 
