@@ -225,7 +225,8 @@ void check_layernorm_grads(LayerNormInputs& in, const at::Tensor& grad, const at
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{mean, "mean"}, {rstd, "rstd"}})
     TORCH_CHECK(t.scalar_type() == stats_dtype(in.x) && t.device() == in.x.device() && t.sizes() == shape,
                 "minibert: ", name, " must be the ", stats_dtype(in.x), " ", at::IntArrayRef(shape),
-                " tensor returned by residual_dropout_layernorm_forward, got ", t.scalar_type(), " ", t.sizes());
+                " tensor returned by residual_dropout_layernorm_forward, got ", t.scalar_type(), " ", t.sizes(),
+                " on ", t.device());
   in.grad = grad.contiguous();
   in.mean = mean.contiguous();
   in.rstd = rstd.contiguous();
@@ -370,8 +371,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward_im
                                in.dropout, in.rows * c / n_chunks, in.rows * (c + 1) / n_chunks);
     });
   });
-  const at::Tensor sums = partials.sum(1);
-  return {d_sum, d_x, sums[0], sums[1]};
+  return {d_sum, d_x, partials[0].sum(0), partials[1].sum(0)};  // two tensors: outputs must not alias
 }
 
 }  // namespace cpu
@@ -498,8 +498,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward_im
                                      acc.data_ptr<float>() + in.n_cols, in.rows, in.n_cols, in.dropout,
                                      c10::cuda::getCurrentCUDAStream()),
              "layernorm_backward");
-  const at::Tensor sums = acc.to(in.x.scalar_type());
-  return {d_sum, d_x, sums[0], sums[1]};
+  // Copies (not views of acc): the op's outputs must not alias each other.
+  return {d_sum, d_x, acc[0].to(in.x.scalar_type(), false, true), acc[1].to(in.x.scalar_type(), false, true)};
 }
 
 }  // namespace cuda

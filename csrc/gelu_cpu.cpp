@@ -6,7 +6,7 @@
 //
 // GELU reads and writes each element once, so it should run at the speed of a memory copy. What keeps
 // it from that is the arithmetic per element: libm's erf/tanh are scalar calls. math_cpu.h's float32
-// normal_cdf_approx / sigmoid2_approx are branch-free (one division, one exp, one polynomial), so the
+// normal_tail_approx / sigmoid2_approx are branch-free (one division, one exp, one polynomial), so the
 // loops below compile to vector code; Phi and phi share their exp, so the backward costs no more than
 // the forward. float64 calls libm's erfc / exp / tanh (the 1e-10 contract of docs/design.md).
 //
@@ -37,14 +37,28 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267794;   // 1 / sqrt(2 pi)
 constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2 / pi)
 constexpr double kTanhCubic = 0.044715;                  // Hendrycks & Gimpel's cubic coefficient
 
+// x * P, given P's two forms: P itself when P < 1/2 (x < 0: accurate to its relative error), else the
+// complement q = 1 - P (x >= 0: x - x q rounds once, and x q is small next to x). Both are computed and
+// one is picked, so the loop stays branch-free. q = 0 (x beyond the tails' reach, or +inf) gives x
+// itself, not inf - inf * 0 = NaN.
+template <typename T>
+MB_INLINE T times_probability(T x, T p, T q) {
+  const T below = x * p;
+  const T xq = x * q;
+  const T above = x - (q > T(0) ? xq : T(0));
+  return x < T(0) ? below : above;
+}
+
 template <typename T, bool kTanh>
 MB_INLINE T gelu_value(T x) {
   if (kTanh) {
     T one_minus;
-    return x * sigmoid2_approx(T(kSqrt2OverPi) * (x + T(kTanhCubic) * x * x * x), one_minus);
+    const T s = sigmoid2_approx(T(kSqrt2OverPi) * (x + T(kTanhCubic) * x * x * x), one_minus);
+    return times_probability(x, s, one_minus);  // u has x's sign, so s < 1/2 exactly when x < 0
   }
   T gauss;
-  return x * normal_cdf_approx(x, gauss);
+  const T tail = normal_tail_approx(x, gauss);  // Phi(x) for x < 0, 1 - Phi(x) for x >= 0
+  return times_probability(x, tail, tail);
 }
 
 template <typename T, bool kTanh>
@@ -56,7 +70,9 @@ MB_INLINE T gelu_grad(T x) {
     return s + x * (T(2) * s * one_minus) * (T(kSqrt2OverPi) * (T(1) + T(3 * kTanhCubic) * x2));
   }
   T gauss;
-  const T cdf = normal_cdf_approx(x, gauss);
+  const T tail = normal_tail_approx(x, gauss);
+  const T upper = T(1) - tail;
+  const T cdf = x < T(0) ? tail : upper;
   return cdf + x * (T(kInvSqrt2Pi) * gauss);
 }
 

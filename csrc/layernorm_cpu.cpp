@@ -17,8 +17,14 @@
 //
 // The row sums are `omp simd` reductions: without them the compiler may not reorder a float sum, and
 // a sum it cannot reorder stays scalar.
+//
+// Two file-wide compiler settings. no-trapping-math: see gelu_cpu.cpp (lets the dropout select vectorise).
+// fp-contract=off: no fused multiply-adds. An FMA rounds a * b + c once, the separate ops twice, so with
+// contraction the product dy * weight could be rounded one way inside sum(g) and another in the second
+// pass; rstd (up to 1 / sqrt(eps) = 1e6) would magnify that difference. Without it, a 1-column row
+// (xhat = 0) gets exactly dh = 0 as it should, and every pass sees the same g.
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")  // see gelu_cpu.cpp: lets the dropout select vectorise
+#pragma GCC optimize("no-trapping-math", "fp-contract=off")
 #endif
 #include <cmath>
 

@@ -117,10 +117,11 @@ inline double exp_or_zero(double x) { return std::exp(x); }
 // The same exp(-a^2) = exp(-x^2 / 2) is the Gaussian density's, so the GELU backward gets
 // phi(x) = exp(-x^2 / 2) / sqrt(2 pi) for free.
 //
-// Returns Phi(x) and sets `gauss` = exp(-x^2 / 2). For |x| > 13.19 (x^2 / 2 > 87) gauss is 0 and the
-// tail is 0: the true values are below 1e-38 there. +-inf and NaN give what float64 gives: Phi(inf) = 1,
-// Phi(-inf) = 0 (gauss = 0), NaN propagates.
-MB_INLINE float normal_cdf_approx(float x, float& gauss) {
+// Returns the tail Phi(-|x|) (Phi(x) itself is the tail for x < 0, 1 - tail for x >= 0; GELU uses the
+// tail directly: x Phi(x) = x - x * tail for x >= 0 rounds once, where x * (1 - tail) rounds twice) and
+// sets `gauss` = exp(-x^2 / 2). For |x| > 13.19 (x^2 / 2 > 87) gauss and the tail are 0: the true values
+// are below 1e-38 there. +-inf give tail 0 and gauss 0 (as float64 does); NaN propagates.
+MB_INLINE float normal_tail_approx(float x, float& gauss) {
   const float a = std::fabs(x) * 0.70710678118654752440f;
   const float t = 1.0f / (1.0f + 0.5f * a);
   float p = -5.88981695e-02f;  // P(t), highest power first
@@ -133,14 +134,12 @@ MB_INLINE float normal_cdf_approx(float x, float& gauss) {
   p = p * t + 2.82353699e-01f;
   p = p * t + 2.82087654e-01f;
   gauss = exp_or_zero(-a * a);
-  const float tail = 0.5f * t * p * gauss;  // Phi(-|x|)
-  const float upper = 1.0f - tail;          // Phi(|x|)
-  return x < 0.0f ? tail : upper;
+  return 0.5f * t * p * gauss;
 }
-// float64 has erfc in libm, accurate to an ulp on both sides (no cancellation either).
-inline double normal_cdf_approx(double x, double& gauss) {
+// float64 has erfc in libm, accurate to an ulp.
+inline double normal_tail_approx(double x, double& gauss) {
   gauss = std::exp(-0.5 * x * x);
-  return 0.5 * std::erfc(-x * 0.70710678118654752440);
+  return 0.5 * std::erfc(std::fabs(x) * 0.70710678118654752440);
 }
 
 // sigmoid(2u) = (1 + tanh(u)) / 2 = 1 / (1 + exp(-2u)), which the tanh-form GELU x (1 + tanh u) / 2

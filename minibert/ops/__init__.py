@@ -455,7 +455,7 @@ def _layernorm_backward_fake(grad, x, residual, weight, mean, rstd, p, seed, off
     for name, t in (("mean", mean), ("rstd", rstd)):
         _native_check(t.dtype == _stats_dtype(x) and t.device == x.device and t.shape == x.shape[:-1],
                       name, " must be the ", _stats_dtype(x), " ", tuple(x.shape[:-1]), " tensor returned by "
-                      "residual_dropout_layernorm_forward, got ", t.dtype, " ", tuple(t.shape))
+                      "residual_dropout_layernorm_forward, got ", t.dtype, " ", tuple(t.shape), " on ", t.device)
     return x.new_empty(x.shape), x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
