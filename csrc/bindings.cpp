@@ -233,8 +233,14 @@ void check_layernorm_grads(LayerNormInputs& in, const at::Tensor& grad, const at
 }
 
 template <typename T>
-const T* optional_ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
+T* optional_ptr(const at::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+// The backward's gradient of x: like x with dropout; without it, it would equal d_sum (the gradient of
+// the sum), so it is an empty [0] tensor and the caller uses d_sum for both (one write of x's size saved).
+at::Tensor grad_x_buffer(const LayerNormInputs& in) {
+  return in.dropout.active ? at::empty_like(in.x) : at::empty({0}, in.x.options());
 }
 
 // ---------------------------------------------------------------------------------------------- CPU
@@ -355,7 +361,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_forward_impl(const Laye
 // Returns (d_sum, d_x, dweight, dbias). Rows are split into chunks, each summing its own partial
 // dweight and dbias (no two threads write the same partial), added together at the end.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward_impl(const LayerNormInputs& in) {
-  at::Tensor d_sum = at::empty_like(in.x), d_x = at::empty_like(in.x);
+  at::Tensor d_sum = at::empty_like(in.x), d_x = grad_x_buffer(in);
   const int64_t n_chunks = std::max<int64_t>(
       1, std::min<int64_t>({at::get_num_threads(), in.rows, in.rows * in.n_cols / kCpuMinChunk}));
   at::Tensor partials = at::zeros({2, n_chunks, in.n_cols}, in.x.options());
@@ -367,7 +373,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward_im
         layernorm_backward_cpu(in.grad.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(),
                                optional_ptr<scalar_t>(in.residual), in.weight.data_ptr<scalar_t>(),
                                in.mean.data_ptr<scalar_t>(), in.rstd.data_ptr<scalar_t>(), d_sum.data_ptr<scalar_t>(),
-                               d_x.data_ptr<scalar_t>(), dw + c * in.n_cols, db + c * in.n_cols, in.n_cols,
+                               optional_ptr<scalar_t>(d_x), dw + c * in.n_cols, db + c * in.n_cols, in.n_cols,
                                in.dropout, in.rows * c / n_chunks, in.rows * (c + 1) / n_chunks);
     });
   });
@@ -489,12 +495,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward_im
   TORCH_CHECK(in.n_cols <= kCudaMaxLayerNormCols, "minibert: x's last dimension ", in.n_cols,
               " is too large for the CUDA LayerNorm kernel (at most ", kCudaMaxLayerNormCols, ")");
   const c10::cuda::CUDAGuard guard(in.x.device());
-  at::Tensor d_sum = at::empty_like(in.x), d_x = at::empty_like(in.x);
+  at::Tensor d_sum = at::empty_like(in.x), d_x = grad_x_buffer(in);
   at::Tensor acc = at::zeros({2, in.n_cols}, in.x.options().dtype(at::kFloat));
   check_cuda(layernorm_backward_cuda(scalar_kind(in.x), in.grad.data_ptr(), in.x.data_ptr(),
                                      in.residual.defined() ? in.residual.data_ptr() : nullptr,
                                      in.weight.data_ptr(), in.mean.data_ptr<float>(), in.rstd.data_ptr<float>(),
-                                     d_sum.data_ptr(), d_x.data_ptr(), acc.data_ptr<float>(),
+                                     d_sum.data_ptr(), in.dropout.active ? d_x.data_ptr() : nullptr,
+                                     acc.data_ptr<float>(),
                                      acc.data_ptr<float>() + in.n_cols, in.rows, in.n_cols, in.dropout,
                                      c10::cuda::getCurrentCUDAStream()),
              "layernorm_backward");
@@ -559,7 +566,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward(
   // eps is not needed (rstd holds it), and the bias only shifts y: weight's shape stands in for both.
   LayerNormInputs in = check_layernorm(x, residual, weight, weight, 0.0, p, seed, offset);
   check_layernorm_grads(in, grad, mean, rstd);
-  if (in.rows == 0) return {at::empty_like(in.x), at::empty_like(in.x), at::zeros_like(in.weight),
+  if (in.rows == 0) return {at::empty_like(in.x), grad_x_buffer(in), at::zeros_like(in.weight),
                             at::zeros_like(in.weight)};
   return Backward(in);
 }

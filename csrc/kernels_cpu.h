@@ -71,7 +71,8 @@ void layernorm_forward_cpu(const double* x, const double* residual, const double
 // Its backward for rows [row_begin, row_end): recomputes h from x and residual, then with
 // xhat = (h - mean) * rstd and g = grad * weight writes
 //   d_sum = rstd * (g - mean(g) - xhat * mean(g * xhat))   (the gradient of h, and of the residual)
-//   d_x   = dropout(d_sum)                                 (the gradient of x: same mask and scale)
+//   d_x   = dropout(d_sum)                                 (the gradient of x: same mask and scale;
+//                                                           not written, and may be null, without dropout)
 // and ADDS the column sums of grad * xhat and of grad to dweight_partial and dbias_partial (one pair
 // of partials per thread, as gelu_backward_cpu does).
 void layernorm_backward_cpu(const float* grad, const float* x, const float* residual, const float* weight,

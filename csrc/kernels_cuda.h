@@ -58,7 +58,8 @@ cudaError_t layernorm_forward_cuda(ScalarKind kind, const void* x, const void* r
                                    const void* bias, void* y, float* mean, float* rstd, int64_t rows,
                                    int64_t n_cols, float eps, const DropoutArgs& dropout, cudaStream_t stream);
 
-// Writes d_sum (the gradient of h = residual + dropout(x)) and d_x = dropout(d_sum), both of x's type, and
+// Writes d_sum (the gradient of h = residual + dropout(x)) and d_x = dropout(d_sum) (only with dropout
+// active: without it d_x would equal d_sum, and may be null), both of x's type, and
 // ADDS the column sums of grad * xhat and of grad into dweight_acc and dbias_acc (float32 [n_cols],
 // ZEROED by the caller).
 cudaError_t layernorm_backward_cuda(ScalarKind kind, const void* grad, const void* x, const void* residual,

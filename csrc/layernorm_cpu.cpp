@@ -83,7 +83,7 @@ MB_INLINE void backward_rows(const T* grad, const T* x, const T* residual, const
     const T* xr = x + r * n;
     const T* rr = kResidual ? residual + r * n : nullptr;
     T* dsr = d_sum + r * n;  // holds xhat until the second pass overwrites it with dh
-    T* dxr = d_x + r * n;
+    T* dxr = kDrop ? d_x + r * n : nullptr;
     const uint64_t first = static_cast<uint64_t>(r * n);
     const T mean = mean_in[r], rstd = rstd_in[r];
     T sum_g = 0, sum_gx = 0;
@@ -104,7 +104,7 @@ MB_INLINE void backward_rows(const T* grad, const T* x, const T* residual, const
     for (int64_t c = 0; c < n; ++c) {
       const T dh = rstd * (gr[c] * weight[c] - mean_g - dsr[c] * mean_gx);
       dsr[c] = dh;
-      dxr[c] = dropped<T, kDrop>(dh, d, inv_keep, first + c);
+      if (kDrop) dxr[c] = dropped<T, kDrop>(dh, d, inv_keep, first + c);  // else d_x would equal d_sum
     }
   }
 }

@@ -107,9 +107,8 @@ __global__ void layernorm_backward_kernel(const T* __restrict__ grad, const T* _
       const int64_t i = first + c;
       const float dh = rstd * (to_float(grad[i]) * to_float(weight[c]) - mean_g - xhat[c] * mean_gx);
       d_sum[i] = from_float<T>(dh);
-      float dxi = dh;
-      if (d.active) dxi = dropout_keep(d.base, static_cast<uint64_t>(i), d.threshold) ? dh * inv_keep : 0.0f;
-      d_x[i] = from_float<T>(dxi);
+      if (d.active)  // without dropout d_x would equal d_sum: not written
+        d_x[i] = from_float<T>(dropout_keep(d.base, static_cast<uint64_t>(i), d.threshold) ? dh * inv_keep : 0.0f);
     }
   }
   for (int64_t c = threadIdx.x; c < n; c += kThreads) {

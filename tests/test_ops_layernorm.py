@@ -118,6 +118,20 @@ def test_opcheck():
     _, mean, rstd = A.residual_dropout_layernorm_forward(x, residual, weight, bias, 1e-5, 0.2, 3, 1)
     torch.library.opcheck(A.residual_dropout_layernorm_backward.default,
                           (dy, x.detach(), residual.detach(), weight.detach(), mean.detach(), rstd.detach(), 0.2, 3, 1))
+    _, mean, rstd = A.residual_dropout_layernorm_forward(x, None, weight, bias, 1e-5, 0.0, 0, 0)
+    torch.library.opcheck(A.residual_dropout_layernorm_backward.default,
+                          (dy, x.detach(), None, weight.detach(), mean.detach(), rstd.detach(), 0.0, 0, 0))
+
+
+def test_backward_without_dropout_returns_no_separate_grad_x():
+    """Without dropout the gradient of x equals that of the sum: the op returns an empty d_x instead of a
+    copy, and autograd hands d_sum to both x and the residual."""
+    x, residual, weight, bias, dy = inputs((4, 10), torch.float64)
+    _, mean, rstd = A.residual_dropout_layernorm_forward(x, residual, weight, bias, 1e-5, 0.0, 0, 0)
+    d_sum, d_x, _, _ = A.residual_dropout_layernorm_backward(dy, x, residual, weight, mean, rstd, 0.0, 0, 0)
+    assert d_x.shape == (0,) and d_sum.shape == x.shape
+    _, d_x, _, _ = A.residual_dropout_layernorm_backward(dy, x, residual, weight, mean, rstd, 0.1, 0, 0)
+    assert d_x.shape == x.shape
 
 
 def test_empty_rows():

@@ -456,7 +456,8 @@ def _layernorm_backward_fake(grad, x, residual, weight, mean, rstd, p, seed, off
         _native_check(t.dtype == _stats_dtype(x) and t.device == x.device and t.shape == x.shape[:-1],
                       name, " must be the ", _stats_dtype(x), " ", tuple(x.shape[:-1]), " tensor returned by "
                       "residual_dropout_layernorm_forward, got ", t.dtype, " ", tuple(t.shape), " on ", t.device)
-    return x.new_empty(x.shape), x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+    d_x = x.new_empty(x.shape if p > 0 else (0,))  # without dropout d_x would be d_sum: an empty tensor
+    return x.new_empty(x.shape), d_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _attention_setup(ctx, inputs, output):
@@ -516,6 +517,8 @@ def _layernorm_backward(ctx, grad_y, grad_mean, grad_rstd):
     x, residual, weight, mean, rstd = ctx.saved_tensors
     d_sum, d_x, d_weight, d_bias = torch.ops.minibert.residual_dropout_layernorm_backward(
         grad_y.contiguous(), x, residual, weight, mean, rstd, *ctx.args)
+    if ctx.args[0] == 0.0:  # no dropout: the gradient of x is the gradient of the sum (d_x is empty)
+        d_x = d_sum
     return d_x, (None if residual is None else d_sum), d_weight, d_bias, None, None, None, None
 
 
