@@ -11,9 +11,7 @@
 // CI compiles with plain -O3 (SSE2 only). Entry points marked MB_CPU_CLONES are compiled three times,
 // for AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and the baseline, and the loader picks the best one
 // for the CPU at run time. Their helpers are MB_INLINE so they are compiled into every clone.
-// MINIBERT_NO_CPU_CLONES builds the baseline only, for the flags the compiler was given (tests compile the
-// kernels with -mavx2 -mfma or -mno-avx into a small library to check each instruction set directly).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MINIBERT_NO_CPU_CLONES)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define MB_X86_GCC 1
 #define MB_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define MB_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))

@@ -114,5 +114,6 @@ def backend_info() -> dict:
         "cuda_kernels": CUDA_KERNELS,
         "cuda_device_present": torch.cuda.is_available(),
         "kernel_dtypes": kernel_dtypes,
-        "ops": {name: dict(per_device) for name in ("attention", "gelu", "bias_gelu", "dropout")},
+        "ops": {name: dict(per_device) for name in ("attention", "gelu", "bias_gelu", "dropout",
+                                                    "residual_dropout_layernorm")},
     }
