@@ -73,6 +73,10 @@ def residual_dropout_layernorm(x: torch.Tensor, residual: torch.Tensor | None, w
     h = dropout(x, p, seed, offset)
     if residual is not None:
         h = h + residual
+    if h.dtype in (torch.float16, torch.bfloat16):
+        # Normalise in float32, as the CUDA kernel does: torch's half-precision CPU layer_norm loses the
+        # row's spread (a 1-column row, whose normalised value is exactly 0, came out as +-0.3 with eps 1e-12).
+        return F.layer_norm(h.float(), (h.shape[-1],), weight.float(), bias.float(), eps).to(h.dtype)
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
 
 
