@@ -235,6 +235,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # a subprocess per width: a few seconds each, mostly importing torch
 @pytest.mark.parametrize("vector_bytes", ["64", "32", "16"])
 def test_every_vector_width_build(vector_bytes):
     """The CPU kernel is compiled for AVX-512, AVX2+FMA and SSE2; MINIBERT_CPU_VECTOR_BYTES picks the
