@@ -113,3 +113,50 @@ def print_table(rows: list[dict], columns: list[str], formats: dict | None = Non
     print("  ".join("-" * w for w in widths))
     for row in cells:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def memory_bound_rows(make_cases, variants: tuple, variant_key: str, cols: int, eager_peer: dict,
+                      quick: bool, copy_ops: tuple = ("copy",)) -> tuple[list[dict], dict]:
+    """Time memory-bound ops the way ``gelu.py`` and ``layernorm.py`` do, and relate them to a copy.
+
+    For float32 on the CPU (and float32 / bfloat16 on CUDA when there is a GPU), for ``[rows, cols]`` inputs
+    of 1M, 4M and (without ``quick``) 16M elements, and for each of ``variants`` (e.g. the GELU form or the
+    dropout probability), ``make_cases(x, variant)`` returns ``name -> (callable, elements that must move per
+    element of x)``; each callable is timed (median of at least 7, after 2 warm-ups). The ``copy_ops`` are
+    timed once per size, under the variant "-". Each row gets its GB/s, ``of_copy_bw`` (the fraction of
+    the "copy" bandwidth of the same size, same run) and ``speedup_vs_eager`` (over ``eager_peer[op]``).
+    Returns the rows and a dict ``(device, dtype, elements, variant, op) -> row``.
+    """
+    import torch
+
+    from minibert import ops
+
+    if not ops.is_available():
+        raise SystemExit(f"the minibert extension is not available: {ops.backend_info()['reason']}")
+    sizes = [1 << 20, 1 << 22] + ([] if quick else [1 << 24])
+    configs = [("cpu", torch.float32)] + ([("cuda", torch.float32), ("cuda", torch.bfloat16)]
+                                         if torch.cuda.is_available() else [])
+    rows = []
+    for device, dtype in configs:
+        sync = torch.cuda.synchronize if device == "cuda" else None
+        for n in sizes:
+            x = torch.randn(n // cols + 1, cols).to(device, dtype)
+            for variant in variants:
+                for name, (fn, moved) in make_cases(x, variant).items():
+                    if name in copy_ops and variant != variants[0]:
+                        continue
+                    t = time_fn(fn, warmup=2, repeats=7, sync=sync, min_time=0.2)
+                    rows.append({"device": device, "dtype": str(dtype).replace("torch.", ""),
+                                 "elements": x.numel(), variant_key: "-" if name in copy_ops else variant,
+                                 "op": name, "median_ms": 1e3 * t["median_s"],
+                                 "gb_per_s": moved * x.numel() * x.element_size() / t["median_s"] / 1e9})
+    key = {(r["device"], r["dtype"], r["elements"], r[variant_key], r["op"]): r for r in rows}
+    for r in rows:
+        copy = key[(r["device"], r["dtype"], r["elements"], "-", "copy")]
+        r["of_copy_bw"] = r["gb_per_s"] / copy["gb_per_s"]
+        peer = key.get((r["device"], r["dtype"], r["elements"], r[variant_key], eager_peer.get(r["op"])))
+        r["speedup_vs_eager"] = peer["median_ms"] / r["median_ms"] if peer else None
+    print_table(rows, ["device", "dtype", "elements", variant_key, "op", "median_ms", "gb_per_s", "of_copy_bw",
+                       "speedup_vs_eager"],
+                {"median_ms": ".2f", "gb_per_s": ".1f", "of_copy_bw": ".2f", "speedup_vs_eager": ".2f"})
+    return rows, key

@@ -23,8 +23,9 @@ EAGER_PEER = {"gelu fused": "gelu eager", "bias+gelu fused": "bias+gelu eager",
               "bias+gelu fwd+bwd fused": "bias+gelu fwd+bwd eager"}
 
 
-def cases(x, bias, dy, approximate):
+def cases(x, approximate):
     """name -> (callable, elements moved per element of x)."""
+    bias, dy = torch.randn(x.shape[-1]).to(x), torch.randn_like(x)
     xg, bg = x.clone().requires_grad_(), bias.clone().requires_grad_()
     out = torch.empty_like(x)
 
@@ -53,37 +54,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    sizes = [1 << 20, 1 << 22] + ([] if args.quick else [1 << 24])
-    configs = [("cpu", torch.float32)] + ([("cuda", torch.float32), ("cuda", torch.bfloat16)]
-                                         if torch.cuda.is_available() else [])
-    if not ops.is_available():
-        raise SystemExit(f"the minibert extension is not available: {ops.backend_info()['reason']}")
-    rows = []
-    for device, dtype in configs:
-        sync = torch.cuda.synchronize if device == "cuda" else None
-        dtype_name = str(dtype).replace("torch.", "")
-        for n in sizes:
-            x = torch.randn(n // COLS + 1, COLS).to(device, dtype)
-            bias, dy = torch.randn(COLS).to(device, dtype), torch.randn_like(x)
-            numel, itemsize = x.numel(), x.element_size()
-            for approximate in ("none", "tanh"):
-                for name, (fn, moved) in cases(x, bias, dy, approximate).items():
-                    if name in ("copy", "clone") and approximate == "tanh":
-                        continue
-                    t = _common.time_fn(fn, warmup=2, repeats=7, sync=sync, min_time=0.2)
-                    rows.append({"device": device, "dtype": dtype_name, "elements": numel,
-                                 "form": "-" if name in ("copy", "clone") else approximate, "op": name,
-                                 "median_ms": 1e3 * t["median_s"],
-                                 "gb_per_s": moved * numel * itemsize / t["median_s"] / 1e9})
-    key = {(r["device"], r["dtype"], r["elements"], r["form"], r["op"]): r for r in rows}
-    for r in rows:
-        copy = key[(r["device"], r["dtype"], r["elements"], "-", "copy")]
-        r["of_copy_bw"] = r["gb_per_s"] / copy["gb_per_s"]
-        peer = key.get((r["device"], r["dtype"], r["elements"], r["form"], EAGER_PEER.get(r["op"])))
-        r["speedup_vs_eager"] = peer["median_ms"] / r["median_ms"] if peer else None
-    _common.print_table(rows, ["device", "dtype", "elements", "form", "op", "median_ms", "gb_per_s", "of_copy_bw",
-                               "speedup_vs_eager"],
-                        {"median_ms": ".2f", "gb_per_s": ".1f", "of_copy_bw": ".2f", "speedup_vs_eager": ".2f"})
+    rows, key = _common.memory_bound_rows(cases, ("none", "tanh"), "form", COLS, EAGER_PEER, args.quick,
+                                          copy_ops=("copy", "clone"))
     smallest, numel = min(r["elements"] for r in rows), max(r["elements"] for r in rows)
     for form in ("none", "tanh"):
         fused = key[("cpu", "float32", numel, form, "bias+gelu fused")]

@@ -32,8 +32,10 @@ def eager(x, residual, weight, bias, eps, p, seed, offset):
     return ops.eager.residual_dropout_layernorm(x, residual, weight, bias, eps, p, seed, offset, dropout=ops.dropout)
 
 
-def cases(x, residual, weight, bias, dy, p):
+def cases(x, p):
     """name -> (callable, elements that must move per element of x)."""
+    residual, dy = torch.randn_like(x), torch.randn_like(x)
+    weight, bias = torch.rand(COLS).add(0.5).to(x), torch.randn(COLS).to(x)
     out = torch.empty_like(x)
     leaves = [t.clone().requires_grad_() for t in (x, residual, weight, bias)]
     _, mean, rstd = torch.ops.minibert.residual_dropout_layernorm_forward(x, residual, weight, bias, EPS, p, 3, 0)
@@ -59,37 +61,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    sizes = [1 << 20, 1 << 22] + ([] if args.quick else [1 << 24])
-    configs = [("cpu", torch.float32)] + ([("cuda", torch.float32), ("cuda", torch.bfloat16)]
-                                         if torch.cuda.is_available() else [])
-    if not ops.is_available():
-        raise SystemExit(f"the minibert extension is not available: {ops.backend_info()['reason']}")
-    rows = []
-    for device, dtype in configs:
-        sync = torch.cuda.synchronize if device == "cuda" else None
-        dtype_name = str(dtype).replace("torch.", "")
-        for n in sizes:
-            x = torch.randn(n // COLS + 1, COLS).to(device, dtype)
-            residual, dy = torch.randn_like(x), torch.randn_like(x)
-            weight, bias = torch.rand(COLS).add(0.5).to(device, dtype), torch.randn(COLS).to(device, dtype)
-            numel, itemsize = x.numel(), x.element_size()
-            for p in (0.0, 0.1):
-                for name, (fn, moved) in cases(x, residual, weight, bias, dy, p).items():
-                    if name == "copy" and p > 0:
-                        continue
-                    t = _common.time_fn(fn, warmup=2, repeats=7, sync=sync, min_time=0.2)
-                    rows.append({"device": device, "dtype": dtype_name, "elements": numel,
-                                 "p": "-" if name == "copy" else p, "op": name, "median_ms": 1e3 * t["median_s"],
-                                 "gb_per_s": moved * numel * itemsize / t["median_s"] / 1e9})
-    key = {(r["device"], r["dtype"], r["elements"], r["p"], r["op"]): r for r in rows}
-    for r in rows:
-        copy = key[(r["device"], r["dtype"], r["elements"], "-", "copy")]
-        r["of_copy_bw"] = r["gb_per_s"] / copy["gb_per_s"]
-        peer = key.get((r["device"], r["dtype"], r["elements"], r["p"], EAGER_PEER.get(r["op"])))
-        r["speedup_vs_eager"] = peer["median_ms"] / r["median_ms"] if peer else None
-    _common.print_table(rows, ["device", "dtype", "elements", "p", "op", "median_ms", "gb_per_s", "of_copy_bw",
-                               "speedup_vs_eager"],
-                        {"median_ms": ".2f", "gb_per_s": ".1f", "of_copy_bw": ".2f", "speedup_vs_eager": ".2f"})
+    rows, key = _common.memory_bound_rows(cases, (0.0, 0.1), "p", COLS, EAGER_PEER, args.quick)
     for n in sorted({r["elements"] for r in rows}):
         for p in (0.0, 0.1):
             fwd, both = key[("cpu", "float32", n, p, "fused fwd")], key[("cpu", "float32", n, p, "fused fwd+bwd")]

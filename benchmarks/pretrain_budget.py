@@ -53,6 +53,12 @@ VARIANTS = {
     "6x256": ["--layers", "6"],
     "4x192": ["--hidden", "192", "--heads", "3", "--intermediate", "768"],
     "vocab4k": ["--vocab", "{vocab4k}"],
+    # BERT's two phases: 90% of the budget on 64-token sequences, then 128 (evaluated at 128 like the default)
+    "seq64-128": ["--short-seq-length", "64"],
+    # combinations of the single changes that helped
+    "seq64-128-nodrop": ["--short-seq-length", "64", "--dropout", "0"],
+    "2x256-seq64-128-nodrop": ["--layers", "2", "--short-seq-length", "64", "--dropout", "0"],
+    "2x256-seq64-128-nodrop-lr1e-3": ["--layers", "2", "--short-seq-length", "64", "--dropout", "0", "--lr", "1e-3"],
 }
 
 

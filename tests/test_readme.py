@@ -42,3 +42,31 @@ def test_every_cli_line_in_the_readme_parses(line):
     argv = shlex.split(line, comments=True)[1:]
     args = build_parser().parse_args(argv)
     assert callable(args.run)
+
+
+FILL_MASK_RESULTS = REPO / "benchmarks" / "results" / "fill_mask_held_out-cpu-2c.json"
+
+
+@pytest.mark.slow
+def test_the_fill_mask_example_is_a_held_out_prompt_the_default_model_gets():
+    """The README's fill-mask example comes from `minibert fill-mask --held-out` on the default 5-minute model
+    (its results are saved in benchmarks/results): it is one of those held-out prompts, the right word is in
+    the model's top 5 there, its sentence occurs in no training document of the built-in corpus, and the
+    README quotes that file's counts."""
+    import json
+
+    from minibert.train.data import read_split
+    results = json.loads(FILL_MASK_RESULTS.read_text(encoding="utf-8"))
+    (example,) = re.findall(r'minibert fill-mask --model runs/pretrain "([^"]+)"', README)
+    (row,) = [r for r in results["rows"] if r["text"] == example]
+    assert row["rank"] is not None and row["rank"] <= 5, row
+    assert f"{results['top5_hits']} of the {results['prompts']} held-out prompts" in README
+    assert f"{results['top1']} first guesses" in README
+    trained, held_out = read_split(["builtin"], 10)
+
+    def normal(sentence):
+        return " ".join(sentence.split()).lower()
+    before, after = (normal(part) for part in example.split("[MASK]"))
+    matches = lambda s: normal(s).startswith(before) and normal(s).endswith(after)  # noqa: E731
+    assert any(matches(s) for doc in held_out for s in doc)
+    assert not any(matches(s) for doc in trained for s in doc)
