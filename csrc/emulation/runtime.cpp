@@ -87,7 +87,11 @@ struct Lane {
 #endif
 };
 
-constexpr size_t kGuardBytes = 64;       // after each shared allocation: written out of bounds -> caught
+#if defined(__SANITIZE_ADDRESS__)
+constexpr size_t kGuardBytes = 0;  // AddressSanitizer's own red zone must follow the last byte
+#else
+constexpr size_t kGuardBytes = 64;  // after each shared allocation: a write out of bounds is caught
+#endif
 constexpr unsigned char kGuardByte = 0xA5;
 constexpr unsigned char kPrefillByte = 0xFF;  // NaN as float, half and bfloat16
 constexpr size_t kFiberStack = 256 * 1024;
@@ -171,6 +175,12 @@ bool try_release(Block& b) {
     }
   if (at_block > 0 && at_block == b.live) {
     const Lane& f = b.lanes[first];
+    if (b.live < n) {  // undefined behaviour in CUDA: on a GPU it hangs or goes on, depending
+      record_failure(b, std::to_string(n - b.live) + " threads of the block exited without reaching the "
+                        "__syncthreads at " + where(f.file, f.line) +
+                        " (a barrier inside a branch not every thread takes, or a return before it)");
+      return false;
+    }
     int reduced = f.op == BlockOp::kAnd ? 1 : 0;
     for (const Lane& l : b.lanes) {
       if (l.st != St::kAtBlock) continue;
