@@ -260,7 +260,7 @@ class Emulator:
             for t in buffers:
                 if t is None or t.numel() == 0:
                     continue
-                raw = t.view(torch.uint8)
+                raw = t.view(torch.uint8).reshape(-1)  # a view: writes land in t
                 n = raw.numel()
                 raw.copy_(torch.frombuffer(bytearray(data[pos:pos + n]), dtype=torch.uint8))
                 pos += n
