@@ -25,6 +25,8 @@
 #include <mma.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
 
 #include "cuda_common.cuh"
 #include "dropout_hash.h"
@@ -69,7 +71,12 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                             const uint8_t* __restrict__ key_mask, T* __restrict__ out, float* __restrict__ lse,
                             AttentionShape sh, float scale, DropoutArgs dropout, int64_t row_blocks) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800  // bfloat16 wmma needs sm_80; the host never launches below
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // bfloat16 wmma needs sm_80. The host never launches this kernel below sm_80 (attention_forward_tc_supported),
+  // but a PTX build JIT-compiled for an older GPU would otherwise run an empty body and leave `out` and
+  // `lse` unwritten: stop with an error instead.
+  __trap();
+#elif defined(__CUDA_ARCH__)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -179,6 +186,27 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
 #endif
 }
 
+// The dynamic shared memory the kernel for T may use on `device`: opted in once per device and type, to
+// the most any head size needs, or less where the device allows less (attention_forward_tc_supported
+// sends such head sizes to the SIMT kernel). Once, because cudaFuncSetAttribute on every call is a race
+// between host threads launching different head sizes; under a lock, because two threads may launch the
+// first time together.
+template <typename T>
+cudaError_t opt_in_shared_memory(int device) {
+  static std::mutex lock;
+  static std::set<int> done;
+  std::lock_guard<std::mutex> guard(lock);
+  if (done.count(device)) return cudaSuccess;
+  int optin = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  const size_t most = tc_shared_bytes<T>(kCudaMaxHeadDim);
+  err = cudaFuncSetAttribute(attention_forward_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(most < static_cast<size_t>(optin) ? most : optin));
+  if (err == cudaSuccess) done.insert(device);
+  return err;
+}
+
 template <typename T>
 cudaError_t launch_tc(const void* q, const void* k, const void* v, const uint8_t* key_mask, void* out, float* lse,
                       const AttentionShape& shape, float scale, const DropoutArgs& dropout, cudaStream_t stream) {
@@ -186,9 +214,11 @@ cudaError_t launch_tc(const void* q, const void* k, const void* v, const uint8_t
   const int64_t blocks = row_blocks * shape.batch * shape.heads;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const size_t smem = tc_shared_bytes<T>(shape.head_dim);
-  // Above 48 KiB a kernel must opt in to more shared memory (sm_80 allows 163 KiB, sm_90 227 KiB).
-  cudaError_t err = cudaFuncSetAttribute(attention_forward_tc_kernel<T>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  // Above 48 KiB a kernel must opt in to more shared memory (sm_80 allows 163 KiB, sm_86/sm_89 99 KiB,
+  // sm_90 227 KiB).
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = opt_in_shared_memory<T>(device);
   if (err != cudaSuccess) return err;
   attention_forward_tc_kernel<T><<<static_cast<unsigned>(blocks), kTcWarps * 32, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), key_mask,
@@ -202,12 +232,17 @@ bool attention_forward_tc_supported(ScalarKind kind, int64_t head_dim) {
   if (kind == ScalarKind::kFloat32 || head_dim % kWm != 0 || head_dim < kWm || head_dim > kCudaMaxHeadDim) {
     return false;
   }
-  int device = 0, major = 0;
+  int device = 0, major = 0, optin = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
     return false;
   }
-  return major >= 8;
+  // The shared memory must fit this device: D = 128 needs 106,496 bytes, which sm_80 and sm_90 allow
+  // but sm_86/sm_89 (101,376) do not; there the SIMT kernel runs instead.
+  const size_t smem = kind == ScalarKind::kFloat16 ? tc_shared_bytes<__half>(head_dim)
+                                                   : tc_shared_bytes<__nv_bfloat16>(head_dim);
+  return major >= 8 && smem <= static_cast<size_t>(optin);
 }
 
 cudaError_t attention_forward_tc_cuda(ScalarKind kind, const void* q, const void* k, const void* v,

@@ -43,17 +43,22 @@ struct Device {
   int smem_optin = 166912;          // cudaDevAttrMaxSharedMemoryPerBlockOptin of an A100 (163 KiB)
   std::vector<Image> images = {{80, false}, {90, false}, {90, true}};  // setup.py's default arch list
 };
-Device g_device;
-std::map<const void*, int> g_max_dynamic_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+// Every distinct device emu_set_device describes becomes one more device index, as on a machine with
+// several GPUs: state the kernels' host code keeps per device (an opt-in done once) stays right.
+std::vector<Device> g_devices(1);
+int g_current = 0;
+Device& current_device() { return g_devices[g_current]; }
+// cudaFuncAttributeMaxDynamicSharedMemorySize per (device, kernel)
+std::map<std::pair<int, const void*>, int> g_max_dynamic_smem;
 cudaError_t g_last_error = cudaSuccess;
 std::string g_last_message;
 int g_schedule = 0;  // 0: highest thread index first, 1: lowest first, >= 2: a shuffled order seeded by it
 
 bool image_runs_here() {
-  const int cc = 10 * g_device.major + g_device.minor;
-  for (const Image& im : g_device.images) {
+  const int cc = 10 * current_device().major + current_device().minor;
+  for (const Image& im : current_device().images) {
     if (im.ptx && im.arch <= cc) return true;  // the driver JIT-compiles PTX for a newer GPU
-    if (!im.ptx && im.arch / 10 == g_device.major && im.arch % 10 <= g_device.minor) return true;
+    if (!im.ptx && im.arch / 10 == current_device().major && im.arch % 10 <= current_device().minor) return true;
   }
   return false;
 }
@@ -441,13 +446,13 @@ cudaError_t func_set_attribute(const void* kernel, cudaFuncAttribute attr, int v
     set_error(cudaErrorNotSupported, "cuda emulator: cudaFuncSetAttribute emulates only MaxDynamicSharedMemorySize");
     return cudaErrorNotSupported;
   }
-  if (value < 0 || value > g_device.smem_optin) {
+  if (value < 0 || value > current_device().smem_optin) {
     set_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: " + std::to_string(value) +
                                          " bytes of dynamic shared memory is above this device's opt-in limit of " +
-                                         std::to_string(g_device.smem_optin));
+                                         std::to_string(current_device().smem_optin));
     return cudaErrorInvalidValue;
   }
-  g_max_dynamic_smem[kernel] = value;
+  g_max_dynamic_smem[{g_current, kernel}] = value;
   return cudaSuccess;
 }
 
@@ -456,9 +461,9 @@ cudaError_t func_get_attributes(cudaFuncAttributes* attr, const void* kernel) {
     set_error(cudaErrorNoKernelImageForDevice, "no kernel image is available for execution on the device");
     return cudaErrorNoKernelImageForDevice;
   }
-  attr->binaryVersion = attr->ptxVersion = 10 * g_device.major + g_device.minor;
-  const auto it = g_max_dynamic_smem.find(kernel);
-  attr->maxDynamicSharedSizeBytes = it == g_max_dynamic_smem.end() ? g_device.smem_per_block : it->second;
+  attr->binaryVersion = attr->ptxVersion = 10 * current_device().major + current_device().minor;
+  const auto it = g_max_dynamic_smem.find({g_current, kernel});
+  attr->maxDynamicSharedSizeBytes = it == g_max_dynamic_smem.end() ? current_device().smem_per_block : it->second;
   attr->maxThreadsPerBlock = 1024;
   return cudaSuccess;
 }
@@ -476,12 +481,13 @@ cudaError_t run_launch(const void* kernel, dim3 grid, dim3 block, size_t smem, c
   }
   if (!image_runs_here()) {
     set_error(cudaErrorNoKernelImageForDevice, "no kernel image is available for execution on the device (sm_" +
-                                                   std::to_string(g_device.major) + std::to_string(g_device.minor) + ")");
+                                                   std::to_string(current_device().major) + std::to_string(current_device().minor) + ")");
     return cudaErrorNoKernelImageForDevice;
   }
-  const auto it = g_max_dynamic_smem.find(kernel);
-  const size_t allowed = it == g_max_dynamic_smem.end() ? g_device.smem_per_block : std::max<size_t>(it->second, 0);
-  if (smem > allowed && smem > static_cast<size_t>(g_device.smem_per_block)) {
+  const auto it = g_max_dynamic_smem.find({g_current, kernel});
+  const size_t allowed = it == g_max_dynamic_smem.end() ? current_device().smem_per_block : std::max<size_t>(it->second, 0);
+  if (smem > static_cast<size_t>(current_device().smem_optin) ||
+      (smem > allowed && smem > static_cast<size_t>(current_device().smem_per_block))) {
     set_error(cudaErrorInvalidValue, "launch asks for " + std::to_string(smem) +
                                          " bytes of dynamic shared memory, above the " + std::to_string(allowed) +
                                          " the kernel may use (above 48 KiB needs cudaFuncSetAttribute first)");
@@ -565,19 +571,20 @@ const char* cudaGetErrorString(cudaError_t err) {
 }
 
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = emu::g_current;
   return cudaSuccess;
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device != 0) return cudaErrorInvalidValue;
+  if (device < 0 || device >= static_cast<int>(emu::g_devices.size())) return cudaErrorInvalidValue;
+  const emu::Device& d = emu::g_devices[device];
   switch (attr) {
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
-    case cudaDevAttrMaxSharedMemoryPerBlock: *value = emu::g_device.smem_per_block; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = d.smem_per_block; return cudaSuccess;
     case cudaDevAttrMultiProcessorCount: *value = 4; return cudaSuccess;
-    case cudaDevAttrComputeCapabilityMajor: *value = emu::g_device.major; return cudaSuccess;
-    case cudaDevAttrComputeCapabilityMinor: *value = emu::g_device.minor; return cudaSuccess;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = emu::g_device.smem_optin; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = d.major; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = d.minor; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = d.smem_optin; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
@@ -586,20 +593,30 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 extern "C" {
 
 // images: "80;90;90+PTX" style: machine code for sm_80 and sm_90, PTX for compute_90.
+// Makes the described device current (cudaGetDevice); returns its index.
 int emu_set_device(int major, int minor, int smem_optin, const char* images) {
-  emu::g_device.major = major;
-  emu::g_device.minor = minor;
-  emu::g_device.smem_optin = smem_optin;
-  emu::g_device.images.clear();
+  emu::Device d;
+  d.major = major;
+  d.minor = minor;
+  d.smem_optin = smem_optin;
+  d.images.clear();
   std::stringstream ss(images);
   std::string item;
   while (std::getline(ss, item, ';')) {
     if (item.empty()) continue;
     const bool ptx = item.size() > 4 && item.substr(item.size() - 4) == "+PTX";
-    emu::g_device.images.push_back({std::atoi(item.c_str()), ptx});
+    d.images.push_back({std::atoi(item.c_str()), ptx});
   }
-  emu::g_max_dynamic_smem.clear();  // attributes belong to a device
-  return 0;
+  for (size_t i = 0; i < emu::g_devices.size(); ++i) {
+    const emu::Device& o = emu::g_devices[i];
+    bool same = o.major == d.major && o.minor == d.minor && o.smem_optin == d.smem_optin &&
+                o.images.size() == d.images.size();
+    for (size_t j = 0; same && j < d.images.size(); ++j)
+      same = o.images[j].arch == d.images[j].arch && o.images[j].ptx == d.images[j].ptx;
+    if (same) return emu::g_current = static_cast<int>(i);
+  }
+  emu::g_devices.push_back(d);
+  return emu::g_current = static_cast<int>(emu::g_devices.size() - 1);
 }
 
 void emu_set_schedule(int schedule) { emu::g_schedule = schedule; }

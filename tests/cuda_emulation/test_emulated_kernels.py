@@ -265,3 +265,46 @@ def test_every_kernel_under_a_sanitizer(sanitizer):
     dx, db = K.gelu_backward(emu, torch.ones_like(x), x, bias)
     assert rel_err(db, dx.sum(0))[0] < 1e-6
     assert torch.equal(K.dropout(emu, x, 0.3, 1, 0), torch.ops.minibert.dropout(x, 0.3, 1, 0))
+
+
+# ---- the bugs issue 14 found, each fixed and held here ---------------------------------------------------
+
+SM86 = dict(harness.A100, major=8, minor=6, smem_optin=101376)  # A10, A40, RTX 30xx: 99 KiB of opt-in
+
+
+@pytest.mark.parametrize("dt", [F16, BF16])
+def test_head_size_128_falls_back_to_simt_where_shared_memory_is_short(dt):
+    """The tensor-core kernel needs 106,496 bytes at D = 128: an A100 has them, an sm_86 GPU does not, and
+    there attention must run the SIMT kernel instead of failing with "invalid argument"."""
+    a100, sm86 = harness.Emulator(), harness.Emulator(device=SM86)
+    assert K.attention_forward_tc_supported(a100, dt, 128) and not K.attention_forward_tc_supported(sm86, dt, 128)
+    assert K.attention_forward_tc_supported(sm86, dt, 96)  # 86,016 bytes: fits
+    q, k, v, mask = make_inputs(1, 1, 4, 70, 128, dt, "ragged")
+    out, lse = K.attention_forward(sm86, q, k, v, mask, path=K.AUTO)
+    simt, _ = K.attention_forward(sm86, q, k, v, mask, path=K.SIMT)
+    assert torch.equal(out, simt)
+    ref, _ = reference_forward(q, k, v, mask, 128 ** -0.5, 0.0, 0, 0)
+    assert rel_err(out, ref)[0] < 1e-2
+    # the tensor-core kernel itself, launched anyway, fails cleanly on the small device
+    with pytest.raises(harness.EmulatedCudaError, match="cudaError 1"):
+        K.attention_forward(sm86, q, k, v, mask, path=K.TENSOR_CORE)
+    tc, _ = K.attention_forward(a100, q, k, v, mask, path=K.TENSOR_CORE)  # and still runs on an A100
+    assert rel_err(tc, ref)[0] < 1e-2
+
+
+def test_every_head_size_after_another_on_one_device(emu):
+    """The shared-memory opt-in happens once per device, for the largest head size: launching D = 128
+    after D = 16 (and back) needs no new cudaFuncSetAttribute."""
+    for D in (16, 128, 64):
+        q, k, v, _ = make_inputs(1, 1, 3, 5, D, F16, "none")
+        out, _ = K.attention_forward(emu, q, k, v, path=K.TENSOR_CORE)
+        assert rel_err(out, reference_forward(q, k, v, None, D ** -0.5, 0.0, 0, 0)[0])[0] < 1e-2
+
+
+def test_the_tensor_core_kernel_traps_when_compiled_below_sm80():
+    """Compiled for __CUDA_ARCH__ 750 (a PTX JIT for an older GPU), the kernel must fail loudly rather than
+    leave its outputs unwritten."""
+    emu = harness.Emulator(arch=750)
+    q, k, v, _ = make_inputs(1, 1, 3, 5, 16, F16, "none")
+    with pytest.raises(harness.EmulatedCudaError, match="__trap"):
+        K.attention_forward(emu, q, k, v, path=K.TENSOR_CORE)
