@@ -308,3 +308,13 @@ def test_the_tensor_core_kernel_traps_when_compiled_below_sm80():
     q, k, v, _ = make_inputs(1, 1, 3, 5, 16, F16, "none")
     with pytest.raises(harness.EmulatedCudaError, match="__trap"):
         K.attention_forward(emu, q, k, v, path=K.TENSOR_CORE)
+
+
+def test_the_readme_example_runs(capsys):
+    """The README's "Running the CUDA kernels without a GPU" snippet, executed as written."""
+    import re
+    readme = (harness.ROOT / "README.md").read_text(encoding="utf-8")
+    snippet, = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "harness.Emulator()" in b]
+    exec(compile(snippet, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert float(re.search(r"tensor\(([0-9.e-]+)\)", printed).group(1)) < 1e-5
