@@ -2,10 +2,11 @@
 // the emulated device and the CUDA error state.
 //
 // A launch runs its blocks one after another. Inside a block every CUDA thread is
-//   * a fiber (ucontext) in the default build: one OS thread runs the fibers in a fixed order (highest
-//     thread index first unless emu_set_schedule says otherwise), each until it reaches a barrier or
-//     ends. The run is deterministic, and a thread that reads what another thread has not written yet
-//     (a missing barrier) reads the NaN the shared memory was filled with, every time;
+//   * a fiber (ucontext) in the default build: one OS thread runs the fibers, always the first one in a
+//     fixed order that can run (highest thread index first unless emu_set_schedule says otherwise),
+//     until it reaches a barrier or ends. The run is deterministic, and a thread that reads what another
+//     thread has not written yet (a missing barrier) reads the NaN the shared memory was filled with,
+//     every time;
 //   * a std::thread in the sanitizer builds (EMU_THREADS): the threads really run at once, the barriers
 //     are a mutex and a condition variable, so ThreadSanitizer sees the same happens-before edges a GPU
 //     guarantees, and nothing more.
@@ -320,10 +321,23 @@ void run_fibers(Block& b) {
     swapcontext(&b.sched, &lane.uc);
     t_lane = nullptr;
   };
+  // Always the first runnable thread of `order`: with the default order the highest warp runs ahead
+  // to its next block barrier (its warp barriers open as soon as its own 32 lanes arrive) before lower
+  // warps start, so a block barrier that is missing lets it read or overwrite what they have not
+  // written or read yet.
   while (b.live > 0 && !b.abort) {
+    int next = -1;
     for (int i : order)
-      if (b.lanes[i].st == St::kRunnable && !b.abort) resume(i);
-    release_or_deadlock(b);
+      if (b.lanes[i].st == St::kRunnable) {
+        next = i;
+        break;
+      }
+    if (next >= 0) {
+      resume(next);
+      if (!b.abort) try_release(b);
+    } else {
+      release_or_deadlock(b);
+    }
   }
   // After a failure every suspended thread is resumed once: its barrier call throws Abort and unwinds it.
   for (size_t i = 0; i < b.lanes.size(); ++i)
