@@ -254,7 +254,9 @@ cudaError_t attention_forward_cuda(ScalarKind kind, const void* q, const void* k
   if (shape.head_dim < 1 || shape.head_dim > kCudaMaxHeadDim) return cudaErrorInvalidValue;
   const char* choice = std::getenv("MINIBERT_CUDA_ATTENTION");
   const bool simt_asked = choice != nullptr && std::strcmp(choice, "simt") == 0;
-  if (!simt_asked && attention_forward_tc_supported(kind, shape.head_dim)) {
+  // The tensor-core kernel indexes one (batch, head) with 32-bit integers.
+  const bool fits_32bit = (shape.seq_q > shape.seq_k ? shape.seq_q : shape.seq_k) * shape.head_dim <= 0x7fffffff;
+  if (!simt_asked && fits_32bit && attention_forward_tc_supported(kind, shape.head_dim)) {
     return attention_forward_tc_cuda(kind, q, k, v, key_mask, out, lse, shape, scale, dropout, stream);
   }
   const int64_t row_blocks = (shape.seq_q + kBlockRows - 1) / kBlockRows;

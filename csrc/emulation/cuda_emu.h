@@ -67,6 +67,19 @@ struct dim3 {
 struct uint3 {
   unsigned x, y, z;
 };
+// The vector types the kernels load 16 or 8 bytes at a time with (aligned as on the GPU).
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 struct cudaFuncAttributes {
   int binaryVersion, ptxVersion, maxDynamicSharedSizeBytes, maxThreadsPerBlock;

@@ -138,7 +138,8 @@ def build(sources=None, sanitizer: str | None = None, arch: int = DEFAULT_ARCH,
     if sources is None:
         sources = [CSRC / name for name in KERNEL_SOURCES] + [EMULATION / "ops.cpp"]
     sources = [Path(s) for s in sources]
-    flags = ["-std=c++17", "-pthread", f"-D__CUDA_ARCH__={arch}", "-I", str(EMULATION / "include"),
+    # -fno-strict-aliasing: kernels reinterpret half arrays as uint4 vectors, as nvcc allows
+    flags = ["-std=c++17", "-pthread", "-fno-strict-aliasing", f"-D__CUDA_ARCH__={arch}", "-I", str(EMULATION / "include"),
              "-I", str(EMULATION), "-I", str(CSRC), *_SANITIZER_FLAGS[sanitizer], *extra_flags]
     units = [EMULATION / "runtime.cpp", *sources] + ([EMULATION / "runner.cpp"] if sanitizer else [])
     digest = _inputs_digest(units, flags, cxx)

@@ -270,26 +270,29 @@ def test_every_kernel_under_a_sanitizer(sanitizer):
 # ---- the bugs issue 14 found, each fixed and held here ---------------------------------------------------
 
 SM86 = dict(harness.A100, major=8, minor=6, smem_optin=101376)  # A10, A40, RTX 30xx: 99 KiB of opt-in
+SMALL = dict(harness.A100, smem_optin=64 * 1024)  # a made-up sm_80 with 64 KiB: less than D >= 80 needs
 
 
 @pytest.mark.parametrize("dt", [F16, BF16])
-def test_head_size_128_falls_back_to_simt_where_shared_memory_is_short(dt):
-    """The tensor-core kernel needs 106,496 bytes at D = 128: an A100 has them, an sm_86 GPU does not, and
-    there attention must run the SIMT kernel instead of failing with "invalid argument"."""
-    a100, sm86 = harness.Emulator(), harness.Emulator(device=SM86)
-    assert K.attention_forward_tc_supported(a100, dt, 128) and not K.attention_forward_tc_supported(sm86, dt, 128)
-    assert K.attention_forward_tc_supported(sm86, dt, 96)  # 86,016 bytes: fits
+def test_tensor_cores_run_where_the_shared_memory_fits_and_simt_elsewhere(dt):
+    """The first tensor-core kernel needed 106,496 bytes at D = 128, more than an sm_86 GPU's 101,376, and
+    attention failed there with "invalid argument". Now the support check compares with the device's
+    opt-in limit and sends what does not fit to the SIMT kernel; and the restructured kernel needs 95,232
+    bytes at D = 128, so sm_86 runs it on tensor cores."""
+    a100, sm86, small = harness.Emulator(), harness.Emulator(device=SM86), harness.Emulator(device=SMALL)
+    assert K.attention_forward_tc_supported(a100, dt, 128) and K.attention_forward_tc_supported(sm86, dt, 128)
+    assert K.attention_forward_tc_supported(small, dt, 64) and not K.attention_forward_tc_supported(small, dt, 80)
     q, k, v, mask = make_inputs(1, 1, 4, 70, 128, dt, "ragged")
-    out, lse = K.attention_forward(sm86, q, k, v, mask, path=K.AUTO)
-    simt, _ = K.attention_forward(sm86, q, k, v, mask, path=K.SIMT)
-    assert torch.equal(out, simt)
     ref, _ = reference_forward(q, k, v, mask, 128 ** -0.5, 0.0, 0, 0)
+    tc86, _ = K.attention_forward(sm86, q, k, v, mask, path=K.AUTO)
+    assert torch.equal(tc86, K.attention_forward(sm86, q, k, v, mask, path=K.TENSOR_CORE)[0])
+    assert rel_err(tc86, ref)[0] < 1e-2
+    out, lse = K.attention_forward(small, q, k, v, mask, path=K.AUTO)  # falls back, and agrees
+    assert torch.equal(out, K.attention_forward(small, q, k, v, mask, path=K.SIMT)[0])
     assert rel_err(out, ref)[0] < 1e-2
-    # the tensor-core kernel itself, launched anyway, fails cleanly on the small device
+    # the tensor-core kernel itself, launched anyway, fails cleanly where its shared memory does not fit
     with pytest.raises(harness.EmulatedCudaError, match="cudaError 1"):
-        K.attention_forward(sm86, q, k, v, mask, path=K.TENSOR_CORE)
-    tc, _ = K.attention_forward(a100, q, k, v, mask, path=K.TENSOR_CORE)  # and still runs on an A100
-    assert rel_err(tc, ref)[0] < 1e-2
+        K.attention_forward(small, q, k, v, mask, path=K.TENSOR_CORE)
 
 
 def test_every_head_size_after_another_on_one_device(emu):
@@ -318,3 +321,19 @@ def test_the_readme_example_runs(capsys):
     exec(compile(snippet, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert float(re.search(r"tensor\(([0-9.e-]+)\)", printed).group(1)) < 1e-5
+
+
+def test_tensor_core_kernel_reads_inputs_that_are_not_16_byte_aligned(emu):
+    """Rows are staged with 16-byte loads where the data allows, element by element where it does not
+    (a view that starts 2 bytes into its storage)."""
+    q, k, v, mask = make_inputs(1, 2, 9, 70, 48, F16, "ragged", seed=4)
+
+    def shifted(t):
+        flat = torch.empty(t.numel() + 1, dtype=t.dtype)
+        view = flat[1:].view(t.shape)
+        view.copy_(t)
+        return view
+
+    ref, _ = K.attention_forward(emu, q, k, v, mask, path=K.TENSOR_CORE)
+    out, _ = K.attention_forward(emu, shifted(q), shifted(k), shifted(v), mask, path=K.TENSOR_CORE)
+    assert shifted(q).data_ptr() % 16 != 0 and torch.equal(out, ref)
