@@ -219,10 +219,11 @@ def test_gelu_forward_and_backward(emu, dt, shape, with_bias, approximate):
             assert err < 1e-5 and worst < 1e-5
         cpu_y = ops.bias_gelu(x, bias, approximate) if with_bias else ops.gelu(x, approximate)
         assert (y - cpu_y).abs().max().item() < 1e-5
-    else:  # float32 arithmetic rounded once to the storage type: within one unit in the last place
+    else:  # float32 arithmetic rounded once to the storage type: within one unit in the last place, plus
+        # float32's own error where the gradient crosses zero (terms of size ~10 cancel there)
         eps = torch.finfo(dt).eps
         torch.testing.assert_close(y.double(), torch.from_numpy(ref_y), rtol=eps, atol=1e-6)
-        torch.testing.assert_close(dx.double(), torch.from_numpy(ref_dx), rtol=eps, atol=1e-6)
+        torch.testing.assert_close(dx.double(), torch.from_numpy(ref_dx), rtol=eps, atol=1e-5)
     if with_bias:
         ref_db = ref_dx.reshape(-1, shape[-1]).sum(axis=0)
         err, _ = rel_err(dbias, ref_db)
