@@ -127,7 +127,9 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
   __syncthreads();
   wmma::fragment<wmma::matrix_a, kWm, kWm, kWm, T, wmma::row_major> qa[D / kWm];
 #pragma unroll
-  for (int kd = 0; kd < D / kWm; ++kd) wmma::load_matrix_sync(qa[kd], k_s + warp * kTcWarpRows * kLdKV + kd * kWm, kLdKV);
+  for (int kd = 0; kd < D / kWm; ++kd) {
+    wmma::load_matrix_sync(qa[kd], k_s + warp * kTcWarpRows * kLdKV + kd * kWm, kLdKV);
+  }
   // Running max and sum of row r of this warp, held (redundantly) by every lane.
   float m[kTcWarpRows], l[kTcWarpRows];
 #pragma unroll

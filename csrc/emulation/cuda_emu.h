@@ -198,11 +198,14 @@ inline float bf16_bits_to_float(uint16_t b) { return bits_float(static_cast<uint
 #define __trap() ::emu::fail("the kernel executed __trap()")
 
 namespace emu {
-inline void syncwarp_at(const char* file, int line, unsigned mask = 0xffffffffu) { warp_barrier(mask, file, line); }
+inline void syncwarp_at(const char* file, int line, unsigned mask = 0xffffffffu) {
+  warp_barrier(mask, file, line);
+}
 
 template <typename T>
 uint64_t to_bits(T v) {
-  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "cuda emulator: shuffle of a type over 8 bytes");
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value,
+                "cuda emulator: shuffles of types over 8 bytes are not emulated");
   uint64_t b = 0;
   std::memcpy(&b, &v, sizeof(T));
   return b;
@@ -240,15 +243,26 @@ inline unsigned ballot(unsigned mask, int pred, const char* file, int line) {
     if (((mask >> l) & 1u) && all[l]) bits |= 1u << l;
   return bits;
 }
+// True when the predicate holds on every lane of `mask` that takes part (2: takes part and holds).
+inline bool all_lanes(unsigned mask, int pred, const char* file, int line) {
+  uint64_t all[32];
+  warp_gather(mask, pred ? 2 : 1, all, file, line);  // 0 is left for lanes that did not take part
+  for (int l = 0; l < 32; ++l)
+    if (((mask >> l) & 1u) && all[l] == 1) return false;
+  return true;
+}
 }  // namespace emu
 
-#define __shfl_sync(mask, v, src, ...) ::emu::shuffle(mask, v, 0, src, ::emu::width_or_32(__VA_ARGS__), __FILE__, __LINE__)
-#define __shfl_xor_sync(mask, v, m, ...) ::emu::shuffle(mask, v, 1, m, ::emu::width_or_32(__VA_ARGS__), __FILE__, __LINE__)
-#define __shfl_up_sync(mask, v, d, ...) ::emu::shuffle(mask, v, 2, d, ::emu::width_or_32(__VA_ARGS__), __FILE__, __LINE__)
-#define __shfl_down_sync(mask, v, d, ...) ::emu::shuffle(mask, v, 3, d, ::emu::width_or_32(__VA_ARGS__), __FILE__, __LINE__)
+// The optional last argument of a shuffle is the segment width (32 when absent).
+#define EMU_SHUFFLE(kind, mask, v, arg, ...) \
+  ::emu::shuffle(mask, v, kind, arg, ::emu::width_or_32(__VA_ARGS__), __FILE__, __LINE__)
+#define __shfl_sync(mask, v, src, ...) EMU_SHUFFLE(0, mask, v, src, __VA_ARGS__)
+#define __shfl_xor_sync(mask, v, m, ...) EMU_SHUFFLE(1, mask, v, m, __VA_ARGS__)
+#define __shfl_up_sync(mask, v, d, ...) EMU_SHUFFLE(2, mask, v, d, __VA_ARGS__)
+#define __shfl_down_sync(mask, v, d, ...) EMU_SHUFFLE(3, mask, v, d, __VA_ARGS__)
 #define __ballot_sync(mask, p) ::emu::ballot(mask, p, __FILE__, __LINE__)
 #define __any_sync(mask, p) (::emu::ballot(mask, p, __FILE__, __LINE__) != 0u)
-#define __all_sync(mask, p) (::emu::ballot(mask, p, __FILE__, __LINE__) == ((mask) & ::emu::ballot(mask, 1, __FILE__, __LINE__)))
+#define __all_sync(mask, p) ::emu::all_lanes(mask, p, __FILE__, __LINE__)
 namespace emu {
 inline int width_or_32() { return 32; }
 inline int width_or_32(int w) { return w; }
@@ -419,7 +433,8 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
   const int lane = ::emu::ctx().lane;
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c)
-      if (::emu::accumulator_owner(r, c) == lane) (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[16 * r + c];
+      if (::emu::accumulator_owner(r, c) == lane)
+        (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[16 * r + c];
 }
 }  // namespace wmma
 }  // namespace nvcuda

@@ -12,6 +12,7 @@
 //     guarantees, and nothing more.
 // The barrier bookkeeping (who waits where, when a barrier opens, deadlock) is one piece of code shared by
 // both.
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -76,6 +77,8 @@ struct Abort {};  // unwinds the other threads of a block once one has failed
 
 // ---- one block in flight -------------------------------------------------------------------------------
 enum class St { kRunnable, kAtBlock, kAtWarp, kExited };
+constexpr size_t kFiberStack = 256 * 1024;
+constexpr size_t kStackGuard = 4096;
 
 struct Lane {
   ThreadCtx ctx;
@@ -89,7 +92,16 @@ struct Lane {
   uint64_t gathered[32] = {};
 #if !defined(EMU_THREADS)
   ucontext_t uc;
-  std::unique_ptr<char[]> stack;
+  struct Stack {  // mmap'd, with an inaccessible page below it: an overflow faults instead of corrupting
+    void* base = nullptr;
+    Stack() = default;
+    Stack(Stack&& other) noexcept : base(other.base) { other.base = nullptr; }
+    Stack(const Stack&) = delete;
+    Stack& operator=(const Stack&) = delete;
+    ~Stack() {
+      if (base) munmap(base, kFiberStack + kStackGuard);
+    }
+  } stack;
 #endif
 };
 
@@ -100,7 +112,6 @@ constexpr size_t kGuardBytes = 64;  // after each shared allocation: a write out
 #endif
 constexpr unsigned char kGuardByte = 0xA5;
 constexpr unsigned char kPrefillByte = 0xFF;  // NaN as float, half and bfloat16
-constexpr size_t kFiberStack = 256 * 1024;
 
 struct SharedPiece {
   unsigned char* data = nullptr;
@@ -302,9 +313,14 @@ std::vector<int> schedule_order(int n) {
 
 void run_fibers(Block& b) {
   for (Lane& lane : b.lanes) {
-    if (!lane.stack) lane.stack.reset(new char[kFiberStack]);
+    if (lane.stack.base == nullptr) {
+      void* p = mmap(nullptr, kFiberStack + kStackGuard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      mprotect(p, kStackGuard, PROT_NONE);  // stacks grow down: the guard is the lowest page
+      lane.stack.base = p;
+    }
     getcontext(&lane.uc);
-    lane.uc.uc_stack.ss_sp = lane.stack.get();
+    lane.uc.uc_stack.ss_sp = static_cast<char*>(lane.stack.base) + kStackGuard;
     lane.uc.uc_stack.ss_size = kFiberStack;
     lane.uc.uc_link = &b.sched;
     makecontext(&lane.uc, fiber_entry, 0);
@@ -405,9 +421,8 @@ void warp_barrier(unsigned mask, const char* file, int line) {
 }
 
 void* dynamic_shared_base() {
-  Block& b = *g_block;
-  if (b.dynamic.bytes == 0) return b.dynamic.data;  // CUDA gives a valid pointer to no bytes
-  return b.dynamic.data;
+  if (g_block == nullptr) fail("extern __shared__ memory used outside a kernel");
+  return g_block->dynamic.data;  // with 0 bytes: a valid pointer to nothing (any access is past the end)
 }
 
 void* static_shared_base(int id, size_t bytes, size_t align) {
@@ -441,7 +456,8 @@ void check_shared_range(const void* p, size_t bytes, const char* what) {
 
 void wmma_check(const char* op, const void* p, unsigned ldm, int layout, size_t elem_size) {
   const auto addr = reinterpret_cast<uintptr_t>(p);
-  if (ldm >= 32768 || (addr >> 48) != 0) fail(std::string(op) + ": ldm >= 32768 or a pointer above 2^48 is not emulated");
+  if (ldm >= 32768 || (addr >> 48) != 0)
+    fail(std::string(op) + ": ldm >= 32768 or a pointer above 2^48 is not emulated");
   uint64_t all[32];
   const uint64_t mine = addr | (static_cast<uint64_t>(ldm) << 48) | (static_cast<uint64_t>(layout) << 63);
   warp_gather(0xffffffffu, mine, all, op, 0);  // the _sync: every lane arrives first
@@ -495,11 +511,13 @@ cudaError_t run_launch(const void* kernel, dim3 grid, dim3 block, size_t smem, c
   }
   if (!image_runs_here()) {
     set_error(cudaErrorNoKernelImageForDevice, "no kernel image is available for execution on the device (sm_" +
-                                                   std::to_string(current_device().major) + std::to_string(current_device().minor) + ")");
+                                                   std::to_string(current_device().major) +
+                                                   std::to_string(current_device().minor) + ")");
     return cudaErrorNoKernelImageForDevice;
   }
   const auto it = g_max_dynamic_smem.find({g_current, kernel});
-  const size_t allowed = it == g_max_dynamic_smem.end() ? current_device().smem_per_block : std::max<size_t>(it->second, 0);
+  const size_t allowed =
+      it == g_max_dynamic_smem.end() ? current_device().smem_per_block : std::max<size_t>(it->second, 0);
   if (smem > static_cast<size_t>(current_device().smem_optin) ||
       (smem > allowed && smem > static_cast<size_t>(current_device().smem_per_block))) {
     set_error(cudaErrorInvalidValue, "launch asks for " + std::to_string(smem) +

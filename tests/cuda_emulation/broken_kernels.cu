@@ -57,7 +57,7 @@ __global__ void trap_kernel(float* out) {
 }
 
 // Warp collectives: out[lane] = (sum by xor-shuffles, value of lane+1 (down), of lane-1 (up), lane 5's
-// value (idx), low and high 16 bits of the ballot of x > 0).
+// value (idx), low and high 16 bits of the ballot of x > 0, __all_sync(x > -2), __any_sync(x > 1.5)).
 __global__ void warp_kernel(const float* x, float* out) {
   const int lane = threadIdx.x % 32;
   float s = x[threadIdx.x];
@@ -66,13 +66,17 @@ __global__ void warp_kernel(const float* x, float* out) {
   const float up = __shfl_up_sync(0xffffffffu, x[threadIdx.x], 1);
   const float idx = __shfl_sync(0xffffffffu, x[threadIdx.x], 5);
   const unsigned ballot = __ballot_sync(0xffffffffu, x[threadIdx.x] > 0.0f);
-  float* o = out + 6 * threadIdx.x;
+  const bool all = __all_sync(0xffffffffu, x[threadIdx.x] > -2.0f);
+  const bool any = __any_sync(0xffffffffu, x[threadIdx.x] > 1.5f);
+  float* o = out + 8 * threadIdx.x;
   o[0] = s;
   o[1] = down;
   o[2] = up;
   o[3] = idx;
   o[4] = static_cast<float>(ballot & 0xffffu);
   o[5] = static_cast<float>(ballot >> 16);
+  o[6] = all ? 1.0f : 0.0f;
+  o[7] = any ? 1.0f : 0.0f;
   (void)lane;
 }
 
@@ -150,7 +154,7 @@ int emu_op_trap(void** b, const int64_t*, const double*) {
   return cudaGetLastError();
 }
 
-// buffers: x [threads], out [threads, 6]. ints: threads.
+// buffers: x [threads], out [threads, 8]. ints: threads.
 int emu_op_warp(void** b, const int64_t* i, const double*) {
   warp_kernel<<<1, static_cast<unsigned>(i[0])>>>(static_cast<const float*>(b[0]), static_cast<float*>(b[1]));
   return cudaGetLastError();

@@ -65,10 +65,10 @@ def compiler() -> str | None:
 # ---------------------------------------------------------------------------------------------- translation
 
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;(){}]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
-_DYNAMIC_SHARED = re.compile(
-    r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([A-Za-z_][\w:]*(?:\s+[A-Za-z_][\w:]*)*?)\s+(\w+)\s*\[\s*\]\s*;")
-_STATIC_SHARED = re.compile(
-    r"__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([A-Za-z_][\w:]*(?:\s+[A-Za-z_][\w:]*)*?)\s+(\w+)\s*((?:\[[^\]]+\])*)\s*;")
+_ALIGN = r"(?:__align__\(\s*\d+\s*\)\s+)?"
+_TYPE = r"([A-Za-z_][\w:]*(?:\s+[A-Za-z_][\w:]*)*?)"  # "float", "unsigned char", "::ns::T"
+_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+" + _ALIGN + _TYPE + r"\s+(\w+)\s*\[\s*\]\s*;")
+_STATIC_SHARED = re.compile(r"__shared__\s+" + _ALIGN + _TYPE + r"\s+(\w+)\s*((?:\[[^\]]+\])*)\s*;")
 
 
 def translate(text: str, name: str) -> str:
@@ -111,7 +111,8 @@ def _inputs_digest(sources: list[Path], flags: list[str], cxx: str) -> str:
 
 
 def _not_emulated_hint(stderr: str) -> str:
-    names = sorted(set(re.findall(r"['‘](\w+)['’] (?:was not declared|is not a member|has not been declared)", stderr)))
+    pattern = r"['‘](\w+)['’] (?:was not declared|is not a member|has not been declared)"
+    names = sorted(set(re.findall(pattern, stderr)))
     if not names:
         return ""
     return ("\nnot emulated (or misspelt): " + ", ".join(names) +
@@ -139,7 +140,8 @@ def build(sources=None, sanitizer: str | None = None, arch: int = DEFAULT_ARCH,
         sources = [CSRC / name for name in KERNEL_SOURCES] + [EMULATION / "ops.cpp"]
     sources = [Path(s) for s in sources]
     # -fno-strict-aliasing: kernels reinterpret half arrays as uint4 vectors, as nvcc allows
-    flags = ["-std=c++17", "-pthread", "-fno-strict-aliasing", f"-D__CUDA_ARCH__={arch}", "-I", str(EMULATION / "include"),
+    flags = ["-std=c++17", "-pthread", "-fno-strict-aliasing", f"-D__CUDA_ARCH__={arch}",
+             "-I", str(EMULATION / "include"),
              "-I", str(EMULATION), "-I", str(CSRC), *_SANITIZER_FLAGS[sanitizer], *extra_flags]
     units = [EMULATION / "runtime.cpp", *sources] + ([EMULATION / "runner.cpp"] if sanitizer else [])
     digest = _inputs_digest(units, flags, cxx)

@@ -50,7 +50,8 @@ def test_a_shared_memory_write_out_of_bounds_fails_the_launch(emu):
 
 
 def test_a_divergent_barrier_is_named(emu):
-    with pytest.raises(harness.EmulatedCudaError, match=r"exited without reaching the __syncthreads at .*broken_kernels.cu:\d+"):
+    message = r"exited without reaching the __syncthreads at .*broken_kernels.cu:\d+"
+    with pytest.raises(harness.EmulatedCudaError, match=message):
         emu.call("divergent", [torch.zeros(64)])
 
 
@@ -61,7 +62,7 @@ def test_trap_fails_the_launch(emu):
 
 def test_warp_collectives_against_numpy(emu):
     x = torch.tensor(np.random.default_rng(0).standard_normal(64), dtype=torch.float32)
-    out = torch.full((64, 6), float("nan"))
+    out = torch.full((64, 8), float("nan"))
     emu.call("warp", [x, out], [64])
     xs = x.double().numpy().reshape(2, 32)
     for w in range(2):
@@ -72,6 +73,8 @@ def test_warp_collectives_against_numpy(emu):
         np.testing.assert_array_equal(o[:, 3], np.full(32, v[5]))
         ballot = sum(1 << i for i in range(32) if v[i] > 0)
         assert (o[:, 4] == ballot & 0xFFFF).all() and (o[:, 5] == ballot >> 16).all()
+        # warp 0 has a value below -2 and none above 1.5; warp 1 the opposite
+        assert (o[:, 6] == float((v > -2).all())).all() and (o[:, 7] == float((v > 1.5).any())).all()
 
 
 def test_half_and_bfloat16_rounding_matches_torch(emu):
