@@ -188,8 +188,10 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
       }
       p_w[r * kLdP + lane] = from_float<T>(p0 * z0);
       p_w[r * kLdP + lane + 32] = from_float<T>(p1 * z1);
+      if (alpha != 1.0f) {  // warp-uniform; once a row's max settles, most tiles skip this round trip
 #pragma unroll
-      for (int d = lane; d < D; d += 32) o_w[r * kLdO + d] *= alpha;
+        for (int d = lane; d < D; d += 32) o_w[r * kLdO + d] *= alpha;
+      }
     }
     __syncwarp();
 
