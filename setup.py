@@ -86,7 +86,9 @@ setup(
     ],
     extras_require={
         # transformers/tokenizers/scipy are test-time oracles only: nothing in minibert needs them.
-        "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15", "scipy"],
+        # nbclient/ipykernel/nbformat run the tutorials in a real Jupyter kernel (tests/test_tutorials.py).
+        "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15", "scipy", "nbclient>=0.7",
+                 "ipykernel>=6", "nbformat>=5"],
     },
     entry_points={"console_scripts": ["minibert = minibert.cli:main"]},
     ext_modules=ext_modules,

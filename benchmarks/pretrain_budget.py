@@ -9,18 +9,31 @@ batch size, peak learning rate, dropout, vocabulary size). The table gives each 
 NSP accuracy against the baselines (always the most frequent token; always the majority label), its
 steps and tokens/s; results go to ``benchmarks/results/pretrain_budget-<machine>.{json,png}``.
 
-The runs are sequential and each owns the machine while it runs: a budgeted run on a loaded machine gets
-fewer steps, so compare variants from one invocation on an otherwise idle machine (the load average
-before and after each run is saved with the results).
+Two ways to spend the budget:
+
+* ``--mode wallclock`` (default): each variant is a real ``--minutes N`` run. The runs are sequential and
+  each owns the machine while it runs: a budgeted run on a loaded machine gets fewer steps, so compare
+  variants from one invocation on an otherwise idle machine (the load average before and after each run
+  is saved with the results).
+* ``--mode calibrated --default-steps N``: for a shared machine. ``N`` is the step count of the default
+  recipe in the budget on an idle machine (the ``steps`` of ``--mode wallclock --variants default``).
+  Each variant's cost per step is measured in CPU seconds on one thread, which other jobs on the machine
+  hardly change, and each variant then trains ``N x cost(default) / cost(variant)`` steps as an exactly
+  reproducible ``--steps`` run, evaluated as often as a budgeted run. The training runs give the same
+  numbers under any load (``--jobs 2`` runs two at a time). The chosen default is then checked with a
+  real ``--minutes`` run on an idle machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
+
+from concurrent.futures import ThreadPoolExecutor
 
 from _common import print_table, save_figure, save_json
 
@@ -29,29 +42,85 @@ VARIANTS = {
     "default": [],
     "seq64": ["--max-seq-length", "64"],
     "batch32": ["--batch-size", "32"],
+    "batch8": ["--batch-size", "8"],
     "lr1e-3": ["--lr", "1e-3"],
+    "lr1e-3-warm15": ["--lr", "1e-3", "--warmup-ratio", "0.15"],
     "no-dropout": ["--dropout", "0"],
+    "mask25": ["--masked-lm-prob", "0.25"],
+    "mask40": ["--masked-lm-prob", "0.4"],
+    "2x256": ["--layers", "2"],
     "2x384": ["--layers", "2", "--hidden", "384", "--heads", "6", "--intermediate", "1536"],
     "6x256": ["--layers", "6"],
+    "4x192": ["--hidden", "192", "--heads", "3", "--intermediate", "768"],
     "vocab4k": ["--vocab", "{vocab4k}"],
 }
 
 
-def run_variant(name: str, minutes: float, seed: int, work: str) -> dict:
-    """One budgeted pretraining run; returns its summary's numbers."""
-    out = os.path.join(work, name)
+# Variants that change only the arithmetic's values, not its amount, run at the speed of another one.
+TIMED_AS = {"lr1e-3": "default", "lr1e-3-warm15": "default", "no-dropout": "default"}
+CALIBRATION_STEPS = (10, 50)  # a variant's two short timing runs (calibrated mode); their difference is 40 steps
+
+
+def pretrain(name: str, work: str, seed: int, budget: list[str], tag: str = "", env: dict | None = None) -> dict:
+    """Run ``minibert pretrain`` for variant ``name`` with the ``budget`` options; return its summary."""
+    out = os.path.join(work, name + tag)
     options = [o.format(vocab4k=os.path.join(work, "vocab4k")) for o in VARIANTS[name]]
-    load_before = os.getloadavg()[0]
-    subprocess.run([sys.executable, "-m", "minibert", "pretrain", "--minutes", str(minutes), "--seed", str(seed),
-                    "--out", out, "--overwrite", "--quiet", *options], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "minibert", "pretrain", *budget, "--seed", str(seed),
+                    "--out", out, "--overwrite", "--quiet", *options], check=True, stdout=subprocess.DEVNULL,
+                   env=None if env is None else {**os.environ, **env})
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
-        summary = json.load(f)
+        return json.load(f)
+
+
+def cpu_seconds_per_step(name: str, seed: int, work: str) -> float:
+    """CPU seconds one training step of ``name`` costs on one thread.
+
+    CPU time, unlike wall time, hardly changes when other jobs share the machine. Two runs that differ only
+    in their step count cancel what does not scale with the steps (building the data, the final evaluation
+    and checkpoint); one thread keeps idle spinning of a second thread out of the count.
+    """
+    import resource
+    used = []
+    for steps in CALIBRATION_STEPS:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pretrain(name, work, seed, ["--steps", str(steps), "--eval-every", "0", "--save-every", "0"],
+                 tag="-timing", env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return (used[1] - used[0]) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
+
+
+def run_wallclock(name: str, minutes: float, seed: int, work: str) -> dict:
+    """One real ``--minutes`` run; the load average around it goes with the results."""
+    load_before = os.getloadavg()[0]
+    summary = pretrain(name, work, seed, ["--minutes", str(minutes)])
+    return row(name, summary, load_before=load_before, load_after=os.getloadavg()[0])
+
+
+def rounds_in_budget(minutes: float) -> int:
+    """Evaluations of a ``--minutes`` run with the default interval: right after the first step, every fifth
+    of the budget (at least a minute), and the final one."""
+    every = max(1.0, minutes / 5)
+    return 2 + max(0, math.ceil(minutes / every) - 1)
+
+
+def run_calibrated(name: str, steps: int, cpu_step: float, seed: int, work: str, evaluations: int) -> dict:
+    """The ``--steps`` run that stands for ``name``'s budget, evaluated as often as a budgeted run."""
+    every = max(1, steps // evaluations)
+    # One thread each: the step count is fixed, so threads change only the speed, and single-threaded runs
+    # side by side waste nothing on threads waiting for each other.
+    summary = pretrain(name, work, seed, ["--steps", str(steps), "--eval-every", str(every), "--save-every", "0"],
+                       env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    return row(name, summary, cpu_seconds_per_step=cpu_step)
+
+
+def row(name: str, summary: dict, **extra) -> dict:
     return {"variant": name, "options": " ".join(VARIANTS[name]) or "(defaults)",
             "eval_mlm_acc": summary["eval_mlm_acc"], "eval_nsp_acc": summary["eval_nsp_acc"],
             "steps": summary["steps"], "tokens_per_s": summary["tokens_per_s"],
+            "tokens_per_step": summary["tokens_per_s"] * summary["train_seconds"] / summary["steps"],
             "unigram_baseline_mlm_acc": summary["unigram_baseline_mlm_acc"],
-            "nsp_majority_baseline_acc": summary["nsp_majority_baseline_acc"],
-            "load_before": load_before, "load_after": os.getloadavg()[0]}
+            "nsp_majority_baseline_acc": summary["nsp_majority_baseline_acc"], **extra}
 
 
 def plot(rows: list[dict], minutes: float):
@@ -77,20 +146,60 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="budget of every run (default 5)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    parser.add_argument("--mode", choices=("wallclock", "calibrated"), default="wallclock",
+                        help="real --minutes runs on an idle machine, or timed --steps runs (see above)")
+    parser.add_argument("--default-steps", type=int, default=None,
+                        help="calibrated mode: the steps the default recipe completes in the budget on an idle "
+                             "machine (the 'steps' of `--mode wallclock --variants default`)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="calibrated mode: training runs at a time, one thread each (default 1)")
+    parser.add_argument("--timings", default=None,
+                        help="calibrated mode: a JSON file of CPU seconds per step by variant, read if it exists "
+                             "and extended with what is measured (default: measure every variant)")
     args = parser.parse_args(argv)
+    if args.mode == "calibrated" and (args.default_steps is None or args.default_steps < 1):
+        parser.error("--mode calibrated needs --default-steps N (measure it with --mode wallclock --variants "
+                     "default on an idle machine)")
     with tempfile.TemporaryDirectory(prefix="minibert-budget-") as work:
         if "vocab4k" in args.variants:
             subprocess.run([sys.executable, "-m", "minibert", "train-vocab", "--vocab-size", "4000", "--out",
                             os.path.join(work, "vocab4k")], check=True, stdout=subprocess.DEVNULL)
-        rows = []
-        for name in args.variants:
-            rows.append(run_variant(name, args.minutes, args.seed, work))
-            print(f"{name}: held-out MLM {rows[-1]['eval_mlm_acc']:.3f}, NSP {rows[-1]['eval_nsp_acc']:.3f}, "
-                  f"{rows[-1]['steps']} steps", flush=True)
-    print_table(rows, ["variant", "options", "eval_mlm_acc", "eval_nsp_acc", "steps", "tokens_per_s"],
-                {"eval_mlm_acc": ".3f", "eval_nsp_acc": ".3f", "tokens_per_s": ".0f"})
+
+        def report(r: dict) -> dict:
+            print(f"{r['variant']}: held-out MLM {r['eval_mlm_acc']:.3f}, NSP {r['eval_nsp_acc']:.3f}, "
+                  f"{r['steps']} steps", flush=True)
+            return r
+
+        if args.mode == "wallclock":
+            rows = [report(run_wallclock(name, args.minutes, args.seed, work)) for name in args.variants]
+        else:
+            cpu = {}
+            if args.timings and os.path.exists(args.timings):  # an earlier invocation's timings
+                with open(args.timings, encoding="utf-8") as f:
+                    cpu = json.load(f)
+            for timed in dict.fromkeys(TIMED_AS.get(n, n) for n in ["default", *args.variants]):
+                if timed not in cpu:
+                    cpu[timed] = cpu_seconds_per_step(timed, args.seed, work)
+                    if args.timings:
+                        with open(args.timings, "w", encoding="utf-8") as f:
+                            json.dump(cpu, f, indent=1)
+                print(f"{timed}: {cpu[timed]:.3f} CPU s/step", flush=True)
+            # The default recipe's idle step count, scaled by each variant's relative cost per step.
+            steps = {n: max(1, round(args.default_steps * cpu["default"] / cpu[TIMED_AS.get(n, n)]))
+                     for n in args.variants}
+            evaluations = rounds_in_budget(args.minutes) - 1
+            with ThreadPoolExecutor(args.jobs) as pool:
+                rows = list(pool.map(lambda n: report(run_calibrated(n, steps[n], cpu[TIMED_AS.get(n, n)], args.seed,
+                                                                     work, evaluations)), args.variants))
+    columns = ["variant", "options", "eval_mlm_acc", "eval_nsp_acc", "steps"]
+    columns.append("tokens_per_s" if args.mode == "wallclock" else "cpu_seconds_per_step")
+    print_table(rows, columns, {"eval_mlm_acc": ".3f", "eval_nsp_acc": ".3f", "tokens_per_s": ".0f",
+                                "cpu_seconds_per_step": ".3f"})
     name = "pretrain_budget"
-    print("saved", save_json(name, {"minutes": args.minutes, "seed": args.seed, "rows": rows}),
+    if args.mode == "calibrated":
+        name += "-calibrated"
+    print("saved", save_json(name, {"minutes": args.minutes, "seed": args.seed, "mode": args.mode,
+                                    "default_steps": args.default_steps, "rows": rows}),
           save_figure(plot(rows, args.minutes), name))
 
 

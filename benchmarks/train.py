@@ -11,7 +11,9 @@ float32, on one fixed batch. Rows, all in ONE run:
 * ``transformers eager`` / ``transformers sdpa``: ``transformers.BertForPreTraining`` with that
   ``attn_implementation`` (sdpa is transformers' default);
 * ``minibert eager`` / ``sdpa`` / ``fused``: ``minibert.modeling.BertForPreTraining`` with that
-  ``attn_implementation`` (and fused bias+GELU for ``fused``). With dropout on, minibert's sdpa backend runs
+  ``attn_implementation`` (and, for ``fused``, fused bias+GELU and the fused residual + dropout +
+  LayerNorm); ``fused, eager LN`` is ``fused`` with ``layernorm_implementation="eager"``, so the table
+  shows what the LayerNorm kernel adds on its own. With dropout on, minibert's sdpa backend runs
   the eager attention (SDPA's dropout RNG cannot reproduce our hash masks), so that row is eager attention.
   Each appears twice: ``full logits`` projects all B x S positions onto the vocabulary as transformers and
   the NumPy reference do; ``masked only`` passes ``masked_positions_only=True`` and projects only the ~15%
@@ -67,7 +69,9 @@ CHECK_AGAINST = "transformers eager"  # the loss every other implementation must
 NOTES = ("minibert sdpa runs eager attention while dropout is on (SDPA's dropout RNG is not the hash "
          "contract); 'masked only' = masked_positions_only=True, the MLM head only at labelled positions; "
          "speedup_vs_hf is against the faster transformers row of the config")
-MINIBERT_BACKENDS = {"eager": ("eager", "eager"), "sdpa": ("sdpa", "eager"), "fused": ("fused", "fused")}
+# name -> (attn_implementation, gelu_implementation, layernorm_implementation)
+MINIBERT_BACKENDS = {"eager": ("eager", "eager", "eager"), "sdpa": ("sdpa", "eager", "eager"),
+                     "fused, eager LN": ("fused", "fused", "eager"), "fused": ("fused", "fused", "fused")}
 
 
 def make_batch(gen, batch, seq):
@@ -148,9 +152,10 @@ def build_rows(spec: dict, batch_size: int) -> tuple[dict, int]:
             hf = transformers.BertForPreTraining.from_pretrained(directory, attn_implementation=attn)
             rows[f"transformers {attn}"] = TorchRow(hf, batch, minibert=False)
         for logits, masked_only in (("full logits", False), ("masked only", True)):
-            for name, (attn, gelu) in MINIBERT_BACKENDS.items():
+            for name, (attn, gelu, layernorm) in MINIBERT_BACKENDS.items():
                 model = BertForPreTraining.from_pretrained(directory, attn_implementation=attn,
-                                                           gelu_implementation=gelu)
+                                                           gelu_implementation=gelu,
+                                                           layernorm_implementation=layernorm)
                 rows[f"minibert {name}, {logits}"] = TorchRow(model, batch, True, masked_only)
     return rows, seq
 

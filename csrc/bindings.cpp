@@ -177,9 +177,79 @@ GeluInputs check_gelu(const at::Tensor& x, const at::Tensor& bias, const at::Ten
   return in;
 }
 
+// The checked, contiguous operands of residual_dropout_layernorm: x viewed as [rows, n_cols], n_cols =
+// x's last dimension. residual is undefined when absent; grad, mean and rstd only in the backward.
+struct LayerNormInputs {
+  at::Tensor x, residual, weight, bias, grad, mean, rstd;
+  int64_t rows, n_cols;
+  double eps;
+  DropoutArgs dropout;
+};
+
+// The saved statistics' dtype: x's on the CPU (float64 keeps its precision), float32 on CUDA (the
+// kernels compute in float32 whatever the storage type).
+at::ScalarType stats_dtype(const at::Tensor& x) { return x.is_cuda() ? at::kFloat : x.scalar_type(); }
+
+std::vector<int64_t> stats_shape(const at::Tensor& x) { return std::vector<int64_t>(x.sizes().begin(), x.sizes().end() - 1); }
+
+LayerNormInputs check_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                                const at::Tensor& weight, const at::Tensor& bias, double eps, double p, int64_t seed,
+                                int64_t offset) {
+  check_dtype(x, "x");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) >= 1, "minibert: x must have a non-empty last dimension (the one "
+              "LayerNorm normalises), got shape ", x.sizes());
+  check_same(x, weight, "x", "weight");
+  check_same(x, bias, "x", "bias");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1) && bias.sizes() == weight.sizes(),
+              "minibert: weight and bias must be 1-D with the size of x's last dimension (", x.size(-1),
+              "), got ", weight.sizes(), " and ", bias.sizes());
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, "minibert: eps must be a finite number >= 0, got ", eps);
+  LayerNormInputs in{x.contiguous(), at::Tensor(), weight.contiguous(), bias.contiguous(), at::Tensor(),
+                     at::Tensor(), at::Tensor(), x.numel() / x.size(-1), x.size(-1), eps,
+                     make_dropout("p", p, seed, offset)};
+  if (residual.has_value()) {
+    check_same(x, *residual, "x", "residual");
+    TORCH_CHECK(residual->sizes() == x.sizes(), "minibert: residual ", residual->sizes(),
+                " must have the shape of x ", x.sizes());
+    in.residual = residual->contiguous();
+  }
+  return in;
+}
+
+void check_layernorm_grads(LayerNormInputs& in, const at::Tensor& grad, const at::Tensor& mean,
+                           const at::Tensor& rstd) {
+  check_same(in.x, grad, "x", "grad");
+  TORCH_CHECK(grad.sizes() == in.x.sizes(), "minibert: grad ", grad.sizes(), " must have the shape of x ",
+              in.x.sizes());
+  const std::vector<int64_t> shape = stats_shape(in.x);
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{mean, "mean"}, {rstd, "rstd"}})
+    TORCH_CHECK(t.scalar_type() == stats_dtype(in.x) && t.device() == in.x.device() && t.sizes() == shape,
+                "minibert: ", name, " must be the ", stats_dtype(in.x), " ", at::IntArrayRef(shape),
+                " tensor returned by residual_dropout_layernorm_forward, got ", t.scalar_type(), " ", t.sizes(),
+                " on ", t.device());
+  in.grad = grad.contiguous();
+  in.mean = mean.contiguous();
+  in.rstd = rstd.contiguous();
+}
+
+template <typename T>
+T* optional_ptr(const at::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+// The backward's gradient of x: like x with dropout; without it, it would equal d_sum (the gradient of
+// the sum), so it is an empty [0] tensor and the caller uses d_sum for both (one write of x's size saved).
+at::Tensor grad_x_buffer(const LayerNormInputs& in) {
+  return in.dropout.active ? at::empty_like(in.x) : at::empty({0}, in.x.options());
+}
+
 // ---------------------------------------------------------------------------------------------- CPU
 
 namespace cpu {
+
+// Work split for the element-wise ops: one thread below kCpuMinChunk elements (a thread's start-up
+// costs more than it saves there), else chunks of at least that many elements.
+constexpr int64_t kCpuMinChunk = 1 << 16;
 
 std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                      const std::optional<at::Tensor>& key_mask, double scale,
@@ -223,7 +293,7 @@ at::Tensor gelu_forward_impl(const GeluInputs& in) {
   at::Tensor y = at::empty_like(in.x);
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "minibert_gelu_forward", [&] {
     const scalar_t* b = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, in.x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, in.x.numel(), kCpuMinChunk, [&](int64_t begin, int64_t end) {
       gelu_forward_cpu(in.x.data_ptr<scalar_t>(), b, y.data_ptr<scalar_t>(), in.n_cols, in.use_tanh, begin, end);
     });
   });
@@ -238,7 +308,7 @@ std::tuple<at::Tensor, at::Tensor> gelu_backward_impl(const GeluInputs& in) {
   at::Tensor dx = at::empty_like(in.x);
   if (!in.bias.defined()) {
     AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "minibert_gelu_backward", [&] {
-      at::parallel_for(0, in.x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, in.x.numel(), kCpuMinChunk, [&](int64_t begin, int64_t end) {
         gelu_backward_cpu(in.grad.data_ptr<scalar_t>() + begin, in.x.data_ptr<scalar_t>() + begin, nullptr,
                           dx.data_ptr<scalar_t>() + begin, nullptr, end - begin, in.use_tanh, 0, 1);
       });
@@ -246,7 +316,8 @@ std::tuple<at::Tensor, at::Tensor> gelu_backward_impl(const GeluInputs& in) {
     return {dx, at::Tensor()};
   }
   const int64_t rows = in.x.numel() / in.n_cols;
-  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t n_chunks = std::max<int64_t>(
+      1, std::min<int64_t>({at::get_num_threads(), rows, in.x.numel() / kCpuMinChunk}));
   at::Tensor partials = at::zeros({n_chunks, in.n_cols}, in.x.options());
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "minibert_bias_gelu_backward", [&] {
     at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -270,6 +341,43 @@ at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed, int64_t offse
     });
   });
   return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_forward_impl(const LayerNormInputs& in) {
+  at::Tensor y = at::empty_like(in.x);
+  at::Tensor mean = at::empty(stats_shape(in.x), in.x.options());
+  at::Tensor rstd = at::empty(stats_shape(in.x), in.x.options());
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "minibert_layernorm_forward", [&] {
+    at::parallel_for(0, in.rows, std::max<int64_t>(1, kCpuMinChunk / in.n_cols), [&](int64_t begin, int64_t end) {
+      layernorm_forward_cpu(in.x.data_ptr<scalar_t>(), optional_ptr<scalar_t>(in.residual),
+                            in.weight.data_ptr<scalar_t>(), in.bias.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                            mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), in.n_cols, in.eps,
+                            in.dropout, begin, end);
+    });
+  });
+  return {y, mean, rstd};
+}
+
+// Returns (d_sum, d_x, dweight, dbias). Rows are split into chunks, each summing its own partial
+// dweight and dbias (no two threads write the same partial), added together at the end.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward_impl(const LayerNormInputs& in) {
+  at::Tensor d_sum = at::empty_like(in.x), d_x = grad_x_buffer(in);
+  const int64_t n_chunks = std::max<int64_t>(
+      1, std::min<int64_t>({at::get_num_threads(), in.rows, in.rows * in.n_cols / kCpuMinChunk}));
+  at::Tensor partials = at::zeros({2, n_chunks, in.n_cols}, in.x.options());
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "minibert_layernorm_backward", [&] {
+    scalar_t* dw = partials.data_ptr<scalar_t>();
+    scalar_t* db = dw + n_chunks * in.n_cols;
+    at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        layernorm_backward_cpu(in.grad.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(),
+                               optional_ptr<scalar_t>(in.residual), in.weight.data_ptr<scalar_t>(),
+                               in.mean.data_ptr<scalar_t>(), in.rstd.data_ptr<scalar_t>(), d_sum.data_ptr<scalar_t>(),
+                               optional_ptr<scalar_t>(d_x), dw + c * in.n_cols, db + c * in.n_cols, in.n_cols,
+                               in.dropout, in.rows * c / n_chunks, in.rows * (c + 1) / n_chunks);
+    });
+  });
+  return {d_sum, d_x, partials[0].sum(0), partials[1].sum(0)};  // two tensors: outputs must not alias
 }
 
 }  // namespace cpu
@@ -366,6 +474,41 @@ at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed, int64_t offse
   return y;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_forward_impl(const LayerNormInputs& in) {
+  TORCH_CHECK(in.n_cols <= kCudaMaxLayerNormCols, "minibert: x's last dimension ", in.n_cols,
+              " is too large for the CUDA LayerNorm kernel (at most ", kCudaMaxLayerNormCols, ")");
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  at::Tensor y = at::empty_like(in.x);
+  at::Tensor mean = at::empty(stats_shape(in.x), in.x.options().dtype(at::kFloat));
+  at::Tensor rstd = at::empty(stats_shape(in.x), in.x.options().dtype(at::kFloat));
+  check_cuda(layernorm_forward_cuda(scalar_kind(in.x), in.x.data_ptr(),
+                                    in.residual.defined() ? in.residual.data_ptr() : nullptr, in.weight.data_ptr(),
+                                    in.bias.data_ptr(), y.data_ptr(), mean.data_ptr<float>(), rstd.data_ptr<float>(),
+                                    in.rows, in.n_cols, static_cast<float>(in.eps), in.dropout,
+                                    c10::cuda::getCurrentCUDAStream()),
+             "layernorm_forward");
+  return {y, mean, rstd};
+}
+
+// dweight and dbias are added up in float32 accumulators and converted to the input dtype at the end.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward_impl(const LayerNormInputs& in) {
+  TORCH_CHECK(in.n_cols <= kCudaMaxLayerNormCols, "minibert: x's last dimension ", in.n_cols,
+              " is too large for the CUDA LayerNorm kernel (at most ", kCudaMaxLayerNormCols, ")");
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  at::Tensor d_sum = at::empty_like(in.x), d_x = grad_x_buffer(in);
+  at::Tensor acc = at::zeros({2, in.n_cols}, in.x.options().dtype(at::kFloat));
+  check_cuda(layernorm_backward_cuda(scalar_kind(in.x), in.grad.data_ptr(), in.x.data_ptr(),
+                                     in.residual.defined() ? in.residual.data_ptr() : nullptr,
+                                     in.weight.data_ptr(), in.mean.data_ptr<float>(), in.rstd.data_ptr<float>(),
+                                     d_sum.data_ptr(), in.dropout.active ? d_x.data_ptr() : nullptr,
+                                     acc.data_ptr<float>(),
+                                     acc.data_ptr<float>() + in.n_cols, in.rows, in.n_cols, in.dropout,
+                                     c10::cuda::getCurrentCUDAStream()),
+             "layernorm_backward");
+  // Copies (not views of acc): the op's outputs must not alias each other.
+  return {d_sum, d_x, acc[0].to(in.x.scalar_type(), false, true), acc[1].to(in.x.scalar_type(), false, true)};
+}
+
 }  // namespace cuda
 #endif  // MINIBERT_WITH_CUDA
 
@@ -398,6 +541,36 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_backward(const at::Tensor& grad, co
   return Backward(in);
 }
 
+// ---------------------------------------------------------------------------------------------- LayerNorm ops
+// residual_dropout_layernorm: y = LayerNorm(residual + dropout(x)) over the last dimension, with the
+// saved per-row mean and rstd. Checked here for both devices; no rows (an empty x) is answered without
+// a kernel: empty results and zero dweight, dbias.
+
+template <std::tuple<at::Tensor, at::Tensor, at::Tensor> (*Forward)(const LayerNormInputs&)>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_forward(const at::Tensor& x,
+                                                                 const std::optional<at::Tensor>& residual,
+                                                                 const at::Tensor& weight, const at::Tensor& bias,
+                                                                 double eps, double p, int64_t seed, int64_t offset) {
+  const LayerNormInputs in = check_layernorm(x, residual, weight, bias, eps, p, seed, offset);
+  if (in.rows == 0) {
+    const auto stats = in.x.options().dtype(stats_dtype(in.x));
+    return {at::empty_like(in.x), at::empty(stats_shape(in.x), stats), at::empty(stats_shape(in.x), stats)};
+  }
+  return Forward(in);
+}
+
+template <std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> (*Backward)(const LayerNormInputs&)>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward(
+    const at::Tensor& grad, const at::Tensor& x, const std::optional<at::Tensor>& residual, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& rstd, double p, int64_t seed, int64_t offset) {
+  // eps is not needed (rstd holds it), and the bias only shifts y: weight's shape stands in for both.
+  LayerNormInputs in = check_layernorm(x, residual, weight, weight, 0.0, p, seed, offset);
+  check_layernorm_grads(in, grad, mean, rstd);
+  if (in.rows == 0) return {at::empty_like(in.x), grad_x_buffer(in), at::zeros_like(in.weight),
+                            at::zeros_like(in.weight)};
+  return Backward(in);
+}
+
 }  // namespace
 }  // namespace minibert
 
@@ -412,6 +585,10 @@ TORCH_LIBRARY(minibert, m) {
   m.def("bias_gelu_forward(Tensor x, Tensor bias, str approximate) -> Tensor");
   m.def("bias_gelu_backward(Tensor grad, Tensor x, Tensor bias, str approximate) -> (Tensor, Tensor)");
   m.def("dropout(Tensor x, float p, int seed, int offset) -> Tensor");
+  m.def("residual_dropout_layernorm_forward(Tensor x, Tensor? residual, Tensor weight, Tensor bias, float eps, "
+        "float p, int seed, int offset) -> (Tensor, Tensor, Tensor)");
+  m.def("residual_dropout_layernorm_backward(Tensor grad, Tensor x, Tensor? residual, Tensor weight, Tensor mean, "
+        "Tensor rstd, float p, int seed, int offset) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(minibert, CPU, m) {
@@ -423,6 +600,8 @@ TORCH_LIBRARY_IMPL(minibert, CPU, m) {
   m.impl("bias_gelu_forward", &minibert::bias_gelu_forward<d::gelu_forward_impl>);
   m.impl("bias_gelu_backward", &minibert::bias_gelu_backward<d::gelu_backward_impl>);
   m.impl("dropout", &d::dropout);
+  m.impl("residual_dropout_layernorm_forward", &minibert::layernorm_forward<d::layernorm_forward_impl>);
+  m.impl("residual_dropout_layernorm_backward", &minibert::layernorm_backward<d::layernorm_backward_impl>);
 }
 
 #ifdef MINIBERT_WITH_CUDA
@@ -435,6 +614,8 @@ TORCH_LIBRARY_IMPL(minibert, CUDA, m) {
   m.impl("bias_gelu_forward", &minibert::bias_gelu_forward<d::gelu_forward_impl>);
   m.impl("bias_gelu_backward", &minibert::bias_gelu_backward<d::gelu_backward_impl>);
   m.impl("dropout", &d::dropout);
+  m.impl("residual_dropout_layernorm_forward", &minibert::layernorm_forward<d::layernorm_forward_impl>);
+  m.impl("residual_dropout_layernorm_backward", &minibert::layernorm_backward<d::layernorm_backward_impl>);
 }
 #else
 namespace minibert {
@@ -450,7 +631,8 @@ void built_without_cuda(const c10::OperatorHandle& op, torch::jit::Stack*) {
 
 TORCH_LIBRARY_IMPL(minibert, CUDA, m) {
   for (const char* name : {"attention_forward", "attention_backward", "gelu_forward", "gelu_backward",
-                           "bias_gelu_forward", "bias_gelu_backward", "dropout"})
+                           "bias_gelu_forward", "bias_gelu_backward", "dropout",
+                           "residual_dropout_layernorm_forward", "residual_dropout_layernorm_backward"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&minibert::built_without_cuda>());
 }
 #endif

@@ -56,4 +56,32 @@ void gelu_backward_cpu(const double* dy, const double* x, const double* bias, do
 void dropout_cpu(const float* x, float* y, const DropoutArgs& dropout, int64_t begin, int64_t end);
 void dropout_cpu(const double* x, double* y, const DropoutArgs& dropout, int64_t begin, int64_t end);
 
+// Residual + dropout + LayerNorm, rows [row_begin, row_end) of [rows, n_cols]:
+//   h = residual + dropout(x)   (residual may be null: h = dropout(x); dropout inactive: h = residual + x)
+//   y = (h - mean) * rstd * weight + bias,  mean and rstd = 1 / sqrt(var + eps) per row (biased variance)
+// Writes y and the per-row mean and rstd (the backward's saved statistics). Dropout element index =
+// flat index r * n_cols + c, as minibert.ops.dropout numbers the elements of x.
+void layernorm_forward_cpu(const float* x, const float* residual, const float* weight, const float* bias, float* y,
+                           float* mean, float* rstd, int64_t n_cols, double eps, const DropoutArgs& dropout,
+                           int64_t row_begin, int64_t row_end);
+void layernorm_forward_cpu(const double* x, const double* residual, const double* weight, const double* bias,
+                           double* y, double* mean, double* rstd, int64_t n_cols, double eps,
+                           const DropoutArgs& dropout, int64_t row_begin, int64_t row_end);
+
+// Its backward for rows [row_begin, row_end): recomputes h from x and residual, then with
+// xhat = (h - mean) * rstd and g = grad * weight writes
+//   d_sum = rstd * (g - mean(g) - xhat * mean(g * xhat))   (the gradient of h, and of the residual)
+//   d_x   = dropout(d_sum)                                 (the gradient of x: same mask and scale;
+//                                                           not written, and may be null, without dropout)
+// and ADDS the column sums of grad * xhat and of grad to dweight_partial and dbias_partial (one pair
+// of partials per thread, as gelu_backward_cpu does).
+void layernorm_backward_cpu(const float* grad, const float* x, const float* residual, const float* weight,
+                            const float* mean, const float* rstd, float* d_sum, float* d_x, float* dweight_partial,
+                            float* dbias_partial, int64_t n_cols, const DropoutArgs& dropout, int64_t row_begin,
+                            int64_t row_end);
+void layernorm_backward_cpu(const double* grad, const double* x, const double* residual, const double* weight,
+                            const double* mean, const double* rstd, double* d_sum, double* d_x,
+                            double* dweight_partial, double* dbias_partial, int64_t n_cols,
+                            const DropoutArgs& dropout, int64_t row_begin, int64_t row_end);
+
 }  // namespace minibert

@@ -49,4 +49,22 @@ cudaError_t gelu_backward_cuda(ScalarKind kind, const void* dy, const void* x, c
 cudaError_t dropout_cuda(ScalarKind kind, const void* x, void* y, int64_t n, const DropoutArgs& dropout,
                          cudaStream_t stream);
 
+// Residual + dropout + LayerNorm (formulas in layernorm_cpu.cpp) on [rows, n_cols], n_cols at most
+// kCudaMaxLayerNormCols (the backward keeps three float32 rows in shared memory, within the 48 KB a
+// block gets without opting in to more). residual may be null. mean and rstd
+// are float32 [rows]; weight and bias have x's type.
+constexpr int64_t kCudaMaxLayerNormCols = 4000;
+cudaError_t layernorm_forward_cuda(ScalarKind kind, const void* x, const void* residual, const void* weight,
+                                   const void* bias, void* y, float* mean, float* rstd, int64_t rows,
+                                   int64_t n_cols, float eps, const DropoutArgs& dropout, cudaStream_t stream);
+
+// Writes d_sum (the gradient of h = residual + dropout(x)) and d_x = dropout(d_sum) (only with dropout
+// active: without it d_x would equal d_sum, and may be null), both of x's type, and
+// ADDS the column sums of grad * xhat and of grad into dweight_acc and dbias_acc (float32 [n_cols],
+// ZEROED by the caller).
+cudaError_t layernorm_backward_cuda(ScalarKind kind, const void* grad, const void* x, const void* residual,
+                                    const void* weight, const float* mean, const float* rstd, void* d_sum,
+                                    void* d_x, float* dweight_acc, float* dbias_acc, int64_t rows, int64_t n_cols,
+                                    const DropoutArgs& dropout, cudaStream_t stream);
+
 }  // namespace minibert

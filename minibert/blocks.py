@@ -7,9 +7,10 @@ so the models' ``state_dict()`` keys are HF's.
 Two things differ from a plain port, both for the project's contracts (docs/design.md):
 
 * **Backends are a switch.** ``attn_implementation`` picks how attention is computed ("eager" matmul +
-  softmax, "sdpa" = ``F.scaled_dot_product_attention``, "fused" = our extension's flash-style kernel) and
-  ``gelu_implementation`` picks how the feed-forward activation is computed ("eager" or "fused" bias+GELU).
-  All give the same numbers. The eager forms are ``minibert.ops.eager``'s, the ones the ops fall back to.
+  softmax, "sdpa" = ``F.scaled_dot_product_attention``, "fused" = our extension's flash-style kernel),
+  ``gelu_implementation`` picks how the feed-forward activation is computed ("eager" or "fused" bias+GELU),
+  and ``layernorm_implementation`` how each LayerNorm is computed ("eager", or "fused": the residual add,
+  the dropout before it and the LayerNorm in one kernel). All give the same numbers. The eager forms are ``minibert.ops.eager``'s, the ones the ops fall back to.
 * **Dropout is reproducible.** Every dropout site draws its mask from the counter-based hash of
   ``minibert.rng`` at the (seed, offset) of ``minibert.rng``'s dropout-site table (``DropoutPlan``), so the
   model and the NumPy reference drop exactly the same elements for the same ``dropout_seed``.
@@ -30,6 +31,7 @@ from minibert.rng import (EMBEDDINGS_LAYER, SITE_ATTENTION_OUTPUT, SITE_ATTENTIO
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
 GELU_IMPLEMENTATIONS = ("eager", "fused")
+LAYERNORM_IMPLEMENTATIONS = ("eager", "fused")
 
 
 def resolve_implementation(requested: str, choices: tuple[str, ...], what: str) -> str:
@@ -64,6 +66,39 @@ class DropoutPlan:
         return ops.dropout(x, p, self.seed, dropout_site_offset(layer, site, x.numel()))
 
 
+class BertLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters, same state-dict keys) whose post-LN residual form can be fused.
+
+    ``layernorm_implementation`` is "eager" (torch ops) or "fused" (``minibert.ops.residual_dropout_layernorm``,
+    which reads the sub-layer output and the residual once and writes only the normalised output). The
+    fused kernel needs one dtype throughout; mixed dtypes (autocast: a bfloat16 sub-layer output, float32
+    parameters) take the eager path, which promotes as torch does.
+    """
+
+    layernorm_implementation = "eager"
+
+    def _fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        return (self.layernorm_implementation == "fused" and x.dtype == self.weight.dtype
+                and (residual is None or residual.dtype == x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused(x, None):
+            return ops.residual_dropout_layernorm(x, None, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+    def residual_forward(self, x: torch.Tensor, residual: torch.Tensor, dropout: "DropoutPlan", p: float,
+                         layer: int, site: int) -> torch.Tensor:
+        """``LayerNorm(residual + dropout(x))``, the dropout at (layer, site) of ``dropout``'s plan."""
+        if not self._fused(x, residual):
+            return self(dropout.apply(x, p, layer, site) + residual)
+        seed, offset = 0, 0
+        if not dropout.active or p == 0.0:
+            p = 0.0
+        else:
+            seed, offset = dropout.seed, dropout_site_offset(layer, site, x.numel())
+        return ops.residual_dropout_layernorm(x, residual, self.weight, self.bias, self.eps, p, seed, offset)
+
+
 class BertEmbeddings(nn.Module):
     """word + position + token-type embeddings, then LayerNorm and dropout: [B, S] ids -> [B, S, E]."""
 
@@ -75,7 +110,7 @@ class BertEmbeddings(nn.Module):
                                             padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = BertLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids, token_type_ids, position_ids, dropout: DropoutPlan) -> torch.Tensor:
         embeddings = (self.word_embeddings(input_ids)
@@ -149,11 +184,11 @@ class BertResidualOutput(nn.Module):
         self.layer_index = layer_index
         self.site = site
         self.dense = nn.Linear(in_features, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = BertLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden, residual, dropout: DropoutPlan) -> torch.Tensor:
-        out = dropout.apply(self.dense(hidden), self.config.hidden_dropout_prob, self.layer_index, self.site)
-        return self.LayerNorm(out + residual)
+        return self.LayerNorm.residual_forward(self.dense(hidden), residual, dropout, self.config.hidden_dropout_prob,
+                                               self.layer_index, self.site)
 
 
 class BertAttention(nn.Module):
@@ -246,7 +281,7 @@ class BertPredictionHeadTransform(DenseGelu):
 
     def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
         super().__init__(config, config.hidden_size, gelu_implementation)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = BertLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dense_gelu(hidden_states))

@@ -429,7 +429,8 @@ def load_weights(model, state: Mapping, source: str = "the state dict") -> LoadR
 
 
 def load_pretrained(cls, directory: str | os.PathLike, attn_implementation: str = "eager",
-                    gelu_implementation: str = "eager", dtype=None, device="cpu", **config_overrides):
+                    gelu_implementation: str = "eager", dtype=None, device="cpu",
+                    layernorm_implementation: str = "eager", **config_overrides):
     """Build ``cls`` (a ``minibert.modeling`` model class) from an HF-format checkpoint directory.
 
     ``config_overrides`` (``num_labels``, ``id2label``, ``classifier_dropout``, ...) replace fields of the
@@ -443,6 +444,7 @@ def load_pretrained(cls, directory: str | os.PathLike, attn_implementation: str 
     if config_overrides:
         config = BertConfig.from_dict({**config.to_dict(), **config_overrides})
     state = load_state_dict(directory, config)  # config.json is checked against the weights before any allocation
-    model = cls(config, attn_implementation=attn_implementation, gelu_implementation=gelu_implementation)
+    model = cls(config, attn_implementation=attn_implementation, gelu_implementation=gelu_implementation,
+                layernorm_implementation=layernorm_implementation)
     load_weights(model, state, source=os.fspath(directory))
     return model.to(device=device, dtype=dtype).eval()

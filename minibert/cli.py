@@ -3,8 +3,8 @@
 Each verb is two small functions: ``_add_<verb>(subparsers)`` declares its arguments and
 ``_run_<verb>(args)`` does the work and returns the exit status. Adding a verb means writing those two
 and listing the first in ``VERBS``. A verb whose work is a module of its own (``pretrain``, ``fill-mask``,
-``finetune classify``, ``finetune squad``) takes that module's ``add_arguments(parser)`` and ``run(args)``
-instead.
+``features``, ``finetune classify``, ``finetune squad``) takes that module's ``add_arguments(parser)`` and
+``run(args)`` instead.
 
 User errors (a missing file, a corpus that is not UTF-8, a vocabulary size that cannot work, an output
 path that is a file, a run folder that already holds a run) are printed as ``minibert: error: ...`` with
@@ -210,6 +210,13 @@ def _add_fill_mask(subparsers) -> None:
                      description="Print the top-k predictions, with probabilities, for every [MASK] in a text.")
 
 
+def _add_features(subparsers) -> None:
+    _add_module_verb(subparsers, "features", "minibert.features",
+                     help="encode sentences (one per line) into vectors with a trained model",
+                     description="BERT as a sentence encoder: one float32 vector per line of --input "
+                                 "([CLS], pooled or mean pooling), written to an .npy file.")
+
+
 def _add_finetune(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a BERT: classify (sentences) or squad (QA)",
                               description="Fine-tune a pretrained BERT on a downstream task.",
@@ -233,8 +240,8 @@ def _add_assignment(subparsers) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 
-VERBS = [_add_pretrain, _add_fill_mask, _add_finetune, _add_assignment, _add_train_vocab, _add_tokenize,
-         _add_corpus, _add_demo]
+VERBS = [_add_pretrain, _add_fill_mask, _add_features, _add_finetune, _add_assignment, _add_train_vocab,
+         _add_tokenize, _add_corpus, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

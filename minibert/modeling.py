@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from minibert import checkpoint
-from minibert.blocks import (ATTN_IMPLEMENTATIONS, GELU_IMPLEMENTATIONS, BertEmbeddings, BertEncoder,
-                             BertIntermediate, BertLMPredictionHead, BertOnlyMLMHead, BertPooler,
-                             BertPreTrainingHeads, BertSelfAttention, DenseGelu, DropoutPlan,
+from minibert.blocks import (ATTN_IMPLEMENTATIONS, GELU_IMPLEMENTATIONS, LAYERNORM_IMPLEMENTATIONS, BertEmbeddings,
+                             BertEncoder, BertIntermediate, BertLayerNorm, BertLMPredictionHead, BertOnlyMLMHead,
+                             BertPooler, BertPreTrainingHeads, BertSelfAttention, DenseGelu, DropoutPlan,
                              resolve_implementation)
 from minibert.config import BertConfig
 from minibert.files import atomic_write_text
@@ -149,6 +149,15 @@ class BertPreTrainedModel(nn.Module):
             if isinstance(module, DenseGelu):
                 module.gelu_implementation = resolved
 
+    def set_layernorm_implementation(self, layernorm_implementation: str) -> None:
+        """Switch every LayerNorm to "eager" or "fused" (residual + dropout + LayerNorm kernel; eager where the
+        extension is absent)."""
+        resolved = resolve_implementation(layernorm_implementation, LAYERNORM_IMPLEMENTATIONS,
+                                          "layernorm_implementation")
+        for module in self.modules():
+            if isinstance(module, BertLayerNorm):
+                module.layernorm_implementation = resolved
+
     @property
     def attn_implementation(self) -> str:
         """The attention backend actually in use."""
@@ -159,6 +168,11 @@ class BertPreTrainedModel(nn.Module):
         """The GELU backend actually in use."""
         return next(m for m in self.modules() if isinstance(m, BertIntermediate)).gelu_implementation
 
+    @property
+    def layernorm_implementation(self) -> str:
+        """The LayerNorm backend actually in use."""
+        return next(m for m in self.modules() if isinstance(m, BertLayerNorm)).layernorm_implementation
+
     # --- weights in and out -------------------------------------------------------------------------
     def load_weights(self, state: Mapping[str, np.ndarray | torch.Tensor]) -> checkpoint.LoadReport:
         """Copy an HF-named state dict (NumPy arrays or tensors) into this model: ``checkpoint.load_weights``."""
@@ -167,7 +181,8 @@ class BertPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, attn_implementation: str = "eager",
                         gelu_implementation: str = "eager", dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", **config_overrides):
+                        device: str | torch.device = "cpu", layernorm_implementation: str = "eager",
+                        **config_overrides):
         """Load a checkpoint directory (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
 
         Checkpoints written by ``transformers`` load unchanged; ``config_overrides`` (``num_labels``, ...)
@@ -175,7 +190,8 @@ class BertPreTrainedModel(nn.Module):
         model is returned in eval mode. See ``minibert.checkpoint.load_pretrained``.
         """
         return checkpoint.load_pretrained(cls, directory, attn_implementation, gelu_implementation, dtype,
-                                          device, **config_overrides)
+                                          device, layernorm_implementation=layernorm_implementation,
+                                          **config_overrides)
 
     @property
     def newly_initialized(self) -> list[str]:
@@ -261,11 +277,13 @@ class BertModel(BertPreTrainedModel):
     base_model_prefix = ""
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True, attn_implementation: str = "eager",
-                 gelu_implementation: str = "eager", *, init_weights: bool = True):
+                 gelu_implementation: str = "eager", *, init_weights: bool = True,
+                 layernorm_implementation: str = "eager"):
         super().__init__(config)
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config, attn_implementation, gelu_implementation)
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.set_layernorm_implementation(layernorm_implementation)
         if init_weights:  # a wrapping model (BertForPreTraining, ...) initialises everything once itself
             self.post_init()
 
@@ -333,10 +351,11 @@ class BertForPreTraining(BertPreTrainedModel):
     optional_prefixes = ("cls.",)  # an encoder-only checkpoint loads with fresh heads
 
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
-                 gelu_implementation: str = "eager"):
+                 gelu_implementation: str = "eager", layernorm_implementation: str = "eager"):
         super().__init__(config)
         self.bert = BertModel(config, True, attn_implementation, gelu_implementation, init_weights=False)
         self.cls = BertPreTrainingHeads(config, gelu_implementation)
+        self.set_layernorm_implementation(layernorm_implementation)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
@@ -368,10 +387,11 @@ class BertForMaskedLM(BertPreTrainedModel):
     optional_prefixes = ("cls.",)  # an encoder-only checkpoint loads with a fresh MLM head
 
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
-                 gelu_implementation: str = "eager"):
+                 gelu_implementation: str = "eager", layernorm_implementation: str = "eager"):
         super().__init__(config)
         self.bert = BertModel(config, False, attn_implementation, gelu_implementation, init_weights=False)
         self.cls = BertOnlyMLMHead(config, gelu_implementation)
+        self.set_layernorm_implementation(layernorm_implementation)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
@@ -427,10 +447,11 @@ class BertForSequenceClassification(BertForFinetuning):
     optional_prefixes = ("classifier.", "bert.pooler.")
 
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
-                 gelu_implementation: str = "eager"):
+                 gelu_implementation: str = "eager", layernorm_implementation: str = "eager"):
         super().__init__(config)
         self.bert = BertModel(config, True, attn_implementation, gelu_implementation, init_weights=False)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.set_layernorm_implementation(layernorm_implementation)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
@@ -467,10 +488,11 @@ class BertForQuestionAnswering(BertForFinetuning):
     optional_prefixes = ("qa_outputs.",)
 
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
-                 gelu_implementation: str = "eager"):
+                 gelu_implementation: str = "eager", layernorm_implementation: str = "eager"):
         super().__init__(config)
         self.bert = BertModel(config, False, attn_implementation, gelu_implementation, init_weights=False)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.set_layernorm_implementation(layernorm_implementation)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,

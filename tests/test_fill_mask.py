@@ -102,3 +102,60 @@ def test_a_run_folder_means_its_best_else_its_last_checkpoint(overfit_dir, tmp_p
     assert f"model: {run / 'best'}" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="is not a BERT checkpoint"):
         fill_mask.main(["--model", str(tmp_path), "the [MASK] fox"])
+
+
+def test_batched_predictions_equal_one_text_at_a_time(overfit_dir):
+    """Padding a batch of texts of different lengths changes none of the predictions."""
+    model, tokenizer = fill_mask.load(overfit_dir)
+    texts = ["the [MASK] brown fox", "the quick brown fox jumps over the [MASK] dog .", "[MASK] cat runs",
+             "a red [MASK] jumps over the [MASK] ."]
+    batched = fill_mask.fill_mask_batch(model, tokenizer, texts, top_k=4, batch_size=3)
+    for text, result in zip(texts, batched):
+        single = fill_mask.fill_mask(model, tokenizer, text, top_k=4)
+        assert [[t for t, _ in m] for m in result] == [[t for t, _ in m] for m in single]
+        for mb, ms in zip(result, single):
+            assert max(abs(pb - ps) for (_, pb), (_, ps) in zip(mb, ms)) < 1e-5
+
+
+@pytest.mark.slow
+def test_held_out_prompts_come_only_from_held_out_documents(tiny_data, tmp_path, capsys):
+    """`--held-out` makes one cloze prompt per held-out sentence of the run's corpus (never a trained one),
+    counts its hits correctly, and refuses what it cannot do."""
+    import json
+
+    from minibert.data.corpus import load_corpus
+    from minibert.train import pretrain
+    corpus_path, vocab_dir = tiny_data
+    out = tmp_path / "run"
+    pretrain.main(["--corpus", corpus_path, "--vocab", vocab_dir, "--layers", "1", "--hidden", "32", "--heads",
+                   "2", "--intermediate", "64", "--max-seq-length", "32", "--dupe-factor", "1", "--steps", "3",
+                   "--held-out-every", "4", "--out", str(out), "--quiet"])
+    result = fill_mask.main(["--model", str(out), "--held-out", "--json", str(tmp_path / "h.json"), "--top-k", "3"])
+    documents = [list(d) for d in load_corpus(corpus_path)]
+    held_out = {s for i, d in enumerate(documents) if i % 4 == 3 for s in d}
+    trained = {s for i, d in enumerate(documents) if i % 4 != 3 for s in d}
+    saved = json.loads((tmp_path / "h.json").read_text())
+    assert saved["prompts"] == result["prompts"] == len(saved["rows"]) > 10
+    model, tokenizer = fill_mask.load(str(out / "last"))
+    for row in saved["rows"]:
+        sentence = row["text"].replace("[MASK]", row["answer"])
+        originals = [s for s in held_out if " ".join(s.split()).lower() == sentence.lower()]
+        assert originals and not any(" ".join(s.split()).lower() == sentence.lower() for s in trained), sentence
+        rank = next((r for r, (t, _) in enumerate(row["top"], 1) if t == row["answer"]), None)
+        assert row["rank"] == rank and len(row["top"]) == 3
+    for row in saved["rows"][:3]:
+        (top,) = fill_mask.fill_mask(model, tokenizer, row["text"], top_k=3)
+        assert [t for t, _ in top] == [t for t, _ in row["top"]]
+    assert saved["top1"] == sum(r["rank"] == 1 for r in saved["rows"])
+    assert saved["top3_hits"] == sum(r["rank"] is not None for r in saved["rows"])
+    assert f"{saved['prompts']} held-out prompts" in capsys.readouterr().out
+    for argv, message in ((["--model", str(out), "--held-out", "the [MASK] fox"], "not both"),
+                          (["--model", str(out)], "or --held-out"),
+                          (["--model", str(out), "the [MASK] fox", "--json", "x.json"], "--json goes with")):
+        with pytest.raises(ValueError, match=message):
+            fill_mask.main(argv)
+
+
+def test_held_out_needs_a_pretraining_checkpoint(overfit_dir):
+    with pytest.raises(ValueError, match="needs a checkpoint of `minibert pretrain`"):
+        fill_mask.main(["--model", overfit_dir, "--held-out"])

@@ -56,15 +56,16 @@ def max_abs(a, b) -> float:
 
 
 # --- HF transformers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("layernorm", ["eager", "fused"])
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
-def test_hf_checkpoint_loads_and_matches_hf_outputs(tmp_path, hidden_act):
+def test_hf_checkpoint_loads_and_matches_hf_outputs(tmp_path, hidden_act, layernorm):
     config = BertConfig(**TINY, hidden_act=hidden_act)
     torch.manual_seed(0)
     hf = transformers.BertForPreTraining(hf_config(config))
     perturb_(hf, seed=1)
     hf.save_pretrained(tmp_path)
     hf = transformers.BertForPreTraining.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    ours = BertForPreTraining.from_pretrained(tmp_path)
+    ours = BertForPreTraining.from_pretrained(tmp_path, layernorm_implementation=layernorm)
     batch = random_batch(config, seed=2)
     with torch.no_grad():
         theirs = hf(**batch, output_hidden_states=True)
@@ -79,10 +80,11 @@ def test_hf_checkpoint_loads_and_matches_hf_outputs(tmp_path, hidden_act):
     assert mine.prediction_logits.abs().max() > 1.0  # O(1) logits: the bound above is a real test
 
 
-def test_our_checkpoint_loads_in_hf_with_every_key_used(tmp_path):
+@pytest.mark.parametrize("layernorm", ["eager", "fused"])
+def test_our_checkpoint_loads_in_hf_with_every_key_used(tmp_path, layernorm):
     config = BertConfig(**TINY)
     torch.manual_seed(3)
-    ours = BertForPreTraining(config)
+    ours = BertForPreTraining(config, layernorm_implementation=layernorm)
     perturb_(ours, seed=4)
     ours.eval().save_pretrained(tmp_path)
     hf, info = transformers.BertForPreTraining.from_pretrained(tmp_path, attn_implementation="eager",
@@ -97,7 +99,8 @@ def test_our_checkpoint_loads_in_hf_with_every_key_used(tmp_path):
     assert max_abs(mine.seq_relationship_logits, theirs.seq_relationship_logits) < 1e-4
 
 
-def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position():
+@pytest.mark.parametrize("layernorm", ["eager", "fused"])
+def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position(layernorm):
     # A [PAD] id where attention_mask is 1 shows the padding_idx rule: like HF, the pad row of the word
     # embeddings gets no gradient from the lookup (only from the tied MLM decoder).
     config = BertConfig(**TINY)
@@ -106,7 +109,7 @@ def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position():
     hf.set_attn_implementation("eager")
     hf = hf.double()
     perturb_(hf, seed=7)
-    ours = BertForPreTraining(config).double()
+    ours = BertForPreTraining(config, layernorm_implementation=layernorm).double()
     ours.load_weights(hf.state_dict())
     batch = random_batch(config, seed=8)
     batch["input_ids"][0, 5] = config.pad_token_id
@@ -117,16 +120,17 @@ def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position():
         assert max_abs(p.grad, theirs[name].grad) < 1e-10, name
 
 
+@pytest.mark.parametrize("layernorm", ["eager", "fused"])
 @pytest.mark.parametrize("ours_cls,theirs_name",
                          [(BertForMaskedLM, "BertForMaskedLM"), (BertModel, "BertModel")])
-def test_other_hf_model_types_load_and_match(tmp_path, ours_cls, theirs_name):
+def test_other_hf_model_types_load_and_match(tmp_path, ours_cls, theirs_name, layernorm):
     config = BertConfig(**TINY)
     torch.manual_seed(9)
     hf = getattr(transformers, theirs_name)(hf_config(config))
     perturb_(hf, seed=10)
     hf.save_pretrained(tmp_path)
     hf = getattr(transformers, theirs_name).from_pretrained(tmp_path, attn_implementation="eager").eval()
-    ours = ours_cls.from_pretrained(tmp_path)
+    ours = ours_cls.from_pretrained(tmp_path, layernorm_implementation=layernorm)
     batch = random_batch(config, seed=11)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
@@ -144,12 +148,14 @@ def test_other_hf_model_types_load_and_match(tmp_path, ours_cls, theirs_name):
 
 
 # --- the NumPy reference ---------------------------------------------------------------------------
+@pytest.mark.parametrize("layernorm", ["eager", "fused"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa", "fused"])
 @pytest.mark.parametrize("training", [False, True], ids=["dropout_off", "dropout_on"])
-def test_loss_and_every_gradient_match_the_numpy_reference_in_float64(attn, training):
+def test_loss_and_every_gradient_match_the_numpy_reference_in_float64(attn, training, layernorm):
     config = BertConfig(**TINY, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
     torch.manual_seed(12)
-    ours = BertForPreTraining(config, attn_implementation=attn, gelu_implementation="fused").double()
+    ours = BertForPreTraining(config, attn_implementation=attn, gelu_implementation="fused",
+                              layernorm_implementation=layernorm).double()
     perturb_(ours, seed=13)
     ours.train(training)
     params = checkpoint.normalize_keys({k: v.detach().numpy() for k, v in ours.state_dict().items()})

@@ -125,3 +125,99 @@ def test_cuda_bias_gelu(approximate, dtype):
     for g, e, r in zip(got, (F.gelu(xe + be, approximate=approximate), xe.grad, be.grad), (y_ref, dx_ref, db_ref)):
         tol = 1e-5 if dtype == torch.float32 else 2 * rel_err(e, r) + 1e-3
         assert rel_err(g, r) < tol
+
+
+# ---------------------------------------------------------------------------------------------- float32 precision
+# The float32 kernels approximate erf/tanh (csrc/math_cpu.h). Their error against float64 is measured on a
+# dense sweep plus the extremes and compared with torch's own float32 GELU on the same points: ours must
+# be no worse in absolute error, and far better in relative error (torch's 1 + erf(x / sqrt 2) cancels
+# for negative x: its float32 GELU is -0.0 below x = -5.9, a relative error of 1).
+
+_SQRT_2_OVER_PI = (2 / np.pi) ** 0.5
+
+
+def _gelu_exact(x, approximate):
+    """float64 GELU and its derivative, written without cancellation: x Phi(x) with Phi = erfc(-x / sqrt 2) / 2
+    and x sigmoid(2u) for the tanh form (the two forms of csrc/math_cpu.h, in float64)."""
+    if approximate == "none":
+        cdf = 0.5 * torch.special.erfc(-x / 2 ** 0.5)
+        return x * cdf, cdf + x * torch.exp(-0.5 * x * x) / (2 * np.pi) ** 0.5
+    u = _SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)
+    s, one_minus = 1 / (1 + torch.exp(-2 * u)), 1 / (1 + torch.exp(2 * u))
+    return x * s, s + x * 2 * s * one_minus * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+
+
+def _errors(fn, x, approximate):
+    """(max abs error, max rel error) of the forward and of the backward, against float64."""
+    want_y, want_g = _gelu_exact(x.double(), approximate)
+    xg = x.clone().requires_grad_()
+    y = fn(xg)
+    (g,) = torch.autograd.grad(y, xg, torch.ones_like(y))
+    out = []
+    for got, want in ((y, want_y), (g, want_g)):
+        err = (got.detach().double() - want).abs()
+        assert not torch.isnan(err).any()  # every point here has a finite float64 answer
+        normal = want.abs() > 1e-37  # float32 normal range; below it absolute error is what counts
+        out += [err.max().item(), (err[normal] / want[normal].abs()).max().item()]
+    return out
+
+
+@pytest.mark.parametrize("approximate", FORMS)
+def test_float32_precision_no_worse_than_torch(approximate):
+    x = torch.cat([torch.linspace(-10, 10, 2_000_001), torch.tensor([-13.0, -13.2, -20.0, -1e3, 13.2, 20.0, 1e3,
+                                                                       1e-20, -1e-20, 1e-40, 0.0, -0.0])])
+    ours = _errors(lambda t: ops.gelu(t, approximate), x, approximate)
+    theirs = _errors(lambda t: F.gelu(t, approximate=approximate), x, approximate)
+    fwd_abs, fwd_rel, bwd_abs, bwd_rel = ours
+    assert fwd_abs <= theirs[0] and bwd_abs <= 1.01 * theirs[2], (ours, theirs)
+    assert fwd_rel <= theirs[1] and bwd_rel <= theirs[3], (ours, theirs)
+    # and in absolute terms: a few float32 ulp of the value forward, where torch loses everything
+    assert fwd_abs < 6e-7 and fwd_rel < 2e-5 and theirs[1] > 0.5
+
+
+def test_float32_extremes_and_special_values():
+    """+-inf, NaN and huge inputs give what float64 gives (NaN where float64's formula is inf * 0)."""
+    x = torch.tensor([float("inf"), -float("inf"), float("nan"), 3e38, -3e38, -13.3, -50.0])
+    for approximate in FORMS:
+        want = ops.gelu(x.double(), approximate)
+        got = ops.gelu(x, approximate)
+        assert torch.equal(torch.isnan(got), torch.isnan(want)), approximate
+        finite = ~torch.isnan(want)
+        torch.testing.assert_close(got[finite].double(), want[finite], rtol=1e-6, atol=1e-37)
+    assert ops.gelu(torch.tensor([float("inf")])).item() == float("inf")
+
+
+_WIDTH_CHECK = """
+import numpy as np, torch
+from minibert import ops
+from minibert.reference import layers
+gen = torch.Generator().manual_seed(0)
+for approximate in ("none", "tanh"):
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-6)):
+        for n in (1, 37, 3072):
+            x = 4 * torch.randn(6, n, generator=gen, dtype=torch.float64)
+            b, dy = torch.randn(n, generator=gen, dtype=torch.float64), torch.randn(6, n, generator=gen, dtype=torch.float64)
+            want, cache = layers.bias_gelu_forward(x.numpy(), b.numpy(), approximate)
+            dx, db = layers.bias_gelu_backward(dy.numpy(), cache)
+            xt, bt = x.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
+            y = ops.bias_gelu(xt, bt, approximate)
+            y.backward(dy.to(dtype))
+            for got, ref in ((y, want), (xt.grad, dx), (bt.grad, db)):
+                err = np.abs(got.detach().double().numpy() - ref).max()
+                assert err < tol * max(1.0, np.abs(ref).max()), (approximate, dtype, n, err)
+print("ok")
+"""
+
+
+@pytest.mark.slow  # a subprocess per width: a few seconds each, mostly importing torch
+@pytest.mark.parametrize("vector_bytes", ["64", "32", "16"])
+def test_every_vector_width_build(vector_bytes):
+    """The CPU kernels are compiled for AVX-512, AVX2+FMA and SSE2 (csrc/math_cpu.h run_widest_vectors);
+    MINIBERT_CPU_VECTOR_BYTES picks the narrower builds, read once per process: one subprocess each."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, MINIBERT_CPU_VECTOR_BYTES=vector_bytes)
+    result = subprocess.run([sys.executable, "-c", _WIDTH_CHECK], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

@@ -223,9 +223,9 @@ def test_time_budget_schedule_is_a_function_of_the_time_spent(monkeypatch):
         expected = f / 0.1 if f < 0.1 else 1.0 - f
         decision = plan.before_step(0)
         assert decision["lr"] == pytest.approx(expected, abs=1e-12), t
-        assert decision["finished"] == 0.0
+        assert decision["finished"] == 0.0 and decision["progress"] == pytest.approx(f, abs=1e-12)
     clock.now = available
-    assert plan.before_step(0) == {"finished": 1.0, "lr": 0.0}
+    assert plan.before_step(0) == {"finished": 1.0, "lr": 0.0, "progress": 1.0}
 
     # A slow step (load) brings the end forward at once; the rate never climbs back when it is forgotten.
     clock.now = 0.0
@@ -547,3 +547,67 @@ def test_stop_request_first_signal_asks_a_repeat_is_ignored_a_later_one_interrup
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signals.Interrupted("x", "SIGTERM").exit_status == 143
+
+
+def test_masked_lm_prob_sets_the_training_rate_and_the_held_out_set_keeps_bert_s(tiny_data):
+    """--masked-lm-prob 0.4 masks ~40% of the training tokens (static and dynamic masks alike), while the
+    held-out questions, and so the accuracies, stay at BERT's 15% whatever the training rate."""
+    from minibert.config import BertConfig
+    from minibert.tokenizer import BertTokenizer
+    from minibert.train.data import prepare_data
+    tokenizer = BertTokenizer.from_pretrained(tiny_data[1])
+    config = BertConfig(vocab_size=len(tokenizer.vocab), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64)
+
+    def rates(*extra):
+        args = pretrain_args.build_parser().parse_args(tiny_args(tiny_data, "unused", 1, *extra))
+        pretrain_args.check_args(args, 1)
+        d = prepare_data(args, tokenizer, config)
+        batches = StepBatches(d.instances, micro_batch_size=64, grad_accum=1, rank=0, world_size=1, seed=3,
+                              pad_id=0, max_seq_length=32, num_steps=4, masking=d.masking)
+        train = [b for s in range(4) for b in batches[s]]
+
+        def rate(bs):  # masked tokens / maskable tokens (real tokens minus [CLS] and two [SEP])
+            return (sum(int((b["labels"] != -100).sum()) for b in bs)
+                    / sum(int(b["attention_mask"].sum()) - 3 * len(b["attention_mask"]) for b in bs))
+        return rate(train), rate(d.eval_batches)
+
+    train, held_out = rates()
+    assert 0.13 < train < 0.17 and 0.13 < held_out < 0.17, (train, held_out)
+    for extra in ([], ["--dynamic-masking"]):
+        train, held_out_40 = rates("--masked-lm-prob", "0.4", *extra)
+        assert 0.37 < train < 0.43, (extra, train)
+        assert held_out_40 == held_out, extra
+    assert pretrain_args.max_predictions_per_seq(pretrain_args.build_parser().parse_args(
+        ["--masked-lm-prob", "0.4", "--max-seq-length", "128"])) == 52  # not BERT's cap of 20
+    with pytest.raises(ValueError, match="--masked-lm-prob must be in"):
+        pretrain.main(tiny_args(tiny_data, "unused", 1, "--masked-lm-prob", "0.9"))
+
+
+def test_a_short_sequence_phase_switches_once_and_resumes_exactly(tiny_data, tmp_path, monkeypatch):
+    """--short-seq-length 16 --short-seq-ratio 0.5 over 8 steps: steps 0-3 on 16-token sequences, 4-7 on 32;
+    the switch is recorded in the checkpoint, and runs resumed before or after it repeat the losses."""
+    widths = {}
+    real_getitem = StepBatches.__getitem__
+
+    def spy(self, step):
+        micro = real_getitem(self, step)
+        widths[step] = max(b["input_ids"].shape[1] for b in micro)
+        return micro
+
+    monkeypatch.setattr(StepBatches, "__getitem__", spy)
+    extra = ["--short-seq-length", "16", "--short-seq-ratio", "0.5", "--save-every", "2", "--eval-every", "0"]
+    full = tmp_path / "full"
+    pretrain.main(tiny_args(tiny_data, full, 8, *extra))
+    assert all(widths[s] <= 16 for s in range(4)) and all(16 < widths[s] <= 32 for s in range(4, 8)), widths
+    assert torch.load(full / "last" / trainer_state.TRAINER_STATE, weights_only=True)["long_phase_from"] == 4
+    for crash in (3, 6):  # resumed from the checkpoint at step 2 (short phase) and at step 4 (long phase)
+        broken = tmp_path / f"broken{crash}"
+        crash_at_step(monkeypatch, crash, tiny_args(tiny_data, broken, 8, *extra))
+        pretrain.main(tiny_args(tiny_data, broken, 8, *extra, "--resume"))
+        np.testing.assert_allclose([r["loss"] for r in read_rows(broken)], [r["loss"] for r in read_rows(full)],
+                                   rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="--short-seq-length must be at least 5 and below"):
+        pretrain.main(tiny_args(tiny_data, tmp_path / "bad", 2, "--short-seq-length", "32"))
+    with pytest.raises(ValueError, match="--short-seq-ratio must be in"):
+        pretrain.main(tiny_args(tiny_data, tmp_path / "bad", 2, "--short-seq-length", "16", "--short-seq-ratio", "1"))

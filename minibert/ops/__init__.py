@@ -1,4 +1,5 @@
-"""The Python face of minibert's C++/CUDA extension: fused attention, (bias+)GELU and hash dropout.
+"""The Python face of minibert's C++/CUDA extension: fused attention, (bias+)GELU, hash dropout and
+residual + dropout + LayerNorm.
 
 Every function here computes the same thing two ways and picks one per call:
 
@@ -28,12 +29,13 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from minibert.ops import eager
-from minibert.ops._load import EXTENSION, KERNEL_DTYPES, MAX_HEAD_DIM, ExtensionFallbackWarning, backend_info
+from minibert.ops._load import (EXTENSION, KERNEL_DTYPES, MAX_HEAD_DIM, MAX_LAYERNORM_COLS, ExtensionFallbackWarning,
+                                backend_info)
 from minibert.ops._load import supports as _supports
 from minibert.ops.eager import to_int64
 
-__all__ = ["attention", "gelu", "bias_gelu", "dropout", "dropout_scale_mask", "is_available", "backend_info",
-           "ExtensionFallbackWarning", "eager"]
+__all__ = ["attention", "gelu", "bias_gelu", "dropout", "dropout_scale_mask", "residual_dropout_layernorm",
+           "is_available", "backend_info", "ExtensionFallbackWarning", "eager"]
 
 _APPROXIMATE = ("none", "tanh")
 
@@ -259,6 +261,45 @@ def dropout_scale_mask(shape, p, seed, offset=0, device="cpu", dtype=torch.float
     return dropout(ones, p, seed, offset)
 
 
+def residual_dropout_layernorm(x, residual, weight, bias, eps=1e-12, p=0.0, seed=0, offset=0):
+    """``LayerNorm(residual + dropout(x))`` over the last dimension, in one pass over the rows.
+
+    x: [..., E] (a sub-layer's output); residual: like x, or None for ``LayerNorm(dropout(x))``; weight,
+    bias: [E]; eps: added to the variance (BERT: 1e-12). Dropout (``p`` > 0) is ``dropout(x, p, seed,
+    offset)`` exactly (same mask, flat C-order index of x), so a model that calls this at a dropout site
+    drops what ``minibert.reference`` drops. This is how each post-LN BERT sub-block ends:
+    ``LayerNorm(h + dropout(dense(a)))``. Differentiable in x, residual, weight and bias (once).
+    """
+    _check_tensor("x", x)
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must have a non-empty last dimension (the one LayerNorm normalises), "
+                         f"got shape {tuple(x.shape)}")
+    named = [("weight", weight), ("bias", bias)] + ([] if residual is None else [("residual", residual)])
+    for name, t in named:
+        _check_tensor(name, t)
+        if t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"x and {name} must share dtype and device, got {x.dtype} on {x.device} and "
+                             f"{name} {t.dtype} on {t.device}")
+        _check_same_kind(name, t, "x", x)
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.dim() != 1 or t.shape[0] != x.shape[-1]:
+            raise ValueError(f"{name} must be 1-D with the size of x's last dimension ({x.shape[-1]}), "
+                             f"got shape {tuple(t.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite real number >= 0, got {eps!r}")
+    eps = float(eps)
+    p = _check_p("p", p)
+    seed, offset = _check_counter("seed", seed), _check_counter("offset", offset)
+    if _supports(x) and x.shape[-1] <= MAX_LAYERNORM_COLS.get(x.device.type, x.shape[-1]):
+        contiguous = None if residual is None else residual.contiguous()
+        y, _, _ = torch.ops.minibert.residual_dropout_layernorm_forward(
+            x.contiguous(), contiguous, weight.contiguous(), bias.contiguous(), eps, p, seed, offset)
+        return y
+    return eager.residual_dropout_layernorm(x, residual, weight, bias, eps, p, seed, offset)
+
+
 # ---------------------------------------------------------------------------------------------- autograd + fake
 # Fake kernels give shapes and dtypes without computing (for torch.compile, FakeTensorMode and meta
 # tensors); the autograd formulas call the backward ops. They are registered right below, at import, when
@@ -377,6 +418,48 @@ def _dropout_fake(x, p, seed, offset):
     return x.new_empty(x.shape)
 
 
+def _stats_dtype(x):
+    return torch.float32 if x.device.type == "cuda" else x.dtype  # as stats_dtype in csrc/bindings.cpp
+
+
+def _native_check_layernorm(x, residual, weight, bias, eps, p):
+    _native_check_dtype(x, "x")
+    _native_check(x.dim() >= 1 and x.shape[-1] >= 1, "x must have a non-empty last dimension (the one "
+                  "LayerNorm normalises), got shape ", tuple(x.shape))
+    _native_check_same(x, weight, "x", "weight")
+    _native_check_same(x, bias, "x", "bias")
+    _native_check(weight.dim() == 1 and weight.shape[0] == x.shape[-1] and bias.shape == weight.shape,
+                  "weight and bias must be 1-D with the size of x's last dimension (", x.shape[-1], "), got ",
+                  tuple(weight.shape), " and ", tuple(bias.shape))
+    _native_check(math.isfinite(eps) and eps >= 0.0, "eps must be a finite number >= 0, got ", eps)
+    _native_check_p("p", p)
+    if residual is not None:
+        _native_check_same(x, residual, "x", "residual")
+        _native_check(residual.shape == x.shape, "residual ", tuple(residual.shape), " must have the shape of x ",
+                      tuple(x.shape))
+    max_cols = MAX_LAYERNORM_COLS.get(x.device.type)
+    _native_check(max_cols is None or x.shape[-1] <= max_cols, "x's last dimension ", x.shape[-1],
+                  " is too large for the CUDA LayerNorm kernel (at most ", max_cols, ")")
+
+
+def _layernorm_forward_fake(x, residual, weight, bias, eps, p, seed, offset):
+    _native_check_layernorm(x, residual, weight, bias, eps, p)
+    stats = x.new_empty(x.shape[:-1], dtype=_stats_dtype(x))
+    return x.new_empty(x.shape), stats, stats.new_empty(stats.shape)
+
+
+def _layernorm_backward_fake(grad, x, residual, weight, mean, rstd, p, seed, offset):
+    _native_check_layernorm(x, residual, weight, weight, 0.0, p)
+    _native_check_same(x, grad, "x", "grad")
+    _native_check(grad.shape == x.shape, "grad ", tuple(grad.shape), " must have the shape of x ", tuple(x.shape))
+    for name, t in (("mean", mean), ("rstd", rstd)):
+        _native_check(t.dtype == _stats_dtype(x) and t.device == x.device and t.shape == x.shape[:-1],
+                      name, " must be the ", _stats_dtype(x), " ", tuple(x.shape[:-1]), " tensor returned by "
+                      "residual_dropout_layernorm_forward, got ", t.dtype, " ", tuple(t.shape), " on ", t.device)
+    d_x = x.new_empty(x.shape if p > 0 else (0,))  # without dropout d_x would be d_sum: an empty tensor
+    return x.new_empty(x.shape), d_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
 def _attention_setup(ctx, inputs, output):
     q, k, v, key_mask, scale, dropout_p, seed, offset = inputs
     out, lse = output
@@ -422,6 +505,23 @@ def _dropout_backward(ctx, grad):
     return torch.ops.minibert.dropout(grad.contiguous(), *ctx.args), None, None, None
 
 
+def _layernorm_setup(ctx, inputs, output):
+    x, residual, weight, bias, eps, p, seed, offset = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, residual, weight, mean, rstd)
+    ctx.args = (p, seed, offset)
+
+
+def _layernorm_backward(ctx, grad_y, grad_mean, grad_rstd):
+    # mean and rstd are saved statistics, not results anyone differentiates: their gradients are ignored.
+    x, residual, weight, mean, rstd = ctx.saved_tensors
+    d_sum, d_x, d_weight, d_bias = torch.ops.minibert.residual_dropout_layernorm_backward(
+        grad_y.contiguous(), x, residual, weight, mean, rstd, *ctx.args)
+    if ctx.args[0] == 0.0:  # no dropout: the gradient of x is the gradient of the sum (d_x is empty)
+        d_x = d_sum
+    return d_x, (None if residual is None else d_sum), d_weight, d_bias, None, None, None, None
+
+
 def _no_double_backward(op: str, eager_choice: str):
     """An autograd formula for a backward op: raises, so that differentiating a gradient of ``op`` (double
     backward, e.g. a gradient penalty) fails clearly instead of silently giving zeros."""
@@ -436,7 +536,9 @@ if is_available():  # without the extension there are no torch.ops.minibert ops 
                          ("attention_backward", _attention_backward_fake),
                          ("gelu_forward", _gelu_forward_fake), ("gelu_backward", _gelu_backward_fake),
                          ("bias_gelu_forward", _bias_gelu_forward_fake),
-                         ("bias_gelu_backward", _bias_gelu_backward_fake), ("dropout", _dropout_fake)):
+                         ("bias_gelu_backward", _bias_gelu_backward_fake), ("dropout", _dropout_fake),
+                         ("residual_dropout_layernorm_forward", _layernorm_forward_fake),
+                         ("residual_dropout_layernorm_backward", _layernorm_backward_fake)):
         torch.library.register_fake(f"minibert::{_name}", _fake)
     torch.library.register_autograd("minibert::attention_forward", _attention_backward,
                                     setup_context=_attention_setup)
@@ -444,9 +546,13 @@ if is_available():  # without the extension there are no torch.ops.minibert ops 
     torch.library.register_autograd("minibert::bias_gelu_forward", _bias_gelu_backward,
                                     setup_context=_bias_gelu_setup)
     torch.library.register_autograd("minibert::dropout", _dropout_backward, setup_context=_dropout_setup)
+    torch.library.register_autograd("minibert::residual_dropout_layernorm_forward", _layernorm_backward,
+                                    setup_context=_layernorm_setup)
     # Dropout's backward is the dropout op itself (linear), so it differentiates again; the others do not.
     torch.library.register_autograd("minibert::attention_backward", _no_double_backward(
         "attention", "attn_implementation='eager' (minibert.ops.eager.attention)"))
     for _name in ("gelu_backward", "bias_gelu_backward"):
         torch.library.register_autograd(f"minibert::{_name}", _no_double_backward(
             _name.replace("_backward", ""), "gelu_implementation='eager' (minibert.ops.eager.gelu)"))
+    torch.library.register_autograd("minibert::residual_dropout_layernorm_backward", _no_double_backward(
+        "residual_dropout_layernorm", "layernorm_implementation='eager' (minibert.ops.eager.residual_dropout_layernorm)"))

@@ -19,6 +19,7 @@ import torch
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
 KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float16, torch.bfloat16)}
 MAX_HEAD_DIM = {"cpu": 256, "cuda": 128}  # csrc: kCpuMaxHeadDim, kCudaMaxHeadDim
+MAX_LAYERNORM_COLS = {"cuda": 4000}  # csrc: kCudaMaxLayerNormCols (the CPU kernel takes any width)
 
 
 class ExtensionFallbackWarning(UserWarning):
@@ -153,5 +154,6 @@ def backend_info() -> dict:
         "cuda_kernels": CUDA_KERNELS,
         "cuda_device_present": torch.cuda.is_available(),
         "kernel_dtypes": kernel_dtypes,
-        "ops": {name: dict(per_device) for name in ("attention", "gelu", "bias_gelu", "dropout")},
+        "ops": {name: dict(per_device) for name in ("attention", "gelu", "bias_gelu", "dropout",
+                                                    "residual_dropout_layernorm")},
     }

@@ -65,6 +65,21 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") ->
     return F.gelu(x + bias, approximate=approximate)
 
 
+def residual_dropout_layernorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                               bias: torch.Tensor, eps: float, p: float = 0.0, seed: int = 0,
+                               offset: int = 0, dropout=dropout) -> torch.Tensor:
+    """``LayerNorm(residual + dropout(x))`` over the last dimension (``residual`` None: ``LayerNorm(dropout(x))``),
+    as three ops that each write their result: the dropped x, the sum, the normalised output."""
+    h = dropout(x, p, seed, offset)
+    if residual is not None:
+        h = h + residual
+    if h.dtype in (torch.float16, torch.bfloat16):
+        # Normalise in float32, as the CUDA kernel does: torch's half-precision CPU layer_norm loses the
+        # row's spread (a 1-column row, whose normalised value is exactly 0, came out as +-0.3 with eps 1e-12).
+        return F.layer_norm(h.float(), (h.shape[-1],), weight.float(), bias.float(), eps).to(h.dtype)
+    return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
+
+
 class AttentionMask:
     """The key-padding mask of a batch in the forms eager attention needs, made once and reused.
 

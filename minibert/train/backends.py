@@ -235,10 +235,12 @@ def build_backend(args, config, device, world_size: int, weights_dir: str | None
     dtype = getattr(torch, args.dtype)
     if weights_dir is not None:
         model = BertForPreTraining.from_pretrained(weights_dir, attn_implementation=args.attn,
-                                                   gelu_implementation=args.gelu, dtype=dtype, device=device)
+                                                   gelu_implementation=args.gelu, dtype=dtype, device=device,
+                                                   layernorm_implementation=args.layernorm)
     else:
         torch.manual_seed(args.seed)  # every rank builds the same initial weights
-        model = BertForPreTraining(config, attn_implementation=args.attn, gelu_implementation=args.gelu)
+        model = BertForPreTraining(config, attn_implementation=args.attn, gelu_implementation=args.gelu,
+                                   layernorm_implementation=args.layernorm)
         model.to(device=device, dtype=dtype)
     amp = args.amp and device.type == "cuda"
     return TorchBackend(model, device=device, lr=args.lr, weight_decay=args.weight_decay,

@@ -72,9 +72,11 @@ class StepPlan(_Clocked):
         self.eval_every, self.save_every = eval_every, save_every
 
     def before_step(self, step: int) -> dict:
-        """Whether the run is finished after ``step`` steps, and the next step's learning rate."""
+        """Whether the run is finished after ``step`` steps, the next step's learning rate, and the fraction
+        of the run done (``progress``)."""
         finished = step >= self.total_steps
-        return {"finished": float(finished), "lr": 0.0 if finished else self.lr(step)}
+        return {"finished": float(finished), "lr": 0.0 if finished else self.lr(step),
+                "progress": min(1.0, step / self.total_steps)}
 
     def after_step(self, step: int) -> dict:
         """Whether to evaluate / checkpoint now that ``step`` steps are done (the final round is the loop's)."""
@@ -135,7 +137,8 @@ class TimeBudget(_Clocked):
 
     def before_step(self, step: int) -> dict:
         f = self.fraction()
-        return {"finished": float(f >= 1.0), "lr": linear_warmup_decay(f, self.peak_lr, self.warmup_ratio, 1.0)}
+        return {"finished": float(f >= 1.0), "lr": linear_warmup_decay(f, self.peak_lr, self.warmup_ratio, 1.0),
+                "progress": f}
 
     def after_step(self, step: int) -> dict:
         """Evaluate / checkpoint when one was never measured (right after the first step) or is due by time."""

@@ -36,6 +36,7 @@ import torch
 from minibert import data
 from minibert.data.corpus import held_out_split, load_corpus
 from minibert.train.common import derived_seed
+from minibert.train.pretrain_args import max_predictions_per_seq
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -103,7 +104,7 @@ class StepBatches(torch.utils.data.Dataset):
         return batches
 
 
-def _read_split(corpus, held_out_every: int) -> tuple[list, list]:
+def read_split(corpus, held_out_every: int) -> tuple[list, list]:
     """(train documents, held-out documents); the split happens before any instance is built."""
     spec = corpus[0] if len(corpus) == 1 else corpus
     if held_out_every == 0:
@@ -126,11 +127,12 @@ def _fingerprint(documents: list) -> str:
     return h.hexdigest()[:16]
 
 
-def _make_instances(documents, tokenizer, args, config, seed: int, dupe_factor: int, dynamic: bool) -> list:
+def _make_instances(documents, tokenizer, args, config, seed: int, dupe_factor: int, dynamic: bool,
+                    masking: dict, max_seq_length: int | None = None) -> list:
     return list(data.create_training_instances(
-        documents, tokenizer, max_seq_length=args.max_seq_length, dupe_factor=dupe_factor,
+        documents, tokenizer, max_seq_length=max_seq_length or args.max_seq_length, dupe_factor=dupe_factor,
         whole_word_mask=args.whole_word_mask, dynamic_masking=dynamic, seed=seed,
-        max_position_embeddings=config.max_position_embeddings))
+        max_position_embeddings=config.max_position_embeddings, **masking))
 
 
 def _collate_all(instances, pad_id: int, max_seq_length: int, batch_size: int, masking=None,
@@ -166,26 +168,37 @@ class PretrainingData:
     fingerprint: str                # hash of the training text (or shards), checked on --resume
     source: str                     # where the instances came from, for the opening line
     held_out_sentences: list = dataclasses.field(default_factory=list)  # a few, for fill-mask examples
+    short_instances: Sequence | None = None  # --short-seq-length: the first phase's training instances
 
 
 def prepare_data(args, tokenizer, config) -> PretrainingData:
     """The training instances (from ``--corpus`` or ``--shards``), held-out batches and baselines."""
-    masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask)
+    # Training masks follow --masked-lm-prob; the held-out questions always use BERT's 15%.
+    train_masking = {"masked_lm_prob": args.masked_lm_prob, "max_predictions_per_seq": max_predictions_per_seq(args)}
+    masking = (data.MaskingSpec.from_tokenizer(tokenizer, whole_word_mask=args.whole_word_mask, **train_masking)
                if args.dynamic_masking else None)
     pad_id = config.pad_token_id
-    eval_batches, held_out_sentences = [], []
+    eval_batches, held_out_sentences, short_instances = [], [], None
     if args.shards:
         instances = data.PretrainingShards(args.shards, tokenizer=tokenizer)
         if not instances.masked and masking is None:
             raise ValueError(f"the shards in {args.shards} were written without masks (instances created with "
                              "dynamic_masking=True): train on them with --dynamic-masking")
+        if instances.masked and masking is None and args.masked_lm_prob != data.DEFAULT_MASKED_LM_PROB:
+            raise ValueError(f"the shards in {args.shards} carry their own masks, so --masked-lm-prob "
+                             f"{args.masked_lm_prob} cannot apply: add --dynamic-masking to mask at that rate")
         fingerprint, source = instances.fingerprint(), f"the shards in {args.shards}"
     else:
-        train_docs, eval_docs = _read_split(args.corpus, args.held_out_every)
+        train_docs, eval_docs = read_split(args.corpus, args.held_out_every)
         instances = _make_instances(train_docs, tokenizer, args, config, args.seed, args.dupe_factor,
-                                    args.dynamic_masking)
+                                    args.dynamic_masking, train_masking)
+        if args.short_seq_length is not None:  # the same text cut shorter, for the first phase
+            short_masking = {**train_masking, "max_predictions_per_seq": max_predictions_per_seq(
+                args, args.short_seq_length)}
+            short_instances = _make_instances(train_docs, tokenizer, args, config, args.seed + 2, args.dupe_factor,
+                                              args.dynamic_masking, short_masking, args.short_seq_length)
         # Held-out instances keep fixed masks (one copy), so every evaluation scores the same questions.
-        eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False)
+        eval_instances = (_make_instances(eval_docs, tokenizer, args, config, args.seed + 1, 1, False, {})
                           if eval_docs else [])[:args.eval_sequences]
         eval_batches = _collate_all(eval_instances, pad_id, args.max_seq_length, args.batch_size)
         fingerprint = _fingerprint(train_docs)
@@ -202,4 +215,4 @@ def prepare_data(args, tokenizer, config) -> PretrainingData:
         instances=instances, masking=masking, eval_batches=eval_batches, unigram_token=unigram,
         unigram_accuracy=_unigram_accuracy(scored, unigram),
         nsp_majority_accuracy=float(max(nsp.mean(), 1 - nsp.mean())), fingerprint=fingerprint, source=source,
-        held_out_sentences=held_out_sentences)
+        held_out_sentences=held_out_sentences, short_instances=short_instances)

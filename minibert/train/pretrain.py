@@ -132,9 +132,15 @@ def train(args, rank: int, world_size: int, device) -> dict:
     run_args["corpus_fingerprint"] = d.fingerprint
     if saved is not None:
         state.check_same_run(saved["args"], run_args)  # and the same text
-    batches = StepBatches(d.instances, micro_batch_size=args.batch_size, grad_accum=args.grad_accum, rank=rank,
-                          world_size=world_size, seed=args.seed, pad_id=config.pad_token_id,
-                          max_seq_length=args.max_seq_length, num_steps=0, masking=d.masking)
+    step_batches = functools.partial(StepBatches, micro_batch_size=args.batch_size, grad_accum=args.grad_accum,
+                                     rank=rank, world_size=world_size, seed=args.seed, pad_id=config.pad_token_id,
+                                     num_steps=0, masking=d.masking)
+    batches = step_batches(d.instances, max_seq_length=args.max_seq_length)
+    # --short-seq-length: a first phase on shorter sequences, then --max-seq-length from the step
+    # `long_phase_from` on (recorded in checkpoints, so a resumed run switches where the original did)
+    short_batches = (step_batches(d.short_instances, max_seq_length=args.short_seq_length)
+                     if d.short_instances is not None else None)
+    phase = {"long_from": saved.get("long_phase_from") if saved is not None else None}
 
     # -- model and optimizer (DDP-wrapped under torchrun)
     backend = build_backend(args, config, device, world_size, weights_dir)
@@ -155,7 +161,7 @@ def train(args, rank: int, world_size: int, device) -> dict:
     rows: list[dict] = []  # rank 0's metrics: the train and eval lines of this run
 
     def save(step: int, finished: bool = False) -> str:
-        trainer = {**run_state, **plan.state(), "finished": finished}
+        trainer = {**run_state, **plan.state(), "finished": finished, "long_phase_from": phase["long_from"]}
         return state.save_pretraining(out, backend, tokenizer, step, trainer, args.keep_checkpoints)
 
     def evaluate_and_log(step: int) -> dict:
@@ -179,9 +185,13 @@ def train(args, rank: int, world_size: int, device) -> dict:
             print(f"resuming {out} at {plan.describe_position(start_step)}")
 
     # -- the loop; worker processes (--num-workers) build the next steps' batches in the background
-    order = range(start_step, plan.total_steps) if plan.total_steps is not None else itertools.count(start_step)
-    loader = iter(torch.utils.data.DataLoader(batches, batch_size=None, sampler=order,
-                                              num_workers=args.num_workers, collate_fn=_identity))
+    def batches_from(source: StepBatches, first: int):
+        order = range(first, plan.total_steps) if plan.total_steps is not None else itertools.count(first)
+        return iter(torch.utils.data.DataLoader(source, batch_size=None, sampler=order,
+                                                num_workers=args.num_workers, collate_fn=_identity))
+
+    short_phase = short_batches is not None and phase["long_from"] is None
+    loader = batches_from(short_batches if short_phase else batches, start_step)
     progress = report.Progress(plan.total_steps, start_step, enabled=rank == 0 and not args.quiet)
     step, train_seconds, tokens_seen = start_step, 0.0, 0.0
     last_eval = (None, None)  # (step, result) of the latest evaluation
@@ -193,6 +203,9 @@ def train(args, rank: int, world_size: int, device) -> dict:
                                rank, world_size, device)
             if now["finished"] or now["interrupted"]:
                 break
+            if short_phase and now["progress"] >= args.short_seq_ratio:  # the short phase is over
+                short_phase, phase["long_from"] = False, step
+                loader = batches_from(batches, step)
             t_step = budget.clock()
             stats, grad_norm = step_fn(next(loader), step, now["lr"])
             step, seconds = step + 1, budget.clock() - t_step  # seconds include waiting for the batch

@@ -6,6 +6,7 @@ import math
 import os
 
 from minibert.config import BertConfig
+from minibert.data.masking import DEFAULT_MASKED_LM_PROB, DEFAULT_MAX_PREDICTIONS_PER_SEQ
 
 # Defaults chosen so that, on the built-in corpus and 2 CPU cores, a 4-layer, 256-wide BERT trains in
 # about five minutes to an MLM accuracy above the unigram baseline (README gives the figures). A short run
@@ -28,8 +29,9 @@ SUMMARY_FILE = "summary.json"
 
 # Settings that cannot change on --resume: those that shape the loss trajectory and the model itself (a
 # resumed run would not continue the run it claims to continue). --out, --device, --num-workers, the
-# evaluation and checkpoint intervals, --attn/--gelu, --quiet and --keep-checkpoints may change freely.
-TRAJECTORY_ARGS = ("corpus", "shards", "held_out_every", "max_seq_length", "dupe_factor", "whole_word_mask",
+# evaluation and checkpoint intervals, --attn/--gelu/--layernorm, --quiet and --keep-checkpoints may change freely.
+TRAJECTORY_ARGS = ("corpus", "shards", "held_out_every", "max_seq_length", "short_seq_length", "short_seq_ratio",
+                   "dupe_factor", "masked_lm_prob", "whole_word_mask",
                    "dynamic_masking", "config", "layers", "hidden", "heads", "intermediate", "init_from",
                    "lr", "schedule", "warmup_steps", "warmup_ratio", "weight_decay", "clip_grad_norm", "steps",
                    "minutes", "seed", "backend", "dtype", "dropout")
@@ -51,8 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="directory holding vocab.txt (default: the --shards directory's, or the vocabulary trained "
                         "on the built-in corpus, cached on first use; see `minibert train-vocab`)")
     g.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence")
+    g.add_argument("--short-seq-length", type=int, default=None,
+                   help="train the first --short-seq-ratio of the run on sequences of at most this many tokens, "
+                        "the rest on --max-seq-length, as BERT trained 90%% of its steps at 128 tokens and the "
+                        "last 10%% at 512 (default: none, --max-seq-length throughout)")
+    g.add_argument("--short-seq-ratio", type=float, default=0.9,
+                   help="with --short-seq-length: the fraction of the run (of the steps, or of the time of a "
+                        "--minutes run) trained on short sequences")
     g.add_argument("--dupe-factor", type=int, default=DEFAULT_DUPE_FACTOR,
                    help="copies of the corpus, each with different masks")
+    g.add_argument("--masked-lm-prob", type=float, default=DEFAULT_MASKED_LM_PROB,
+                   help="fraction of the training tokens masked for the MLM loss (the held-out evaluation always "
+                        "masks BERT's 0.15, so accuracies stay comparable)")
     g.add_argument("--whole-word-mask", action="store_true", help="mask all pieces of a word together")
     g.add_argument("--dynamic-masking", action="store_true",
                    help="draw new masks every time a sequence is batched (RoBERTa) instead of once")
@@ -125,6 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="attention implementation of the torch model")
     g.add_argument("--gelu", choices=("eager", "fused"), default="fused",
                    help="GELU implementation of the torch model")
+    g.add_argument("--layernorm", choices=("eager", "fused"), default="fused",
+                   help="LayerNorm implementation of the torch model (fused: residual + dropout + LayerNorm)")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="parameter dtype (float64 for exact comparisons between backends)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored, with a note, on CPU)")
@@ -149,6 +163,17 @@ def check_args(args, world_size: int) -> None:
     for flag, value in positive.items():
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.short_seq_length is not None:
+        if not 5 <= args.short_seq_length < args.max_seq_length:
+            raise ValueError(f"--short-seq-length must be at least 5 and below --max-seq-length "
+                             f"({args.max_seq_length}), got {args.short_seq_length}")
+        if not 0.0 < args.short_seq_ratio < 1.0:
+            raise ValueError(f"--short-seq-ratio must be in (0, 1), got {args.short_seq_ratio}")
+        if args.shards:
+            raise ValueError("--short-seq-length builds its short instances from --corpus; it cannot be used with "
+                             "--shards")
+    if not 0.0 < args.masked_lm_prob <= 0.5:
+        raise ValueError(f"--masked-lm-prob must be in (0, 0.5] (BERT uses 0.15), got {args.masked_lm_prob}")
     if args.steps is not None and args.minutes is not None:
         raise ValueError("give --steps or --minutes, not both")
     if args.steps is not None and args.steps < 1:
@@ -184,6 +209,12 @@ def check_args(args, world_size: int) -> None:
         raise ValueError("--schedule noam needs a warm-up of at least one step (--warmup-steps or --warmup-ratio)")
     if args.out is None:
         args.out = DEFAULT_OUT
+
+
+def max_predictions_per_seq(args, max_seq_length: int | None = None) -> int:
+    """Masked positions per training sequence: BERT's 20 at 128 tokens and 15%, more for a higher rate."""
+    length = max_seq_length or args.max_seq_length
+    return max(DEFAULT_MAX_PREDICTIONS_PER_SEQ, math.ceil(args.masked_lm_prob * length))
 
 
 def warmup_steps(args) -> int:

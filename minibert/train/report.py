@@ -126,30 +126,6 @@ def print_summary(summary: dict) -> None:
 EXAMPLES = 4  # held-out sentences shown with the model's fill-mask guesses at the end of a run
 
 
-def cloze(sentences: list[str], tokenizer, n: int = EXAMPLES) -> list[tuple[str, str]]:
-    """Up to ``n`` (sentence with one ``[MASK]``, the word masked) from ``sentences``, deterministically.
-
-    The masked word is the one nearest the middle that the vocabulary holds whole (a single word piece),
-    is alphabetic and has at least four letters: a content word the model could know, not a fragment.
-    """
-    chosen = []
-    for sentence in sentences:
-        words = sentence.split()
-        if not 6 <= len(words) <= 24:
-            continue
-        middle = len(words) / 2
-        candidates = sorted(range(1, len(words) - 1), key=lambda i: abs(i - middle))
-        for i in candidates:
-            word = words[i]
-            pieces = tokenizer.tokenize(word) if word.isalpha() and len(word) >= 4 else []
-            if len(pieces) == 1 and pieces[0].lower() == word.lower():
-                chosen.append((" ".join(words[:i] + ["[MASK]"] + words[i + 1:]), pieces[0]))
-                break
-        if len(chosen) == n:
-            break
-    return chosen
-
-
 def fill_mask_examples(checkpoint_dir: str, sentences: list[str], top_k: int = 5) -> list[dict]:
     """The checkpoint's top-``top_k`` guesses for a masked word in a few held-out ``sentences``."""
     if not sentences:
@@ -158,7 +134,7 @@ def fill_mask_examples(checkpoint_dir: str, sentences: list[str], top_k: int = 5
 
     model, tokenizer = fill_mask.load(checkpoint_dir)
     examples = []
-    for text, answer in cloze(sentences, tokenizer):
+    for text, answer in fill_mask.cloze(sentences, tokenizer, EXAMPLES):
         (top,) = fill_mask.fill_mask(model, tokenizer, text, top_k)
         examples.append({"text": text, "answer": answer, "top": top})
     return examples

@@ -33,7 +33,7 @@ import re
 import subprocess
 import sys
 
-OPS = ("attention", "gelu", "bias_gelu", "dropout", "dropout_scale_mask")
+OPS = ("attention", "gelu", "bias_gelu", "dropout", "dropout_scale_mask", "residual_dropout_layernorm")
 PASSING = ("ok", "clear_error")
 FLOAT_DTYPES = ("float32", "float64", "float32", "float64", "float16", "bfloat16")
 BAD_SEEDS = (1.5, "7", None, float("nan"))
@@ -162,8 +162,42 @@ def gen_dropout_scale_mask(rng):
     return spec
 
 
+def gen_layernorm(rng):
+    shape = _shape(rng, rng.choice((1, 2, 3)), allow_zero=True)
+    shape[-1] = shape[-1] or 3  # leading sizes may be 0 (no rows); an empty last dimension is a break below
+    dtype = rng.choice(FLOAT_DTYPES)
+    spec = dict(op="residual_dropout_layernorm", x=shape, residual=shape if rng.random() < 0.8 else None,
+                weight=shape[-1:], bias=shape[-1:], eps=rng.choice((1e-12, 1e-5, 0.1)), dtype=dtype,
+                values=_values(rng, dtype), p=_valid_p(rng), seed=_valid_seed(rng),
+                offset=rng.choice((0, 5, 2**64 - 2)), device=rng.choice(("cpu",) * 8 + ("meta", "fake")),
+                grad=rng.random() < 0.5, noncontig=rng.random() < 0.3, expect_error=None,
+                seed_data=rng.getrandbits(32))
+    breaks = [lambda: dict(eps=rng.choice((-1e-5, float("nan"), float("inf"), "1e-5", None)), expect_error=["eps"]),
+              lambda: dict(p=rng.choice(BAD_PS), expect_error=["p"]),
+              lambda: dict(seed=rng.choice(BAD_SEEDS), expect_error=["seed"]),
+              lambda: dict(offset=rng.choice(BAD_SEEDS), expect_error=["offset"]),
+              lambda: dict(x_kind="list", expect_error=["x"]),
+              lambda: dict(x_dtype=rng.choice(("int64", "bool")), expect_error=["x"]),
+              lambda: dict(x=shape[:-1] + [0], residual=None, weight=[0], bias=[0], expect_error=["x"]),
+              lambda: dict(weight=[shape[-1] + 1], expect_error=["weight"]),
+              lambda: dict(weight=[1, shape[-1]], expect_error=["weight"]),
+              lambda: dict(bias_dtype="float64" if dtype != "float64" else "float32", expect_error=["bias"]),
+              lambda: dict(bias_kind="list", expect_error=["bias"]),
+              lambda: dict(residual=shape[:-1] + [shape[-1] + 1], expect_error=["residual"]),
+              lambda: dict(residual=shape, residual_device="meta" if spec["device"] == "cpu" else "cpu",
+                           expect_error=["residual"])]
+    if dtype == "float16":
+        # float16 tops out at 65504: the gradient of a row that dropout left constant is about
+        # 1 / sqrt(eps) / (1 - p), which overflows for eps 1e-12 or p near 1 (the float64 answer is finite).
+        spec.update(eps=rng.choice((1e-5, 0.1)), p=rng.choice((0.0, 0.1, 0.5)))
+    if rng.random() < 0.4:
+        spec.update(rng.choice(breaks)())
+    return spec
+
+
 GENERATORS = {"attention": gen_attention, "gelu": gen_gelu, "bias_gelu": lambda rng: gen_gelu(rng, bias=True),
-              "dropout": gen_dropout, "dropout_scale_mask": gen_dropout_scale_mask}
+              "dropout": gen_dropout, "dropout_scale_mask": gen_dropout_scale_mask,
+              "residual_dropout_layernorm": gen_layernorm}
 
 
 def generate(op: str, n: int, seed: int) -> list[dict]:
@@ -306,6 +340,13 @@ class _Builder:
         if op == "dropout":
             x, self.x = self.tensor("x", s["x"], grad=grad)
             return (x, s["p"], s["seed"]), dict(offset=s["offset"])
+        if op == "residual_dropout_layernorm":
+            x, self.x = self.tensor("x", s["x"], grad=grad)
+            residual, self.residual = (None, None) if s["residual"] is None else self.tensor(
+                "residual", s["residual"], grad=grad)
+            weight, self.weight = self.tensor("weight", s["weight"], grad=grad)
+            bias, self.bias = self.tensor("bias", s["bias"], grad=grad)
+            return (x, residual, weight, bias), dict(eps=s["eps"], p=s["p"], seed=s["seed"], offset=s["offset"])
         dtype = getattr(self.torch, s["dtype"])
         return (s["shape"], s["p"], s["seed"]), dict(offset=s["offset"], device=s["device"], dtype=dtype)
 
@@ -354,6 +395,14 @@ class _Builder:
         elif op == "dropout":
             x = cast(self.x)
             out = x if s["p"] == 0 else x * scale_mask(s["x"], s["p"])
+        elif op == "residual_dropout_layernorm":
+            x = cast(self.x)
+            h = x if s["p"] == 0 else x * scale_mask(s["x"], s["p"])
+            if self.residual is not None:
+                h = h + cast(self.residual)
+            centred = h - h.mean(-1, keepdim=True)
+            rstd = 1 / torch.sqrt((centred * centred).mean(-1, keepdim=True) + s["eps"])
+            out = centred * rstd * cast(self.weight) + cast(self.bias)
         else:
             out = torch.from_numpy(np.asarray(rng.dropout_scale_mask(tuple(s["shape"]), s["p"], s["seed"],
                                                                      s["offset"])))

@@ -411,7 +411,8 @@ def write_predictions(args, checkpoint_dir: str, device) -> str:
     from minibert.tokenizer import BertTokenizer
 
     examples = read_examples(args.predict, args.text_column, args.text_pair_column, None, not args.no_header)
-    model = BertForSequenceClassification.from_pretrained(checkpoint_dir, args.attn, args.gelu).to(device)
+    model = BertForSequenceClassification.from_pretrained(checkpoint_dir, args.attn, args.gelu,
+                                                          layernorm_implementation=args.layernorm).to(device)
     tokenizer = BertTokenizer.from_pretrained(checkpoint_dir)
     logits = predict_logits(model, encode(tokenizer, examples, None, args.max_seq_length), args.batch_size,
                             device, model.config.pad_token_id)

@@ -80,6 +80,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, max_seq_length: int)
     g.add_argument("--attn", choices=("eager", "sdpa", "fused"), default="fused",
                    help="attention implementation")
     g.add_argument("--gelu", choices=("eager", "fused"), default="fused", help="GELU implementation")
+    g.add_argument("--layernorm", choices=("eager", "fused"), default="fused",
+                   help="LayerNorm implementation (fused: residual + dropout + LayerNorm in one kernel)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -242,10 +244,12 @@ def prepare_model(model_cls, args, resume: Resume, device: torch.device, **confi
     if args.random_init and resume.state is None:
         config = BertConfig.from_pretrained(resume.model_dir)
         config = BertConfig.from_dict({**config.to_dict(), **config_overrides})
-        model = model_cls(config, attn_implementation=args.attn, gelu_implementation=args.gelu)
+        model = model_cls(config, attn_implementation=args.attn, gelu_implementation=args.gelu,
+                          layernorm_implementation=args.layernorm)
         print(f"model: {model_cls.__name__} with random weights (config and vocabulary of {resume.model_dir})")
     else:
         model = model_cls.from_pretrained(resume.model_dir, attn_implementation=args.attn,
-                                          gelu_implementation=args.gelu, **config_overrides)
+                                          gelu_implementation=args.gelu, layernorm_implementation=args.layernorm,
+                                          **config_overrides)
         print(f"model: {model_cls.__name__} from {resume.model_dir}: {model.loading_report()}")
     return model.to(device)

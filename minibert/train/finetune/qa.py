@@ -114,7 +114,8 @@ def run(args) -> dict:
         return {k: v for k, v in metrics.items() if k.endswith(("exact_match", "f1"))}  # not the counts
 
     summary = loop.finetune(model, tokenizer, train_features, collate, evaluate, "f1", args, resume, device)
-    best_model = BertForQuestionAnswering.from_pretrained(summary["best_checkpoint"], args.attn, args.gelu)
+    best_model = BertForQuestionAnswering.from_pretrained(summary["best_checkpoint"], args.attn, args.gelu,
+                                                      layernorm_implementation=args.layernorm)
     predictions, nbest, metrics = answer(best_model.to(device), dev, dev_features, args, device, version_2)
     atomic_write_text(os.path.join(args.out, PREDICTIONS_FILE), json.dumps(predictions, indent=2) + "\n")
     atomic_write_text(os.path.join(args.out, NBEST_FILE), json.dumps(nbest, indent=2) + "\n")
