@@ -94,4 +94,21 @@ int emu_op_dropout(void** b, const int64_t* i, const double* r) {
   return minibert::dropout_cuda(kind_of(i[0]), b[0], b[1], i[1], dropout_args(r[0], i[2], i[3]), nullptr);
 }
 
+// buffers: x, residual (or null), weight, bias, y, mean, rstd. ints: kind, rows, n_cols, seed, offset.
+// reals: eps, p.
+int emu_op_layernorm_forward(void** b, const int64_t* i, const double* r) {
+  return minibert::layernorm_forward_cuda(kind_of(i[0]), b[0], b[1], b[2], b[3], b[4], static_cast<float*>(b[5]),
+                                          static_cast<float*>(b[6]), i[1], i[2], static_cast<float>(r[0]),
+                                          dropout_args(r[1], i[3], i[4]), nullptr);
+}
+
+// buffers: grad, x, residual (or null), weight, mean, rstd, d_sum, d_x (or null), dweight_acc, dbias_acc
+// (both zeroed). ints: kind, rows, n_cols, seed, offset. reals: p.
+int emu_op_layernorm_backward(void** b, const int64_t* i, const double* r) {
+  return minibert::layernorm_backward_cuda(kind_of(i[0]), b[0], b[1], b[2], b[3], static_cast<const float*>(b[4]),
+                                           static_cast<const float*>(b[5]), b[6], b[7], static_cast<float*>(b[8]),
+                                           static_cast<float*>(b[9]), i[1], i[2], dropout_args(r[0], i[3], i[4]),
+                                           nullptr);
+}
+
 }  // extern "C"

@@ -71,3 +71,26 @@ def dropout(emu, x, p, seed, offset=0):
     y = _nan_like(x)
     emu.call("dropout", [x, y], [KIND[x.dtype], x.numel(), seed, offset], [p])
     return y
+
+
+def layernorm_forward(emu, x, residual, weight, bias, eps=1e-12, p=0.0, seed=0, offset=0):
+    """(y, mean, rstd) of LayerNorm(residual + dropout(x)) over the last dimension."""
+    n_cols = x.shape[-1]
+    rows = x.numel() // n_cols
+    y = _nan_like(x)
+    mean, rstd = (torch.full((rows,), float("nan")) for _ in range(2))
+    emu.call("layernorm_forward", [x, residual, weight, bias, y, mean, rstd],
+             [KIND[x.dtype], rows, n_cols, seed, offset], [eps, p])
+    return y, mean, rstd
+
+
+def layernorm_backward(emu, grad, x, residual, weight, mean, rstd, p=0.0, seed=0, offset=0):
+    """(d_sum, d_x, dweight, dbias): d_x is None without dropout (the kernel leaves it to d_sum)."""
+    n_cols = x.shape[-1]
+    rows = x.numel() // n_cols
+    d_sum = _nan_like(x)
+    d_x = _nan_like(x) if p > 0 else None
+    dweight, dbias = torch.zeros(n_cols), torch.zeros(n_cols)
+    emu.call("layernorm_backward", [grad, x, residual, weight, mean, rstd, d_sum, d_x, dweight, dbias],
+             [KIND[x.dtype], rows, n_cols, seed, offset], [p])
+    return d_sum, d_x, dweight.to(x.dtype), dbias.to(x.dtype)

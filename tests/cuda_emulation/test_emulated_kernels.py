@@ -8,9 +8,11 @@ Tolerances are docs/design.md's: float32 relative error < 1e-5 (max abs < 1e-4) 
 and bfloat16 relative error < 1e-2 and at most twice that of torch's own eager attention at the same
 precision. Dropout masks must equal the CPU kernel's and NumPy's bit for bit.
 
-The default slice is a few small shapes per kernel (about a minute on 2 cores once built);
-``MINIBERT_EMU_FULL=1`` runs every head size 16-128 with ragged S, both kernels and every dtype. The
-sanitizer builds (slow) run a small shape of each kernel under AddressSanitizer and ThreadSanitizer.
+The kernels: attention forward (SIMT and tensor-core) and backward, GELU and bias+GELU, dropout, and
+residual + dropout + LayerNorm (layernorm_cuda.cu). The default slice is a few small shapes per kernel
+(under a minute on 2 cores once built); ``MINIBERT_EMU_FULL=1`` runs every head size 16-128 with ragged
+S, both attention kernels, every dtype and wider LayerNorm rows. The sanitizer builds (slow) run a small
+shape of each kernel under AddressSanitizer and ThreadSanitizer.
 """
 import itertools
 import os
@@ -266,6 +268,12 @@ def test_every_kernel_under_a_sanitizer(sanitizer):
     dx, db = K.gelu_backward(emu, torch.ones_like(x), x, bias)
     assert rel_err(db, dx.sum(0))[0] < 1e-6
     assert torch.equal(K.dropout(emu, x, 0.3, 1, 0), torch.ops.minibert.dropout(x, 0.3, 1, 0))
+    r, w = torch.randn(4, 40), torch.randn(40)
+    y, mean, rstd = K.layernorm_forward(emu, x, r, w, bias, 1e-12, 0.1, 2, 0)
+    assert rel_err(y, ops.residual_dropout_layernorm(x, r, w, bias, 1e-12, 0.1, 2, 0))[0] < 1e-5
+    d_sum, d_x, dw, db = K.layernorm_backward(emu, torch.ones_like(x), x, r, w, mean, rstd, 0.1, 2, 0)
+    assert rel_err(db, torch.full((40,), 4.0))[0] < 1e-6  # dbias: the column sums of grad (ones, 4 rows)
+    assert not torch.isnan(d_sum).any() and not torch.isnan(d_x).any() and not torch.isnan(dw).any()
 
 
 # ---- the bugs issue 14 found, each fixed and held here ---------------------------------------------------
@@ -338,3 +346,46 @@ def test_tensor_core_kernel_reads_inputs_that_are_not_16_byte_aligned(emu):
     ref, _ = K.attention_forward(emu, q, k, v, mask, path=K.TENSOR_CORE)
     out, _ = K.attention_forward(emu, shifted(q), shifted(k), shifted(v), mask, path=K.TENSOR_CORE)
     assert shifted(q).data_ptr() % 16 != 0 and torch.equal(out, ref)
+
+
+# (dtype, shape, with residual, dropout p): layernorm_cuda.cu, one block per row of 256 threads
+LAYERNORM = [(dt, shape, res, p) for dt in (F32, F16, BF16)
+             for shape, res, p in [((3, 40), True, 0.1), ((2, 300), False, 0.0), ((1, 1), True, 0.0)]]
+if FULL:
+    LAYERNORM += [(dt, (5, 768), True, 0.1) for dt in (F32, BF16)] + [(F32, (2, 4000), False, 0.3)]
+
+
+@pytest.mark.parametrize("dt, shape, with_residual, p", LAYERNORM,
+                         ids=lambda c: str(c).replace("torch.", "").replace(" ", ""))
+def test_residual_dropout_layernorm_forward_and_backward(emu, dt, shape, with_residual, p):
+    g = torch.Generator().manual_seed(6)
+    x, residual, grad = ((2 * torch.randn(shape, generator=g) + 1).to(dt) for _ in range(3))
+    residual = residual if with_residual else None
+    weight, bias = (torch.randn(shape[-1], generator=g).to(dt) for _ in range(2))
+    seed, offset, eps = 3, 17, 1e-12
+    y, mean, rstd = K.layernorm_forward(emu, x, residual, weight, bias, eps, p, seed, offset)
+    d_sum, d_x, dweight, dbias = K.layernorm_backward(emu, grad, x, residual, weight, mean, rstd, p, seed, offset)
+
+    # float64 autograd of LayerNorm(residual + dropout(x)), the mask from minibert.rng
+    keep = torch.from_numpy(rng.keep_mask(shape, p, seed, offset)) if p > 0 else torch.ones(shape, dtype=torch.bool)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, weight, bias))
+    h64 = (torch.zeros(shape, dtype=torch.float64) if residual is None else residual.double()).requires_grad_()
+    h = h64 + torch.where(keep, x64 / (1 - p), 0.0)
+    y64 = torch.nn.functional.layer_norm(h, shape[-1:], w64, b64, eps)
+    (y64 * grad.double()).sum().backward()
+    tol = 1e-5 if dt == F32 else 1e-2
+    checks = [("y", y, y64.detach()), ("mean", mean, h.detach().mean(-1).reshape(-1)),
+              ("rstd", rstd, (h.detach().var(-1, unbiased=False) + eps).rsqrt().reshape(-1)),
+              ("d_sum", d_sum, h64.grad), ("dweight", dweight, w64.grad), ("dbias", dbias, b64.grad)]
+    if p > 0:
+        checks.append(("d_x", d_x, x64.grad))
+    else:
+        assert d_x is None
+    for name, got, want in checks:
+        if shape[-1] == 1 and name in ("d_sum", "dweight", "rstd"):  # one column: h - mean = 0 exactly
+            continue
+        err, _ = rel_err(got, want)
+        assert err < tol, (name, err)
+    if dt == F32 and hasattr(ops, "residual_dropout_layernorm"):  # the CPU kernel, same inputs
+        cpu = ops.residual_dropout_layernorm(x, residual, weight, bias, eps, p, seed, offset)
+        assert (y - cpu).abs().max().item() < 1e-5
