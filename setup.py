@@ -4,7 +4,8 @@ The package is pure Python except for one extension module, ``minibert._C``, bui
 
 * the C++ (CPU) kernels are always built when PyTorch is importable at build time;
 * the CUDA kernels are added when PyTorch is a CUDA build and ``nvcc`` is found, or when
-  ``FORCE_CUDA=1`` is set (``TORCH_CUDA_ARCH_LIST`` defaults to "8.0;9.0");
+  ``FORCE_CUDA=1`` is set (``TORCH_CUDA_ARCH_LIST`` defaults to "8.0;9.0+PTX": machine code for
+  sm_80 and sm_90, and compute_90 PTX that the driver compiles for newer GPUs such as sm_100/sm_120);
 * ``MINIBERT_NO_EXT=1`` skips the extension entirely (minibert then JIT-builds it on first use, or
   falls back to PyTorch eager ops: see ``minibert.ops.backend_info()``).
 
@@ -42,7 +43,9 @@ def _extension_build():
     if want_cuda and torch.version.cuda is None:
         raise RuntimeError("FORCE_CUDA=1 but this torch is a CPU build; install a CUDA build of torch")
     if want_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # +PTX: without it a newer GPU (sm_100, sm_120) finds no kernel image; minibert.ops._load also
+        # checks at run time and uses eager ops on a GPU the build cannot run.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
 
     # No -std flag: BuildExtension adds the standard this torch's headers need (C++17 up to torch 2.13,
     # C++20 from 2.14); the kernel files themselves are plain C++17/CUDA.

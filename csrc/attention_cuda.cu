@@ -6,7 +6,8 @@
 // d = lane + 32 t) is rescaled and accumulated with the probabilities broadcast lane by lane.
 // Backward: a block owns 32 keys (8 per warp) and keeps their k, v, dk, dv in registers while it streams
 // over all query rows staged in shared memory: P is recomputed from the saved log-sum-exp,
-// dS = P (dP Z - D), and each warp adds its part of dQ = scale dS K with float atomics.
+// dS = P (dP Z - D). dQ = scale dS K: the four warps add their parts of a row in shared memory, and each
+// block adds its sum for the chunk of rows to dq_acc with one float atomic per element (not one per warp).
 // All arithmetic is float32 whatever the storage type.
 #include <cstdint>
 #include <cstdlib>
@@ -143,11 +144,10 @@ attention_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ 
                           int64_t key_blocks) {
   extern __shared__ float smem[];
   const int64_t D = sh.head_dim, Sq = sh.seq_q, Sk = sh.seq_k;
-  constexpr int kChunk = 32;                // query rows staged per step
+  constexpr int kChunk = 32;                // query rows staged per step = lanes of a warp
   float* q_s = smem;                        // [kChunk][D], pre-scaled
   float* do_s = q_s + kChunk * D;           // [kChunk][D]
-  float* lse_s = do_s + kChunk * D;         // [kChunk]
-  float* d_s = lse_s + kChunk;              // [kChunk]
+  float* dq_s = do_s + kChunk * D;          // [kChunk][D]: the block's dQ for the chunk's rows
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t bh = blockIdx.x / key_blocks, b = bh / sh.heads;
   const int64_t key0 = (blockIdx.x % key_blocks) * kTileKeys + warp * kKeysPerWarp;
@@ -170,22 +170,23 @@ attention_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ 
     }
   }
 
+  for (int64_t e = threadIdx.x; e < kChunk * D; e += blockDim.x) dq_s[e] = 0.0f;
   for (int64_t i0 = 0; i0 < Sq; i0 += kChunk) {
-    __syncthreads();
+    __syncthreads();  // the previous chunk's q_s, do_s and dq_s are no longer read
     for (int64_t e = threadIdx.x; e < kChunk * D; e += blockDim.x) {
       const bool in = i0 + e / D < Sq;
       q_s[e] = in ? scale * to_float(q[(bh * Sq + i0) * D + e]) : 0.0f;
       do_s[e] = in ? to_float(grad_out[(bh * Sq + i0) * D + e]) : 0.0f;
     }
-    for (int r = threadIdx.x; r < kChunk; r += blockDim.x) {
-      const bool in = i0 + r < Sq;
-      lse_s[r] = in ? lse[bh * Sq + i0 + r] : -INFINITY;  // -inf: padding row or row with no keys
-      d_s[r] = in ? row_d[bh * Sq + i0 + r] : 0.0f;
-    }
+    // Lane r of every warp holds row i0 + r's log-sum-exp and D (a shuffle hands them out below).
+    const bool lane_row = i0 + lane < Sq;
+    const float lse_lane = lane_row ? lse[bh * Sq + i0 + lane] : -INFINITY;  // -inf: no keys, or past S_q
+    const float d_lane = lane_row ? row_d[bh * Sq + i0 + lane] : 0.0f;
     __syncthreads();
 
     for (int r = 0; r < kChunk; ++r) {
-      const float lse_r = lse_s[r];
+      const float lse_r = __shfl_sync(kFullWarp, lse_lane, r);
+      const float d_r = __shfl_sync(kFullWarp, d_lane, r);
       if (lse_r == -INFINITY) continue;  // block-uniform: P = 0 for the whole row
       float qv[kDPerLane], dov[kDPerLane], dqv[kDPerLane];
 #pragma unroll
@@ -208,7 +209,7 @@ attention_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ 
         dp = warp_sum(dp);
         const float p = valid[kk] ? __expf(s - lse_r) : 0.0f;
         const float z = dropout_factor(dropout, row_index + key0 + kk);
-        const float ds = valid[kk] ? p * (dp * z - d_s[r]) : 0.0f;  // padding: 0, even if D is NaN
+        const float ds = valid[kk] ? p * (dp * z - d_r) : 0.0f;  // padding: 0, even if D is NaN
 #pragma unroll
         for (int t = 0; t < kDPerLane; ++t) {
           dvr[kk][t] += p * z * dov[t];
@@ -219,8 +220,14 @@ attention_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ 
 #pragma unroll
       for (int t = 0; t < kDPerLane; ++t) {
         const int64_t d = lane + 32 * t;
-        if (d < D) atomicAdd(&dq_acc[(bh * Sq + i0 + r) * D + d], dqv[t]);
+        if (d < D) atomicAdd(&dq_s[r * D + d], dqv[t]);  // shared memory: the 4 warps meet here
       }
+    }
+    __syncthreads();  // every warp's part of the chunk is in dq_s
+    for (int64_t e = threadIdx.x; e < kChunk * D; e += blockDim.x) {
+      const float part = dq_s[e];
+      if (part != 0.0f && i0 + e / D < Sq) atomicAdd(&dq_acc[(bh * Sq + i0) * D + e], part);
+      dq_s[e] = 0.0f;  // ready for the next chunk
     }
   }
 
@@ -247,7 +254,9 @@ cudaError_t attention_forward_cuda(ScalarKind kind, const void* q, const void* k
   if (shape.head_dim < 1 || shape.head_dim > kCudaMaxHeadDim) return cudaErrorInvalidValue;
   const char* choice = std::getenv("MINIBERT_CUDA_ATTENTION");
   const bool simt_asked = choice != nullptr && std::strcmp(choice, "simt") == 0;
-  if (!simt_asked && attention_forward_tc_supported(kind, shape.head_dim)) {
+  // The tensor-core kernel indexes one (batch, head) with 32-bit integers.
+  const bool fits_32bit = (shape.seq_q > shape.seq_k ? shape.seq_q : shape.seq_k) * shape.head_dim <= 0x7fffffff;
+  if (!simt_asked && fits_32bit && attention_forward_tc_supported(kind, shape.head_dim)) {
     return attention_forward_tc_cuda(kind, q, k, v, key_mask, out, lse, shape, scale, dropout, stream);
   }
   const int64_t row_blocks = (shape.seq_q + kBlockRows - 1) / kBlockRows;
@@ -273,7 +282,7 @@ cudaError_t attention_backward_cuda(ScalarKind kind, const void* grad_out, const
   const int64_t key_blocks = (shape.seq_k + kTileKeys - 1) / kTileKeys;
   if (key_blocks * shape.batch * shape.heads > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const unsigned grid = static_cast<unsigned>(key_blocks * shape.batch * shape.heads);
-  const size_t smem = sizeof(float) * (2 * 32 * shape.head_dim + 2 * 32);
+  const size_t smem = sizeof(float) * (3 * 32 * shape.head_dim);  // 48 KiB at D = 128: no opt-in needed
   return dispatch_kind(kind, [&](auto tag) {
     using T = decltype(tag);
     attention_row_d_kernel<T><<<grid_for(rows * 32, 256), 256, 0, stream>>>(

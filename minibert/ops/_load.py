@@ -85,12 +85,52 @@ CUDA_KERNELS = bool(EXTENSION.module is not None and getattr(EXTENSION.module, "
 
 
 def supports(t: torch.Tensor) -> bool:
-    """True when the loaded extension has a kernel for this tensor's device and dtype."""
+    """True when the loaded extension has a kernel for this tensor's device and dtype (and, on a GPU, a
+    kernel image this GPU can run: see ``cuda_device_runs_kernels``)."""
     if EXTENSION.module is None or t.device.type not in KERNEL_DTYPES:
         return False
-    if t.device.type == "cuda" and not CUDA_KERNELS:
+    if t.device.type == "cuda" and not (CUDA_KERNELS and cuda_device_runs_kernels(t.device)):
         return False
     return t.dtype in KERNEL_DTYPES[t.device.type]
+
+
+class NoKernelImageWarning(UserWarning):
+    """Warned once per GPU whose architecture the extension was not compiled for (eager ops run there)."""
+
+
+_CUDA_DEVICE_RUNS: dict[int, bool] = {}
+
+
+def _probe_cuda_kernels(index: int) -> None:
+    """Runs one CUDA kernel of the extension (dropout of one element) on GPU `index`; raises if it cannot."""
+    torch.ops.minibert.dropout(torch.ones(1, device=f"cuda:{index}"), 0.5, 0, 0)
+
+
+def cuda_device_runs_kernels(device) -> bool:
+    """True when the extension holds a kernel image GPU `device` can run: machine code for its
+    architecture family, or PTX the driver compiles for it (setup.py builds sm_80, sm_90 and compute_90
+    PTX, so an sm_75 GPU has none). Probed once per GPU by launching one tiny kernel; a GPU without an
+    image gets the eager PyTorch ops and ONE warning, instead of a "no kernel image" error from every op.
+    While torch.compile traces, the probe (a real launch) is not run: the answer known so far is used,
+    or True before any eager call."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index in _CUDA_DEVICE_RUNS:
+        return _CUDA_DEVICE_RUNS[index]
+    if torch.compiler.is_compiling():
+        return True
+    try:
+        _probe_cuda_kernels(index)
+        ok = True
+    except RuntimeError as e:
+        ok = False
+        lines = str(e).strip().splitlines()
+        warnings.warn(f"minibert: the CUDA kernels cannot run on cuda:{index} "
+                      f"({lines[0] if lines else type(e).__name__}); using PyTorch eager ops there. The "
+                      "extension was built for other GPU architectures: rebuild it with TORCH_CUDA_ARCH_LIST "
+                      "naming this GPU's (pip install --no-build-isolation -e .).", NoKernelImageWarning,
+                      stacklevel=3)
+    _CUDA_DEVICE_RUNS[index] = ok
+    return ok
 
 
 def backend_info() -> dict:
