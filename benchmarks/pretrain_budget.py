@@ -59,11 +59,13 @@ VARIANTS = {
     "seq64-128-nodrop": ["--short-seq-length", "64", "--dropout", "0"],
     "2x256-seq64-128-nodrop": ["--layers", "2", "--short-seq-length", "64", "--dropout", "0"],
     "2x256-seq64-128-nodrop-lr1e-3": ["--layers", "2", "--short-seq-length", "64", "--dropout", "0", "--lr", "1e-3"],
+    "2x256-seq64-128-nodrop-lr2e-3": ["--layers", "2", "--short-seq-length", "64", "--dropout", "0", "--lr", "2e-3"],
 }
 
 
 # Variants that change only the arithmetic's values, not its amount, run at the speed of another one.
-TIMED_AS = {"lr1e-3": "default", "lr1e-3-warm15": "default", "no-dropout": "default"}
+TIMED_AS = {"lr1e-3": "default", "lr1e-3-warm15": "default", "no-dropout": "default",
+            "2x256-seq64-128-nodrop-lr2e-3": "2x256-seq64-128-nodrop-lr1e-3"}
 CALIBRATION_STEPS = (10, 50)  # a variant's two short timing runs (calibrated mode); their difference is 40 steps
 
 

@@ -57,9 +57,11 @@ def test_the_fill_mask_example_is_a_held_out_prompt_the_default_model_gets():
 
     from minibert.train.data import read_split
     results = json.loads(FILL_MASK_RESULTS.read_text(encoding="utf-8"))
-    (example,) = re.findall(r'minibert fill-mask --model runs/pretrain "([^"]+)"', README)
+    # the example is the command followed by its output as a comment line
+    ((example, shown),) = re.findall(r'minibert fill-mask --model runs/pretrain "([^"]+)"\n#   \[MASK\]: (.+)', README)
     (row,) = [r for r in results["rows"] if r["text"] == example]
     assert row["rank"] is not None and row["rank"] <= 5, row
+    assert shown.split()[::2] == [token for token, _ in row["top"]]  # the output shown is the saved one
     assert f"{results['top5_hits']} of the {results['prompts']} held-out prompts" in README
     assert f"{results['top1']} first guesses" in README
     trained, held_out = read_split(["builtin"], 10)
