@@ -163,7 +163,7 @@ def test_every_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("encoder layers (default: 4)", "peak learning rate (default: 0.0005)",
+    for shown in ("encoder layers (default: 2)", "peak learning rate (default: 0.0005)",
                   "(default: linear)", "(default: runs/pretrain)", "(default: 100)"):
         assert shown in text, shown
     with pytest.raises(SystemExit):
