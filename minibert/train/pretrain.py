@@ -69,7 +69,10 @@ def run(args) -> dict:
     """Pretrain as ``args`` (from :func:`add_arguments`) say; returns the summary dictionary."""
     rank, world_size, device, created_group = distributed.setup(args.device)
     try:
-        return train(args, rank, world_size, device)
+        summary = train(args, rank, world_size, device)
+        if created_group:  # leave together: gloo torn down on one rank while another still works can abort it
+            torch.distributed.barrier()
+        return summary
     finally:
         if created_group:
             torch.distributed.destroy_process_group()
