@@ -160,3 +160,25 @@ def memory_bound_rows(make_cases, variants: tuple, variant_key: str, cols: int, 
                        "speedup_vs_eager"],
                 {"median_ms": ".2f", "gb_per_s": ".1f", "of_copy_bw": ".2f", "speedup_vs_eager": ".2f"})
     return rows, key
+
+
+def plot_gb_per_s(rows: list[dict], name: str, title: str, label, keep=lambda r: True) -> str:
+    """One bar chart of GB/s per (device, dtype) at the largest size of ``rows`` (from
+    :func:`memory_bound_rows`), the bars named by ``label(row)`` and filtered by ``keep(row)``; saved as
+    ``name``'s PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["device"], r["dtype"]) for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(8 * len(groups), 5), squeeze=False)
+    for ax, (device, dtype) in zip(axes[0], groups):
+        largest = max(r["elements"] for r in rows if r["device"] == device and r["dtype"] == dtype)
+        sel = [r for r in rows if r["device"] == device and r["dtype"] == dtype and r["elements"] == largest
+               and keep(r)]
+        ax.barh([label(r) for r in sel], [r["gb_per_s"] for r in sel])
+        ax.set_xlabel("GB/s (bytes that must move / time)")
+        ax.set_title(f"{device} {dtype}, {largest} elements")
+    fig.suptitle(f"{title} ({machine_name()})")
+    fig.tight_layout()
+    return save_figure(fig, name)

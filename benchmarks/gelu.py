@@ -74,21 +74,8 @@ def main():
 
 
 def plot(rows) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = sorted({(r["device"], r["dtype"]) for r in rows})
-    fig, axes = plt.subplots(1, len(groups), figsize=(8 * len(groups), 5), squeeze=False)
-    for ax, (device, dtype) in zip(axes[0], groups):
-        sel = [r for r in rows if r["device"] == device and r["dtype"] == dtype
-               and r["elements"] == max(x["elements"] for x in rows) and r["form"] in ("-", "none")]
-        ax.barh([r["op"] for r in sel], [r["gb_per_s"] for r in sel])
-        ax.set_xlabel("GB/s (bytes that must move / time)")
-        ax.set_title(f"{device} {dtype}, erf GELU, {sel[0]['elements']} elements")
-    fig.suptitle(f"GELU and bias+GELU vs a copy ({_common.machine_name()})")
-    fig.tight_layout()
-    return _common.save_figure(fig, "gelu")
+    return _common.plot_gb_per_s(rows, "gelu", "GELU and bias+GELU (erf form) vs a copy", lambda r: r["op"],
+                                 keep=lambda r: r["form"] in ("-", "none"))
 
 
 if __name__ == "__main__":

@@ -72,21 +72,8 @@ def main():
 
 
 def plot(rows) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = sorted({(r["device"], r["dtype"]) for r in rows})
-    fig, axes = plt.subplots(1, len(groups), figsize=(8 * len(groups), 5), squeeze=False)
-    for ax, (device, dtype) in zip(axes[0], groups):
-        largest = max(r["elements"] for r in rows if r["device"] == device and r["dtype"] == dtype)
-        sel = [r for r in rows if r["device"] == device and r["dtype"] == dtype and r["elements"] == largest]
-        ax.barh([f"{r['op']} (p={r['p']})" for r in sel], [r["gb_per_s"] for r in sel])
-        ax.set_xlabel("GB/s (bytes that must move / time)")
-        ax.set_title(f"{device} {dtype}, [rows, {COLS}], {largest} elements")
-    fig.suptitle(f"residual + dropout + LayerNorm vs a copy ({_common.machine_name()})")
-    fig.tight_layout()
-    return _common.save_figure(fig, "layernorm")
+    return _common.plot_gb_per_s(rows, "layernorm", f"residual + dropout + LayerNorm vs a copy, rows of {COLS}",
+                                 lambda r: f"{r['op']} (p={r['p']})")
 
 
 if __name__ == "__main__":
