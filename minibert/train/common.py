@@ -43,11 +43,17 @@ def select_device(name: str | None, local_rank: int = 0) -> torch.device:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with BERT's betas/eps; weight decay on weights and embeddings, not on biases or LayerNorm."""
+    """AdamW with BERT's betas/eps; weight decay on weights and embeddings, not on biases or LayerNorm.
+
+    ``fused=True``: one C++ kernel updates each parameter (moments, bias correction, decay, step) in a single
+    pass, instead of the default CPU path's five to six tensor operations per parameter, each a pass over it
+    and a Python call; on the 2-layer pretraining default the optimizer step takes about half the time.
+    Same arithmetic: the updates agree with the default path to float32 rounding.
+    """
     named = list(model.named_parameters())
     groups = [{"params": [p for n, p in named if decays(n)], "weight_decay": weight_decay},
               {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+    return torch.optim.AdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
 
 
 def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float, max_norm: float) -> float:
