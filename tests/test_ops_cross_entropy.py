@@ -214,6 +214,16 @@ def test_linear_cross_entropy_gradcheck_with_and_without_logits_gradient():
     assert torch.autograd.gradcheck(lambda x_, w_: ops.linear_cross_entropy(x_, w_, None, labels)[1], (x, w))
 
 
+def test_linear_cross_entropy_eager_fallback_for_bfloat16():
+    """No CPU kernel for bfloat16: the same autograd function runs the cross-entropy in torch ops (float32)."""
+    x, w, b, labels = _linear_inputs(12, 8, 40, 0.5, seed=8)
+    got = ops.linear_cross_entropy(*(t.detach().bfloat16().requires_grad_() for t in (x, w, b)), labels)
+    want_logits, want_loss = ops.eager.linear_cross_entropy(x, w, b, labels)
+    assert got[1].dtype == torch.float32
+    assert (got[0].double() - want_logits).abs().max() < 5e-2 * want_logits.abs().max()
+    assert (got[1].double() - want_loss).abs().max() < 5e-2 * want_loss.abs().max()
+
+
 _WIDTH_CHECK = """
 import numpy as np, torch
 from minibert import ops

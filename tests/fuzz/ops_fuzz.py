@@ -213,7 +213,8 @@ def gen_cross_entropy(rng):
               lambda: dict(labels_device="meta" if spec["device"] == "cpu" else "cpu", expect_error=["labels"]),
               lambda: dict(ignore_index=rng.choice((1.5, "-100", None, True)), expect_error=["ignore_index"])]
     if spec["device"] == "cpu" and 0 not in shape:  # values are read only on the CPU (a GPU gives NaN)
-        breaks.append(lambda: dict(labels_value=rng.choice((shape[-1], -7, 10**6)), expect_error=["labels"]))
+        out_of_range = [v for v in (shape[-1], shape[-1] + 1, -7, 10**6) if v != spec["ignore_index"]]
+        breaks.append(lambda: dict(labels_value=rng.choice(out_of_range), expect_error=["labels"]))
     if rng.random() < 0.4:
         spec.update(rng.choice(breaks)())
     return spec
