@@ -11,9 +11,12 @@ float32, on one fixed batch. Rows, all in ONE run:
 * ``transformers eager`` / ``transformers sdpa``: ``transformers.BertForPreTraining`` with that
   ``attn_implementation`` (sdpa is transformers' default);
 * ``minibert eager`` / ``sdpa`` / ``fused``: ``minibert.modeling.BertForPreTraining`` with that
-  ``attn_implementation`` (and, for ``fused``, fused bias+GELU and the fused residual + dropout +
-  LayerNorm); ``fused, eager LN`` is ``fused`` with ``layernorm_implementation="eager"``, so the table
-  shows what the LayerNorm kernel adds on its own. With dropout on, minibert's sdpa backend runs
+  ``attn_implementation`` (and, for ``fused``, fused bias+GELU, the fused residual + dropout +
+  LayerNorm and the fused MLM/NSP losses); ``fused, eager LN`` is ``fused`` with
+  ``layernorm_implementation="eager"`` and ``fused, eager loss`` is ``fused`` with
+  ``loss_implementation="eager"``, so the table shows what the LayerNorm kernel and the fused loss
+  (``ops.linear_cross_entropy``: no log_softmax tensor, and the vocabulary projection's backward only
+  at the labelled rows, the only ones with a non-zero gradient) add on their own. With dropout on, minibert's sdpa backend runs
   the eager attention (SDPA's dropout RNG cannot reproduce our hash masks), so that row is eager attention.
   Each appears twice: ``full logits`` projects all B x S positions onto the vocabulary as transformers and
   the NumPy reference do; ``masked only`` passes ``masked_positions_only=True`` and projects only the ~15%
@@ -72,9 +75,11 @@ CHECK_AGAINST = "transformers eager"  # the loss every other implementation must
 NOTES = ("minibert sdpa runs eager attention while dropout is on (SDPA's dropout RNG is not the hash "
          "contract); 'masked only' = masked_positions_only=True, the MLM head only at labelled positions; "
          "speedup_vs_hf is against the faster transformers row of the config")
-# name -> (attn_implementation, gelu_implementation, layernorm_implementation)
-MINIBERT_BACKENDS = {"eager": ("eager", "eager", "eager"), "sdpa": ("sdpa", "eager", "eager"),
-                     "fused, eager LN": ("fused", "fused", "eager"), "fused": ("fused", "fused", "fused")}
+# name -> (attn_implementation, gelu_implementation, layernorm_implementation, loss_implementation)
+MINIBERT_BACKENDS = {"eager": ("eager", "eager", "eager", "eager"), "sdpa": ("sdpa", "eager", "eager", "eager"),
+                     "fused, eager LN": ("fused", "fused", "eager", "fused"),
+                     "fused, eager loss": ("fused", "fused", "fused", "eager"),
+                     "fused": ("fused", "fused", "fused", "fused")}
 
 
 def make_batch(gen, batch, seq):
@@ -155,10 +160,11 @@ def build_rows(spec: dict, batch_size: int) -> tuple[dict, int]:
             hf = transformers.BertForPreTraining.from_pretrained(directory, attn_implementation=attn)
             rows[f"transformers {attn}"] = TorchRow(hf, batch, minibert=False)
         for logits, masked_only in (("full logits", False), ("masked only", True)):
-            for name, (attn, gelu, layernorm) in MINIBERT_BACKENDS.items():
+            for name, (attn, gelu, layernorm, loss) in MINIBERT_BACKENDS.items():
                 model = BertForPreTraining.from_pretrained(directory, attn_implementation=attn,
                                                            gelu_implementation=gelu,
-                                                           layernorm_implementation=layernorm)
+                                                           layernorm_implementation=layernorm,
+                                                           loss_implementation=loss)
                 rows[f"minibert {name}, {logits}"] = TorchRow(model, batch, True, masked_only)
     return rows, seq
 

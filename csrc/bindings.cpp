@@ -243,6 +243,52 @@ at::Tensor grad_x_buffer(const LayerNormInputs& in) {
   return in.dropout.active ? at::empty_like(in.x) : at::empty({0}, in.x.options());
 }
 
+// The checked, contiguous operands of cross_entropy: logits [rows, n_cols], labels int64 [rows]; the
+// backward's grad_loss is [rows] of loss_dtype(logits) and lse [rows] of lse_dtype(logits) (float64 on
+// the CPU, float32 on CUDA: see lse_dtype and csrc/cross_entropy_cpu.cpp). Label values are checked on the CPU
+// (cheap there); on a GPU reading them would be a host sync, and the kernel answers a bad one with NaN.
+struct CrossEntropyInputs {
+  at::Tensor logits, labels, lse, grad_loss;
+  int64_t rows, n_cols, ignore_index;
+};
+
+CrossEntropyInputs check_cross_entropy(const at::Tensor& logits, const at::Tensor& labels, int64_t ignore_index) {
+  check_dtype(logits, "logits");
+  TORCH_CHECK(logits.dim() == 2 && logits.size(1) >= 1, "minibert: logits must have shape [rows, n_classes] "
+              "with at least one class, got ", logits.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong, "minibert: labels must be an int64 (torch.long) tensor, got ",
+              labels.scalar_type());
+  TORCH_CHECK(labels.device() == logits.device(), "minibert: labels are on ", labels.device(), " but logits on ",
+              logits.device());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == logits.size(0), "minibert: labels must have shape [rows] = [",
+              logits.size(0), "], got ", labels.sizes());
+  CrossEntropyInputs in{logits.contiguous(), labels.contiguous(), at::Tensor(), at::Tensor(), logits.size(0),
+                        logits.size(1), ignore_index};
+  if (!labels.is_cuda() && in.rows > 0) {
+    const at::Tensor bad = (in.labels != ignore_index) & ((in.labels < 0) | (in.labels >= in.n_cols));
+    if (bad.any().item<bool>()) {
+      const int64_t first = bad.nonzero()[0][0].item<int64_t>();
+      TORCH_CHECK(false, "minibert: labels[", first, "] = ", in.labels[first].item<int64_t>(),
+                  " is not a class index in [0, ", in.n_cols, ") nor ignore_index (", ignore_index, ")");
+    }
+  }
+  return in;
+}
+
+void check_cross_entropy_grads(CrossEntropyInputs& in, const at::Tensor& grad_loss, const at::Tensor& lse) {
+  const std::vector<int64_t> shape{in.rows};
+  const auto check = [&](const at::Tensor& t, const char* name, at::ScalarType dtype) {
+    TORCH_CHECK(t.scalar_type() == dtype && t.device() == in.logits.device() && t.sizes() == shape, "minibert: ", name,
+                " must be a ", dtype, " [", in.rows, "] tensor on ", in.logits.device(),
+                " (lse: the one cross_entropy_forward returned), got ", t.scalar_type(), " ", t.sizes(), " on ",
+                t.device());
+  };
+  check(grad_loss, "grad_loss", stats_dtype(in.logits));
+  check(lse, "lse", lse_dtype(in.logits));
+  in.grad_loss = grad_loss.contiguous();
+  in.lse = lse.contiguous();
+}
+
 // ---------------------------------------------------------------------------------------------- CPU
 
 namespace cpu {
@@ -380,6 +426,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward_im
   return {d_sum, d_x, partials[0].sum(0), partials[1].sum(0)};  // two tensors: outputs must not alias
 }
 
+// Rows are independent: split across threads in chunks of at least kCpuMinChunk elements.
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_impl(const CrossEntropyInputs& in) {
+  at::Tensor loss = at::empty({in.rows}, in.logits.options());
+  at::Tensor lse = at::empty({in.rows}, in.logits.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(in.logits.scalar_type(), "minibert_cross_entropy_forward", [&] {
+    at::parallel_for(0, in.rows, std::max<int64_t>(1, kCpuMinChunk / in.n_cols), [&](int64_t begin, int64_t end) {
+      cross_entropy_forward_cpu(in.logits.data_ptr<scalar_t>(), in.labels.data_ptr<int64_t>(),
+                                loss.data_ptr<scalar_t>(), lse.data_ptr<double>(), in.n_cols, in.ignore_index,
+                                begin, end);
+    });
+  });
+  return {loss, lse};
+}
+
+at::Tensor cross_entropy_backward_impl(const CrossEntropyInputs& in) {
+  at::Tensor d_logits = at::empty_like(in.logits);
+  AT_DISPATCH_FLOATING_TYPES(in.logits.scalar_type(), "minibert_cross_entropy_backward", [&] {
+    at::parallel_for(0, in.rows, std::max<int64_t>(1, kCpuMinChunk / in.n_cols), [&](int64_t begin, int64_t end) {
+      cross_entropy_backward_cpu(in.grad_loss.data_ptr<scalar_t>(), in.logits.data_ptr<scalar_t>(),
+                                 in.labels.data_ptr<int64_t>(), in.lse.data_ptr<double>(),
+                                 d_logits.data_ptr<scalar_t>(), in.n_cols, in.ignore_index, begin, end);
+    });
+  });
+  return d_logits;
+}
+
 }  // namespace cpu
 
 // ---------------------------------------------------------------------------------------------- CUDA
@@ -509,6 +581,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward_im
   return {d_sum, d_x, acc[0].to(in.x.scalar_type(), false, true), acc[1].to(in.x.scalar_type(), false, true)};
 }
 
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_impl(const CrossEntropyInputs& in) {
+  const c10::cuda::CUDAGuard guard(in.logits.device());
+  at::Tensor loss = at::empty({in.rows}, in.logits.options().dtype(at::kFloat));
+  at::Tensor lse = at::empty({in.rows}, in.logits.options().dtype(at::kFloat));
+  check_cuda(cross_entropy_forward_cuda(scalar_kind(in.logits), in.logits.data_ptr(), in.labels.data_ptr<int64_t>(),
+                                        loss.data_ptr<float>(), lse.data_ptr<float>(), in.rows, in.n_cols,
+                                        in.ignore_index, c10::cuda::getCurrentCUDAStream()),
+             "cross_entropy_forward");
+  return {loss, lse};
+}
+
+at::Tensor cross_entropy_backward_impl(const CrossEntropyInputs& in) {
+  const c10::cuda::CUDAGuard guard(in.logits.device());
+  at::Tensor d_logits = at::empty_like(in.logits);
+  check_cuda(cross_entropy_backward_cuda(scalar_kind(in.logits), in.grad_loss.data_ptr<float>(), in.logits.data_ptr(),
+                                         in.labels.data_ptr<int64_t>(), in.lse.data_ptr<float>(), d_logits.data_ptr(),
+                                         in.rows, in.n_cols, in.ignore_index, c10::cuda::getCurrentCUDAStream()),
+             "cross_entropy_backward");
+  return d_logits;
+}
+
 }  // namespace cuda
 #endif  // MINIBERT_WITH_CUDA
 
@@ -571,6 +664,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_backward(
   return Backward(in);
 }
 
+// ---------------------------------------------------------------------------------------------- cross-entropy ops
+// cross_entropy: per-row loss and log-sum-exp of logits [rows, n_classes] against int64 labels [rows].
+// Checked here for both devices; no rows is answered without a kernel.
+
+template <std::tuple<at::Tensor, at::Tensor> (*Forward)(const CrossEntropyInputs&)>
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward(const at::Tensor& logits, const at::Tensor& labels,
+                                                         int64_t ignore_index) {
+  const CrossEntropyInputs in = check_cross_entropy(logits, labels, ignore_index);
+  if (in.rows == 0) return {at::empty({0}, in.logits.options().dtype(stats_dtype(in.logits))),
+                            at::empty({0}, in.logits.options().dtype(lse_dtype(in.logits)))};
+  return Forward(in);
+}
+
+template <at::Tensor (*Backward)(const CrossEntropyInputs&)>
+at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& labels,
+                                  const at::Tensor& lse, int64_t ignore_index) {
+  CrossEntropyInputs in = check_cross_entropy(logits, labels, ignore_index);
+  check_cross_entropy_grads(in, grad_loss, lse);
+  return in.rows == 0 ? at::empty_like(in.logits) : Backward(in);
+}
+
 }  // namespace
 }  // namespace minibert
 
@@ -589,6 +703,9 @@ TORCH_LIBRARY(minibert, m) {
         "float p, int seed, int offset) -> (Tensor, Tensor, Tensor)");
   m.def("residual_dropout_layernorm_backward(Tensor grad, Tensor x, Tensor? residual, Tensor weight, Tensor mean, "
         "Tensor rstd, float p, int seed, int offset) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("cross_entropy_forward(Tensor logits, Tensor labels, int ignore_index) -> (Tensor, Tensor)");
+  m.def("cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor labels, Tensor lse, int ignore_index) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(minibert, CPU, m) {
@@ -602,6 +719,8 @@ TORCH_LIBRARY_IMPL(minibert, CPU, m) {
   m.impl("dropout", &d::dropout);
   m.impl("residual_dropout_layernorm_forward", &minibert::layernorm_forward<d::layernorm_forward_impl>);
   m.impl("residual_dropout_layernorm_backward", &minibert::layernorm_backward<d::layernorm_backward_impl>);
+  m.impl("cross_entropy_forward", &minibert::cross_entropy_forward<d::cross_entropy_forward_impl>);
+  m.impl("cross_entropy_backward", &minibert::cross_entropy_backward<d::cross_entropy_backward_impl>);
 }
 
 #ifdef MINIBERT_WITH_CUDA
@@ -616,6 +735,8 @@ TORCH_LIBRARY_IMPL(minibert, CUDA, m) {
   m.impl("dropout", &d::dropout);
   m.impl("residual_dropout_layernorm_forward", &minibert::layernorm_forward<d::layernorm_forward_impl>);
   m.impl("residual_dropout_layernorm_backward", &minibert::layernorm_backward<d::layernorm_backward_impl>);
+  m.impl("cross_entropy_forward", &minibert::cross_entropy_forward<d::cross_entropy_forward_impl>);
+  m.impl("cross_entropy_backward", &minibert::cross_entropy_backward<d::cross_entropy_backward_impl>);
 }
 #else
 namespace minibert {
@@ -632,7 +753,8 @@ void built_without_cuda(const c10::OperatorHandle& op, torch::jit::Stack*) {
 TORCH_LIBRARY_IMPL(minibert, CUDA, m) {
   for (const char* name : {"attention_forward", "attention_backward", "gelu_forward", "gelu_backward",
                            "bias_gelu_forward", "bias_gelu_backward", "dropout",
-                           "residual_dropout_layernorm_forward", "residual_dropout_layernorm_backward"})
+                           "residual_dropout_layernorm_forward", "residual_dropout_layernorm_backward",
+                           "cross_entropy_forward", "cross_entropy_backward"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&minibert::built_without_cuda>());
 }
 #endif

@@ -84,4 +84,22 @@ void layernorm_backward_cpu(const double* grad, const double* x, const double* r
                             double* dweight_partial, double* dbias_partial, int64_t n_cols,
                             const DropoutArgs& dropout, int64_t row_begin, int64_t row_end);
 
+// Cross-entropy of rows [row_begin, row_end) of logits [rows, n_cols] against integer labels [rows]:
+//   lse[r] = log(sum_c exp(logits[r, c])),  loss[r] = lse[r] - logits[r, labels[r]]
+// (loss[r] = 0 where labels[r] == ignore_index; lse, float64 for every input dtype, is written for every
+// row). Labels are checked by the caller: each is ignore_index or in [0, n_cols).
+void cross_entropy_forward_cpu(const float* logits, const int64_t* labels, float* loss, double* lse, int64_t n_cols,
+                               int64_t ignore_index, int64_t row_begin, int64_t row_end);
+void cross_entropy_forward_cpu(const double* logits, const int64_t* labels, double* loss, double* lse,
+                               int64_t n_cols, int64_t ignore_index, int64_t row_begin, int64_t row_end);
+
+// Its backward: d_logits[r, c] = (exp(logits[r, c] - lse[r]) - [c == labels[r]]) * grad_loss[r], a row of
+// zeros where labels[r] == ignore_index.
+void cross_entropy_backward_cpu(const float* grad_loss, const float* logits, const int64_t* labels, const double* lse,
+                                float* d_logits, int64_t n_cols, int64_t ignore_index, int64_t row_begin,
+                                int64_t row_end);
+void cross_entropy_backward_cpu(const double* grad_loss, const double* logits, const int64_t* labels,
+                                const double* lse, double* d_logits, int64_t n_cols, int64_t ignore_index,
+                                int64_t row_begin, int64_t row_end);
+
 }  // namespace minibert

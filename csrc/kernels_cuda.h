@@ -67,4 +67,14 @@ cudaError_t layernorm_backward_cuda(ScalarKind kind, const void* grad, const voi
                                     void* d_x, float* dweight_acc, float* dbias_acc, int64_t rows, int64_t n_cols,
                                     const DropoutArgs& dropout, cudaStream_t stream);
 
+// Cross-entropy of the rows of logits [rows, n_cols] (formulas in cross_entropy_cpu.cpp): loss and lse
+// are float32 [rows]; loss is 0 where labels[r] == ignore_index and NaN for any other label outside
+// [0, n_cols). The backward writes d_logits (logits' type) from float32 grad_loss and lse.
+cudaError_t cross_entropy_forward_cuda(ScalarKind kind, const void* logits, const int64_t* labels, float* loss,
+                                       float* lse, int64_t rows, int64_t n_cols, int64_t ignore_index,
+                                       cudaStream_t stream);
+cudaError_t cross_entropy_backward_cuda(ScalarKind kind, const float* grad_loss, const void* logits,
+                                        const int64_t* labels, const float* lse, void* d_logits, int64_t rows,
+                                        int64_t n_cols, int64_t ignore_index, cudaStream_t stream);
+
 }  // namespace minibert

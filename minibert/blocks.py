@@ -10,7 +10,9 @@ Two things differ from a plain port, both for the project's contracts (docs/desi
   softmax, "sdpa" = ``F.scaled_dot_product_attention``, "fused" = our extension's flash-style kernel),
   ``gelu_implementation`` picks how the feed-forward activation is computed ("eager" or "fused" bias+GELU),
   and ``layernorm_implementation`` how each LayerNorm is computed ("eager", or "fused": the residual add,
-  the dropout before it and the LayerNorm in one kernel). All give the same numbers. The eager forms are ``minibert.ops.eager``'s, the ones the ops fall back to.
+  the dropout before it and the LayerNorm in one kernel), and ``loss_implementation`` how the MLM head's
+  vocabulary projection and cross-entropy are computed ("eager", or "fused": ``ops.linear_cross_entropy``,
+  see ``minibert.modeling``). All give the same numbers. The eager forms are ``minibert.ops.eager``'s, the ones the ops fall back to.
 * **Dropout is reproducible.** Every dropout site draws its mask from the counter-based hash of
   ``minibert.rng`` at the (seed, offset) of ``minibert.rng``'s dropout-site table (``DropoutPlan``), so the
   model and the NumPy reference drop exactly the same elements for the same ``dropout_seed``.
@@ -32,6 +34,7 @@ from minibert.rng import (EMBEDDINGS_LAYER, SITE_ATTENTION_OUTPUT, SITE_ATTENTIO
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
 GELU_IMPLEMENTATIONS = ("eager", "fused")
 LAYERNORM_IMPLEMENTATIONS = ("eager", "fused")
+LOSS_IMPLEMENTATIONS = ("eager", "fused")
 
 
 def resolve_implementation(requested: str, choices: tuple[str, ...], what: str) -> str:
@@ -294,6 +297,8 @@ class BertLMPredictionHead(nn.Module):
     2017; BERT does this) and ``decoder.bias`` is the very Parameter ``bias``, as in HF: both keys appear in
     ``state_dict()`` like HF's, while a saved checkpoint stores each tensor once. [B,S,E] -> [B,S,V].
     """
+
+    loss_implementation = "eager"  # how the model computes logits + MLM loss from this head (minibert.modeling)
 
     def __init__(self, config: BertConfig, gelu_implementation: str = "eager"):
         super().__init__()

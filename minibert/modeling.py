@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from minibert import checkpoint
-from minibert.blocks import (ATTN_IMPLEMENTATIONS, GELU_IMPLEMENTATIONS, LAYERNORM_IMPLEMENTATIONS, BertEmbeddings,
+from minibert import ops
+from minibert.blocks import (ATTN_IMPLEMENTATIONS, GELU_IMPLEMENTATIONS, LAYERNORM_IMPLEMENTATIONS,
+                             LOSS_IMPLEMENTATIONS, BertEmbeddings,
                              BertEncoder, BertIntermediate, BertLayerNorm, BertLMPredictionHead, BertOnlyMLMHead,
                              BertPooler, BertPreTrainingHeads, BertSelfAttention, DenseGelu, DropoutPlan,
                              resolve_implementation)
@@ -158,6 +160,20 @@ class BertPreTrainedModel(nn.Module):
             if isinstance(module, BertLayerNorm):
                 module.layernorm_implementation = resolved
 
+    def set_loss_implementation(self, loss_implementation: str) -> None:
+        """Switch the pretraining losses to "eager" (F.linear + F.cross_entropy) or "fused"
+        (``ops.linear_cross_entropy`` for the MLM head, ``ops.cross_entropy`` for NSP; eager where the
+        extension is absent). Models without an MLM head (the fine-tuning ones) accept and ignore it."""
+        resolved = resolve_implementation(loss_implementation, LOSS_IMPLEMENTATIONS, "loss_implementation")
+        for module in self.modules():
+            if isinstance(module, BertLMPredictionHead):
+                module.loss_implementation = resolved
+
+    @property
+    def loss_implementation(self) -> str:
+        """The pretraining-loss backend actually in use ("eager" for a model without an MLM head)."""
+        return next((m.loss_implementation for m in self.modules() if isinstance(m, BertLMPredictionHead)), "eager")
+
     @property
     def attn_implementation(self) -> str:
         """The attention backend actually in use."""
@@ -182,16 +198,18 @@ class BertPreTrainedModel(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, attn_implementation: str = "eager",
                         gelu_implementation: str = "eager", dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu", layernorm_implementation: str = "eager",
-                        **config_overrides):
+                        loss_implementation: str = "eager", **config_overrides):
         """Load a checkpoint directory (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
 
         Checkpoints written by ``transformers`` load unchanged; ``config_overrides`` (``num_labels``, ...)
         replace config.json fields. What was initialised fresh or dropped is ``loading_report()``. The
         model is returned in eval mode. See ``minibert.checkpoint.load_pretrained``.
         """
-        return checkpoint.load_pretrained(cls, directory, attn_implementation, gelu_implementation, dtype,
-                                          device, layernorm_implementation=layernorm_implementation,
-                                          **config_overrides)
+        model = checkpoint.load_pretrained(cls, directory, attn_implementation, gelu_implementation, dtype,
+                                           device, layernorm_implementation=layernorm_implementation,
+                                           **config_overrides)
+        model.set_loss_implementation(loss_implementation)
+        return model
 
     @property
     def newly_initialized(self) -> list[str]:
@@ -341,8 +359,30 @@ def _masked_lm(predictions: BertLMPredictionHead, hidden: torch.Tensor, labels: 
         _check_ids("labels", labels, hidden.shape[:2], 0, vocab_size, _MLM_LABELS_HELP, ignore=IGNORE_INDEX)
         predicted = labels != IGNORE_INDEX                     # [B, S]
         hidden, labels = hidden[predicted], labels[predicted]  # [M, E], [M]
+    if labels is not None and _fused_loss(predictions, hidden):
+        return _fused_masked_lm(predictions, hidden, labels, vocab_size)
     logits = predictions(hidden)                               # [B, S, V] or [M, V]
     return logits, None if labels is None else _mlm_loss(logits, labels, vocab_size)
+
+
+def _fused_loss(predictions: BertLMPredictionHead, x: torch.Tensor) -> bool:
+    """Whether the fused losses run: chosen, and no autocast (the fused head's backward multiplies its
+    saved tensors itself, outside autocast, so they must share one dtype)."""
+    return predictions.loss_implementation == "fused" and not torch.is_autocast_enabled(x.device.type)
+
+
+def _fused_masked_lm(predictions: BertLMPredictionHead, hidden: torch.Tensor, labels: torch.Tensor,
+                     vocab_size: int):
+    """``_masked_lm``'s logits and loss through ``ops.linear_cross_entropy``: the same numbers, but the
+    cross-entropy reads each predicted row once (no log_softmax tensor) and the backward of the vocabulary
+    projection multiplies only the predicted rows, whose gradients are the only non-zero ones."""
+    _check_ids("labels", labels, hidden.shape[:-1], 0, vocab_size, _MLM_LABELS_HELP, ignore=IGNORE_INDEX)
+    h = predictions.transform(hidden)                                                  # [..., E]
+    decoder = predictions.decoder
+    logits, loss = ops.linear_cross_entropy(h.reshape(-1, h.shape[-1]), decoder.weight, decoder.bias,
+                                            labels.reshape(-1), IGNORE_INDEX)          # [N, V], [N]
+    count = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return logits.reshape(*h.shape[:-1], vocab_size), loss.sum() / count
 
 
 class BertForPreTraining(BertPreTrainedModel):
@@ -351,11 +391,13 @@ class BertForPreTraining(BertPreTrainedModel):
     optional_prefixes = ("cls.",)  # an encoder-only checkpoint loads with fresh heads
 
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
-                 gelu_implementation: str = "eager", layernorm_implementation: str = "eager"):
+                 gelu_implementation: str = "eager", layernorm_implementation: str = "eager",
+                 loss_implementation: str = "eager"):
         super().__init__(config)
         self.bert = BertModel(config, True, attn_implementation, gelu_implementation, init_weights=False)
         self.cls = BertPreTrainingHeads(config, gelu_implementation)
         self.set_layernorm_implementation(layernorm_implementation)
+        self.set_loss_implementation(loss_implementation)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
@@ -375,7 +417,10 @@ class BertForPreTraining(BertPreTrainedModel):
         if next_sentence_label is not None:
             _check_ids("next_sentence_label", next_sentence_label, out.seq_relationship_logits.shape[:1], 0, 2,
                        "NSP labels are 0 (IsNext) or 1 (random sentence), one per sequence")
-            out.nsp_loss = F.cross_entropy(out.seq_relationship_logits, next_sentence_label.long())
+            nsp_logits, nsp_labels = out.seq_relationship_logits, next_sentence_label.long()
+            fused = _fused_loss(self.cls.predictions, nsp_logits)
+            out.nsp_loss = (ops.cross_entropy(nsp_logits, nsp_labels).mean() if fused
+                            else F.cross_entropy(nsp_logits, nsp_labels))
         losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
         out.loss = sum(losses) if losses else None
         return out
@@ -387,11 +432,13 @@ class BertForMaskedLM(BertPreTrainedModel):
     optional_prefixes = ("cls.",)  # an encoder-only checkpoint loads with a fresh MLM head
 
     def __init__(self, config: BertConfig, attn_implementation: str = "eager",
-                 gelu_implementation: str = "eager", layernorm_implementation: str = "eager"):
+                 gelu_implementation: str = "eager", layernorm_implementation: str = "eager",
+                 loss_implementation: str = "eager"):
         super().__init__(config)
         self.bert = BertModel(config, False, attn_implementation, gelu_implementation, init_weights=False)
         self.cls = BertOnlyMLMHead(config, gelu_implementation)
         self.set_layernorm_implementation(layernorm_implementation)
+        self.set_loss_implementation(loss_implementation)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,

@@ -125,22 +125,26 @@ def _grads_rel(grads, ref_grads):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
-def test_attention_gelu_and_layernorm_backends_agree_forward_and_backward(dtype, tol):
+def test_attention_gelu_layernorm_and_loss_backends_agree_forward_and_backward(dtype, tol):
     model = make_model(dtype=dtype, seed=1)
     batch = random_batch(model.config, seed=2)
     ref_out, ref_grads = _forward_and_grads(model, batch)
-    for attn, gelu, ln in [("sdpa", "eager", "eager"), ("fused", "eager", "eager"), ("eager", "fused", "eager"),
-                           ("eager", "eager", "fused"), ("fused", "fused", "fused")]:
+    for attn, gelu, ln, loss in [("sdpa", "eager", "eager", "eager"), ("fused", "eager", "eager", "eager"),
+                                 ("eager", "fused", "eager", "eager"), ("eager", "eager", "fused", "eager"),
+                                 ("eager", "eager", "eager", "fused"), ("fused", "fused", "fused", "fused")]:
         model.set_attn_implementation(attn)
         model.set_gelu_implementation(gelu)
         model.set_layernorm_implementation(ln)
+        model.set_loss_implementation(loss)
         out, grads = _forward_and_grads(model, batch)
-        for field in ("last_hidden_state", "prediction_logits", "seq_relationship_logits", "loss"):
-            assert _rel(getattr(out, field), getattr(ref_out, field)) < tol, (attn, gelu, ln, field)
-        assert _grads_rel(grads, ref_grads) < tol, (attn, gelu, ln)
+        for field in ("last_hidden_state", "prediction_logits", "seq_relationship_logits", "mlm_loss", "nsp_loss",
+                      "loss"):
+            assert _rel(getattr(out, field), getattr(ref_out, field)) < tol, (attn, gelu, ln, loss, field)
+        assert _grads_rel(grads, ref_grads) < tol, (attn, gelu, ln, loss)
     model.set_attn_implementation("eager")
     model.set_gelu_implementation("eager")
     model.set_layernorm_implementation("eager")
+    model.set_loss_implementation("eager")
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
@@ -189,14 +193,16 @@ def test_unknown_backend_name_is_rejected():
         model.set_gelu_implementation("fast")
     with pytest.raises(ValueError, match="layernorm_implementation"):
         model.set_layernorm_implementation("apex")
+    with pytest.raises(ValueError, match="loss_implementation"):
+        model.set_loss_implementation("liger")
 
 
 def test_fused_resolves_to_eager_only_without_extension():
     model = BertForPreTraining(tiny_config(), attn_implementation="fused", gelu_implementation="fused",
-                               layernorm_implementation="fused")
+                               layernorm_implementation="fused", loss_implementation="fused")
     expected = "fused" if ops.is_available() else "eager"
     assert model.attn_implementation == expected and model.gelu_implementation == expected
-    assert model.layernorm_implementation == expected
+    assert model.layernorm_implementation == expected and model.loss_implementation == expected
 
 
 # --- padding -----------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
   gradients), the model BERT checkpoints in the wild come from;
 * our NumPy reference with hand-written backward (float64 loss and every parameter's gradient < 1e-8,
   dropout off and on, every attention backend).
+
+``fused_ops="fused"`` runs the fused LayerNorm and the fused MLM/NSP losses, "eager" neither.
 """
 import numpy as np
 import pytest
@@ -56,16 +58,17 @@ def max_abs(a, b) -> float:
 
 
 # --- HF transformers --------------------------------------------------------------------------------
-@pytest.mark.parametrize("layernorm", ["eager", "fused"])
+@pytest.mark.parametrize("fused_ops", ["eager", "fused"])
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
-def test_hf_checkpoint_loads_and_matches_hf_outputs(tmp_path, hidden_act, layernorm):
+def test_hf_checkpoint_loads_and_matches_hf_outputs(tmp_path, hidden_act, fused_ops):
     config = BertConfig(**TINY, hidden_act=hidden_act)
     torch.manual_seed(0)
     hf = transformers.BertForPreTraining(hf_config(config))
     perturb_(hf, seed=1)
     hf.save_pretrained(tmp_path)
     hf = transformers.BertForPreTraining.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    ours = BertForPreTraining.from_pretrained(tmp_path, layernorm_implementation=layernorm)
+    ours = BertForPreTraining.from_pretrained(tmp_path, layernorm_implementation=fused_ops,
+                                              loss_implementation=fused_ops)
     batch = random_batch(config, seed=2)
     with torch.no_grad():
         theirs = hf(**batch, output_hidden_states=True)
@@ -80,11 +83,11 @@ def test_hf_checkpoint_loads_and_matches_hf_outputs(tmp_path, hidden_act, layern
     assert mine.prediction_logits.abs().max() > 1.0  # O(1) logits: the bound above is a real test
 
 
-@pytest.mark.parametrize("layernorm", ["eager", "fused"])
-def test_our_checkpoint_loads_in_hf_with_every_key_used(tmp_path, layernorm):
+@pytest.mark.parametrize("fused_ops", ["eager", "fused"])
+def test_our_checkpoint_loads_in_hf_with_every_key_used(tmp_path, fused_ops):
     config = BertConfig(**TINY)
     torch.manual_seed(3)
-    ours = BertForPreTraining(config, layernorm_implementation=layernorm)
+    ours = BertForPreTraining(config, layernorm_implementation=fused_ops, loss_implementation=fused_ops)
     perturb_(ours, seed=4)
     ours.eval().save_pretrained(tmp_path)
     hf, info = transformers.BertForPreTraining.from_pretrained(tmp_path, attn_implementation="eager",
@@ -99,8 +102,8 @@ def test_our_checkpoint_loads_in_hf_with_every_key_used(tmp_path, layernorm):
     assert max_abs(mine.seq_relationship_logits, theirs.seq_relationship_logits) < 1e-4
 
 
-@pytest.mark.parametrize("layernorm", ["eager", "fused"])
-def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position(layernorm):
+@pytest.mark.parametrize("fused_ops", ["eager", "fused"])
+def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position(fused_ops):
     # A [PAD] id where attention_mask is 1 shows the padding_idx rule: like HF, the pad row of the word
     # embeddings gets no gradient from the lookup (only from the tied MLM decoder).
     config = BertConfig(**TINY)
@@ -109,7 +112,7 @@ def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position(lay
     hf.set_attn_implementation("eager")
     hf = hf.double()
     perturb_(hf, seed=7)
-    ours = BertForPreTraining(config, layernorm_implementation=layernorm).double()
+    ours = BertForPreTraining(config, layernorm_implementation=fused_ops, loss_implementation=fused_ops).double()
     ours.load_weights(hf.state_dict())
     batch = random_batch(config, seed=8)
     batch["input_ids"][0, 5] = config.pad_token_id
@@ -120,17 +123,17 @@ def test_gradients_match_hf_in_float64_including_a_pad_id_at_a_real_position(lay
         assert max_abs(p.grad, theirs[name].grad) < 1e-10, name
 
 
-@pytest.mark.parametrize("layernorm", ["eager", "fused"])
+@pytest.mark.parametrize("fused_ops", ["eager", "fused"])
 @pytest.mark.parametrize("ours_cls,theirs_name",
                          [(BertForMaskedLM, "BertForMaskedLM"), (BertModel, "BertModel")])
-def test_other_hf_model_types_load_and_match(tmp_path, ours_cls, theirs_name, layernorm):
+def test_other_hf_model_types_load_and_match(tmp_path, ours_cls, theirs_name, fused_ops):
     config = BertConfig(**TINY)
     torch.manual_seed(9)
     hf = getattr(transformers, theirs_name)(hf_config(config))
     perturb_(hf, seed=10)
     hf.save_pretrained(tmp_path)
     hf = getattr(transformers, theirs_name).from_pretrained(tmp_path, attn_implementation="eager").eval()
-    ours = ours_cls.from_pretrained(tmp_path, layernorm_implementation=layernorm)
+    ours = ours_cls.from_pretrained(tmp_path, layernorm_implementation=fused_ops, loss_implementation=fused_ops)
     batch = random_batch(config, seed=11)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
@@ -148,14 +151,14 @@ def test_other_hf_model_types_load_and_match(tmp_path, ours_cls, theirs_name, la
 
 
 # --- the NumPy reference ---------------------------------------------------------------------------
-@pytest.mark.parametrize("layernorm", ["eager", "fused"])
+@pytest.mark.parametrize("fused_ops", ["eager", "fused"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa", "fused"])
 @pytest.mark.parametrize("training", [False, True], ids=["dropout_off", "dropout_on"])
-def test_loss_and_every_gradient_match_the_numpy_reference_in_float64(attn, training, layernorm):
+def test_loss_and_every_gradient_match_the_numpy_reference_in_float64(attn, training, fused_ops):
     config = BertConfig(**TINY, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
     torch.manual_seed(12)
     ours = BertForPreTraining(config, attn_implementation=attn, gelu_implementation="fused",
-                              layernorm_implementation=layernorm).double()
+                              layernorm_implementation=fused_ops, loss_implementation=fused_ops).double()
     perturb_(ours, seed=13)
     ours.train(training)
     params = checkpoint.normalize_keys({k: v.detach().numpy() for k, v in ours.state_dict().items()})

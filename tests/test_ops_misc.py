@@ -90,7 +90,8 @@ def test_native_dropout_checks_p():
 def test_backend_info_describes_the_active_backend():
     info = ops.backend_info()
     assert set(info) >= {"backend", "how", "reason", "extension_path", "cuda_kernels", "kernel_dtypes", "ops"}
-    assert set(info["ops"]) == {"attention", "gelu", "bias_gelu", "dropout", "residual_dropout_layernorm"}
+    assert set(info["ops"]) == {"attention", "gelu", "bias_gelu", "dropout", "residual_dropout_layernorm",
+                                 "cross_entropy", "linear_cross_entropy"}
     assert info["backend"] == ("extension" if ops.is_available() else "eager")
     if ops.is_available():
         assert os.path.exists(info["extension_path"])

@@ -307,12 +307,14 @@ def test_large_head_dim_falls_back_to_eager():
 # ---------------------------------------------------------------------------------------------- 8. torch.compile
 
 def _every_op(x, bias, q, k, v, mask):
-    """One call of each public op (attention with a 0/1 float mask, so its value check is traced too)."""
+    """One call of each public op (attention with a 0/1 float mask, so its value check is traced too).
+    Not linear_cross_entropy: it finds its predicted rows with nonzero(), a data-dependent shape."""
     y = ops.gelu(x) + ops.bias_gelu(x, bias, "tanh") + ops.dropout(x, 0.2, 5, 1)
     y = y * ops.dropout_scale_mask(x.shape, 0.1, 6, dtype=x.dtype)
     y = y + ops.residual_dropout_layernorm(x, y, bias, bias, 1e-5, 0.1, 8, 2)
     a = ops.attention(q, k, v, attention_mask=mask, dropout_p=0.1, seed=7, offset=3)
-    return y.sum() + a.sum()
+    loss = ops.cross_entropy(y, torch.tensor([3, -100, 0, 7]))
+    return y.sum() + a.sum() + loss.sum()
 
 
 @pytest.mark.slow

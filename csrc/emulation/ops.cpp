@@ -111,4 +111,19 @@ int emu_op_layernorm_backward(void** b, const int64_t* i, const double* r) {
                                            nullptr);
 }
 
+// buffers: logits, labels (int64), loss, lse (float32). ints: kind, rows, n_cols, ignore_index.
+int emu_op_cross_entropy_forward(void** b, const int64_t* i, const double*) {
+  return minibert::cross_entropy_forward_cuda(kind_of(i[0]), b[0], static_cast<const int64_t*>(b[1]),
+                                              static_cast<float*>(b[2]), static_cast<float*>(b[3]), i[1], i[2], i[3],
+                                              nullptr);
+}
+
+// buffers: grad_loss (float32), logits, labels (int64), lse (float32), d_logits. ints: kind, rows, n_cols,
+// ignore_index.
+int emu_op_cross_entropy_backward(void** b, const int64_t* i, const double*) {
+  return minibert::cross_entropy_backward_cuda(kind_of(i[0]), static_cast<const float*>(b[0]), b[1],
+                                               static_cast<const int64_t*>(b[2]), static_cast<const float*>(b[3]), b[4],
+                                               i[1], i[2], i[3], nullptr);
+}
+
 }  // extern "C"

@@ -1,5 +1,5 @@
-"""The Python face of minibert's C++/CUDA extension: fused attention, (bias+)GELU, hash dropout and
-residual + dropout + LayerNorm.
+"""The Python face of minibert's C++/CUDA extension: fused attention, (bias+)GELU, hash dropout,
+residual + dropout + LayerNorm and cross-entropy (alone, or with the vocabulary projection before it).
 
 Every function here computes the same thing two ways and picks one per call:
 
@@ -35,7 +35,7 @@ from minibert.ops._load import supports as _supports
 from minibert.ops.eager import to_int64
 
 __all__ = ["attention", "gelu", "bias_gelu", "dropout", "dropout_scale_mask", "residual_dropout_layernorm",
-           "is_available", "backend_info", "ExtensionFallbackWarning", "eager"]
+           "cross_entropy", "linear_cross_entropy", "is_available", "backend_info", "ExtensionFallbackWarning", "eager"]
 
 _APPROXIMATE = ("none", "tanh")
 
@@ -300,6 +300,146 @@ def residual_dropout_layernorm(x, residual, weight, bias, eps=1e-12, p=0.0, seed
     return eager.residual_dropout_layernorm(x, residual, weight, bias, eps, p, seed, offset)
 
 
+def _check_labels(logits, labels, ignore_index) -> int:
+    """logits [..., V] (V >= 1) and integer labels [...] on logits' device; returns ignore_index as an int."""
+    _check_tensor("logits", logits)
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have a non-empty last dimension (the classes), got shape {tuple(logits.shape)}")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must hold integer class indices (torch.long), got {labels.dtype}")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"labels must have shape {tuple(logits.shape[:-1])} (logits' shape without the classes), "
+                         f"got {tuple(labels.shape)}")
+    if labels.device != logits.device:
+        raise ValueError(f"labels are on {labels.device} but logits on {logits.device}")
+    _check_same_kind("labels", labels, "logits", logits)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    return int(ignore_index)
+
+
+def cross_entropy(logits, labels, ignore_index=-100):
+    """Per-row cross-entropy ``logsumexp(logits[r]) - logits[r, labels[r]]``, without log_softmax in memory.
+
+    logits: [..., V]; labels: [...] integer class indices in [0, V), or ``ignore_index`` (BERT's -100, a
+    position that is not predicted) where the loss is 0 and so is the gradient. Returns the loss per row,
+    shape ``labels.shape``, in logits' dtype (float32 for float16/bfloat16 logits): ``.sum()`` and
+    ``.mean()`` are then the usual reductions. The kernel reads each row once forward and once backward,
+    writing only the gradient (see csrc/cross_entropy_cpu.cpp). A label outside [0, V) that is not
+    ``ignore_index`` raises on the CPU; on a GPU it gives a NaN loss (checking would cost a host sync).
+    Differentiable in logits (once).
+    """
+    ignore_index = _check_labels(logits, labels, ignore_index)
+    if not _supports(logits):
+        if labels.device.type == "cpu" and _values_readable(labels) and labels.numel():
+            # the kernel's check (csrc/bindings.cpp), so the eager path names the argument at fault too
+            bad = (labels != ignore_index) & ((labels < 0) | (labels >= logits.shape[-1]))
+            if bool(bad.any()):
+                raise ValueError(f"labels hold {int(labels[bad][0])}, which is not a class index in "
+                                 f"[0, {logits.shape[-1]}) nor ignore_index ({ignore_index})")
+        return eager.cross_entropy(logits, labels, ignore_index)
+    loss, _ = torch.ops.minibert.cross_entropy_forward(logits.reshape(-1, logits.shape[-1]),
+                                                       labels.reshape(-1).long(), ignore_index)
+    return loss.reshape(labels.shape)
+
+
+def _row_losses(logits, labels, ignore_index):
+    """(loss, lse) of the rows of logits [M, V]: the kernel where there is one, else the same in torch ops."""
+    if _supports(logits):
+        return torch.ops.minibert.cross_entropy_forward(logits, labels, ignore_index)
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    return lse - logits.float().gather(1, labels[:, None]).squeeze(1), lse
+
+
+def _row_losses_backward(grad_loss, logits, labels, lse, ignore_index):
+    """d logits of _row_losses: (softmax - onehot) * grad_loss per row (every label a class here)."""
+    if _supports(logits):
+        return torch.ops.minibert.cross_entropy_backward(grad_loss.contiguous(), logits, labels, lse, ignore_index)
+    d = torch.exp(logits.float() - lse[:, None])
+    d[torch.arange(len(labels), device=d.device), labels] -= 1.0
+    return (d * grad_loss[:, None]).to(logits.dtype)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """logits = x W^T + b, and the cross-entropy of the rows whose label is not ignore_index; the backward
+    multiplies only those rows' gradient (every other row's is exactly zero). See linear_cross_entropy."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, labels, ignore_index):
+        logits = torch.nn.functional.linear(x, weight, bias)                      # [N, V]
+        rows = (labels != ignore_index).nonzero().squeeze(1)                      # [M]: the predicted rows
+        picked, picked_labels = logits.index_select(0, rows), labels.index_select(0, rows)  # [M, V], [M]
+        loss_rows, lse = _row_losses(picked, picked_labels, ignore_index)
+        loss = loss_rows.new_zeros(labels.shape).index_copy_(0, rows, loss_rows)  # [N], 0 at ignored rows
+        ctx.save_for_backward(x, weight, rows, picked, picked_labels, lse)
+        ctx.has_bias, ctx.ignore_index = bias is not None, ignore_index
+        ctx.set_materialize_grads(False)  # grad_logits is None unless the caller differentiates the logits
+        return logits, loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logits, grad_loss):
+        x, weight, rows, picked, picked_labels, lse = ctx.saved_tensors
+        if grad_loss is None:  # only the logits were differentiated: a plain linear layer's backward
+            d_picked = None
+        else:
+            d_picked = _row_losses_backward(grad_loss.index_select(0, rows), picked, picked_labels, lse,
+                                            ctx.ignore_index)                     # [M, V]
+        if grad_logits is not None:
+            d = grad_logits if d_picked is None else grad_logits.index_add(0, rows, d_picked.to(grad_logits.dtype))
+            rows, x_rows = None, x                                                # all N rows take part
+        elif d_picked is not None:
+            d, x_rows = d_picked, x.index_select(0, rows)
+        else:
+            return None, None, None, None, None
+        dx = dweight = dbias = None
+        if ctx.needs_input_grad[0]:
+            dx = d @ weight
+            if rows is not None:  # the gradient of every ignored row is zero
+                dx = x.new_zeros(x.shape).index_copy_(0, rows, dx)
+        if ctx.needs_input_grad[1]:
+            dweight = d.t() @ x_rows
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            dbias = d.sum(0)
+        return dx, dweight, dbias, None, None
+
+
+def linear_cross_entropy(x, weight, bias, labels, ignore_index=-100):
+    """``(logits, loss)``: ``logits = x @ weight.T + bias`` and ``cross_entropy(logits, labels)`` per row.
+
+    x: [N, E]; weight: [V, E]; bias: [V] or None; labels: [N], class indices or ``ignore_index``. Returns
+    logits [N, V] and the loss per row [N] (0 at ignored rows), exactly as ``eager.linear_cross_entropy``.
+    What differs is the backward, for the usual BERT batch where most rows are ignored (85% with 15%
+    masking): an ignored row's gradient is exactly zero, so the cross-entropy kernel runs on the predicted
+    rows only, and the two gradient matrix products of the projection (dx = d W, dW = d^T x) and the bias
+    gradient take only those M rows, not all N: about 2/3 of the projection's multiply-adds skipped at
+    15% masking, with no change in any number. The forward still computes every row's logits (they
+    are returned). Gradients that reach the logits from elsewhere are added in, and then all N rows take
+    part. Differentiable in x, weight and bias (once); the predicted rows are found with a nonzero(),
+    a host sync on a GPU.
+    """
+    _check_tensor("x", x)
+    _check_tensor("weight", weight)
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x must be [N, E] and weight [V, E] with the same E, got x {tuple(x.shape)} and weight "
+                         f"{tuple(weight.shape)}")
+    named = [("weight", weight)] + ([] if bias is None else [("bias", bias)])
+    for name, t in named:
+        if t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"x and {name} must share dtype and device, got {x.dtype} on {x.device} and {name} "
+                             f"{t.dtype} on {t.device}")
+    if bias is not None:
+        _check_tensor("bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight must have at least one row (one class)")
+    ignore_index = _check_labels(x.new_empty((x.shape[0], 1)), labels, ignore_index)
+    return _LinearCrossEntropy.apply(x, weight, bias, labels.long(), ignore_index)
+
+
 # ---------------------------------------------------------------------------------------------- autograd + fake
 # Fake kernels give shapes and dtypes without computing (for torch.compile, FakeTensorMode and meta
 # tensors); the autograd formulas call the backward ops. They are registered right below, at import, when
@@ -460,6 +600,31 @@ def _layernorm_backward_fake(grad, x, residual, weight, mean, rstd, p, seed, off
     return x.new_empty(x.shape), d_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
+def _native_check_cross_entropy(logits, labels):
+    _native_check_dtype(logits, "logits")
+    _native_check(logits.dim() == 2 and logits.shape[1] >= 1, "logits must have shape [rows, n_classes] with at "
+                  "least one class, got ", tuple(logits.shape))
+    _native_check(labels.dtype == torch.int64, "labels must be an int64 (torch.long) tensor, got ", labels.dtype)
+    _native_check(labels.device == logits.device, "labels are on ", labels.device, " but logits on ", logits.device)
+    _native_check(labels.dim() == 1 and labels.shape[0] == logits.shape[0], "labels must have shape [rows] = [",
+                  logits.shape[0], "], got ", tuple(labels.shape))
+
+
+def _cross_entropy_forward_fake(logits, labels, ignore_index):
+    _native_check_cross_entropy(logits, labels)
+    loss = logits.new_empty(logits.shape[:1], dtype=_stats_dtype(logits))
+    return loss, loss.new_empty(loss.shape, dtype=_lse_dtype(logits))
+
+
+def _cross_entropy_backward_fake(grad_loss, logits, labels, lse, ignore_index):
+    _native_check_cross_entropy(logits, labels)
+    for name, t, dtype in (("grad_loss", grad_loss, _stats_dtype(logits)), ("lse", lse, _lse_dtype(logits))):
+        _native_check(t.dtype == dtype and t.device == logits.device and tuple(t.shape) == tuple(logits.shape[:1]),
+                      name, " must be a ", dtype, " [", logits.shape[0], "] tensor on ", logits.device, " (lse: the "
+                      "one cross_entropy_forward returned), got ", t.dtype, " ", tuple(t.shape), " on ", t.device)
+    return logits.new_empty(logits.shape)
+
+
 def _attention_setup(ctx, inputs, output):
     q, k, v, key_mask, scale, dropout_p, seed, offset = inputs
     out, lse = output
@@ -522,6 +687,20 @@ def _layernorm_backward(ctx, grad_y, grad_mean, grad_rstd):
     return d_x, (None if residual is None else d_sum), d_weight, d_bias, None, None, None, None
 
 
+def _cross_entropy_setup(ctx, inputs, output):
+    logits, labels, ignore_index = inputs
+    ctx.save_for_backward(logits, labels, output[1])
+    ctx.ignore_index = ignore_index
+
+
+def _cross_entropy_backward(ctx, grad_loss, grad_lse):
+    # lse is the saved log-sum-exp (as attention's), returned for the backward, not for differentiating.
+    logits, labels, lse = ctx.saved_tensors
+    d_logits = torch.ops.minibert.cross_entropy_backward(grad_loss.contiguous(), logits, labels, lse,
+                                                         ctx.ignore_index)
+    return d_logits, None, None
+
+
 def _no_double_backward(op: str, eager_choice: str):
     """An autograd formula for a backward op: raises, so that differentiating a gradient of ``op`` (double
     backward, e.g. a gradient penalty) fails clearly instead of silently giving zeros."""
@@ -538,7 +717,9 @@ if is_available():  # without the extension there are no torch.ops.minibert ops 
                          ("bias_gelu_forward", _bias_gelu_forward_fake),
                          ("bias_gelu_backward", _bias_gelu_backward_fake), ("dropout", _dropout_fake),
                          ("residual_dropout_layernorm_forward", _layernorm_forward_fake),
-                         ("residual_dropout_layernorm_backward", _layernorm_backward_fake)):
+                         ("residual_dropout_layernorm_backward", _layernorm_backward_fake),
+                         ("cross_entropy_forward", _cross_entropy_forward_fake),
+                         ("cross_entropy_backward", _cross_entropy_backward_fake)):
         torch.library.register_fake(f"minibert::{_name}", _fake)
     torch.library.register_autograd("minibert::attention_forward", _attention_backward,
                                     setup_context=_attention_setup)
@@ -556,3 +737,7 @@ if is_available():  # without the extension there are no torch.ops.minibert ops 
             _name.replace("_backward", ""), "gelu_implementation='eager' (minibert.ops.eager.gelu)"))
     torch.library.register_autograd("minibert::residual_dropout_layernorm_backward", _no_double_backward(
         "residual_dropout_layernorm", "layernorm_implementation='eager' (minibert.ops.eager.residual_dropout_layernorm)"))
+    torch.library.register_autograd("minibert::cross_entropy_forward", _cross_entropy_backward,
+                                    setup_context=_cross_entropy_setup)
+    torch.library.register_autograd("minibert::cross_entropy_backward", _no_double_backward(
+        "cross_entropy", "loss_implementation='eager' (minibert.ops.eager.cross_entropy)"))

@@ -155,5 +155,6 @@ def backend_info() -> dict:
         "cuda_device_present": torch.cuda.is_available(),
         "kernel_dtypes": kernel_dtypes,
         "ops": {name: dict(per_device) for name in ("attention", "gelu", "bias_gelu", "dropout",
-                                                    "residual_dropout_layernorm")},
+                                                    "residual_dropout_layernorm", "cross_entropy",
+                                                    "linear_cross_entropy")},
     }

@@ -80,6 +80,30 @@ def residual_dropout_layernorm(x: torch.Tensor, residual: torch.Tensor | None, w
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Per-row cross-entropy ``logsumexp(logits[r]) - logits[r, labels[r]]`` (0 where the label is
+    ``ignore_index``) of ``logits [..., V]``, in torch ops that each write a tensor of the logits' size.
+    float16 and bfloat16 logits are computed in float32 and give a float32 loss, as the CUDA kernel does.
+
+    The row maximum is subtracted first (so large logits keep their digits), where it is finite: a +inf
+    logit then gives what float64 gives (loss inf at other labels, gradient 0 at the finite logits) where
+    ``F.cross_entropy`` returns NaN for the whole row."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    top = logits.detach().amax(dim=-1, keepdim=True) if logits.shape[-1] else logits.sum(-1, keepdim=True)
+    shifted = logits - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    ignored = labels == ignore_index
+    picked = shifted.gather(-1, labels.masked_fill(ignored, 0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(ignored, torch.zeros_like(picked), torch.logsumexp(shifted, dim=-1) - picked)
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
+                         ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, loss)``: ``logits = x @ weight.T + bias`` and its per-row ``cross_entropy``, as two ops."""
+    logits = F.linear(x, weight, bias)
+    return logits, cross_entropy(logits, labels, ignore_index)
+
+
 class AttentionMask:
     """The key-padding mask of a batch in the forms eager attention needs, made once and reused.
 

@@ -236,11 +236,12 @@ def build_backend(args, config, device, world_size: int, weights_dir: str | None
     if weights_dir is not None:
         model = BertForPreTraining.from_pretrained(weights_dir, attn_implementation=args.attn,
                                                    gelu_implementation=args.gelu, dtype=dtype, device=device,
-                                                   layernorm_implementation=args.layernorm)
+                                                   layernorm_implementation=args.layernorm,
+                                                   loss_implementation=args.loss)
     else:
         torch.manual_seed(args.seed)  # every rank builds the same initial weights
         model = BertForPreTraining(config, attn_implementation=args.attn, gelu_implementation=args.gelu,
-                                   layernorm_implementation=args.layernorm)
+                                   layernorm_implementation=args.layernorm, loss_implementation=args.loss)
         model.to(device=device, dtype=dtype)
     amp = args.amp and device.type == "cuda"
     return TorchBackend(model, device=device, lr=args.lr, weight_decay=args.weight_decay,

@@ -33,7 +33,7 @@ SUMMARY_FILE = "summary.json"
 
 # Settings that cannot change on --resume: those that shape the loss trajectory and the model itself (a
 # resumed run would not continue the run it claims to continue). --out, --device, --num-workers, the
-# evaluation and checkpoint intervals, --attn/--gelu/--layernorm, --quiet and --keep-checkpoints may change freely.
+# evaluation and checkpoint intervals, --attn/--gelu/--layernorm/--loss, --quiet and --keep-checkpoints may change freely.
 TRAJECTORY_ARGS = ("corpus", "shards", "held_out_every", "max_seq_length", "short_seq_length", "short_seq_ratio",
                    "dupe_factor", "masked_lm_prob", "whole_word_mask",
                    "dynamic_masking", "config", "layers", "hidden", "heads", "intermediate", "init_from",
@@ -144,6 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="GELU implementation of the torch model")
     g.add_argument("--layernorm", choices=("eager", "fused"), default="fused",
                    help="LayerNorm implementation of the torch model (fused: residual + dropout + LayerNorm)")
+    g.add_argument("--loss", choices=("eager", "fused"), default="fused",
+                   help="MLM/NSP loss implementation of the torch model (fused: cross-entropy kernel)")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="parameter dtype (float64 for exact comparisons between backends)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored, with a note, on CPU)")

@@ -94,3 +94,20 @@ def layernorm_backward(emu, grad, x, residual, weight, mean, rstd, p=0.0, seed=0
     emu.call("layernorm_backward", [grad, x, residual, weight, mean, rstd, d_sum, d_x, dweight, dbias],
              [KIND[x.dtype], rows, n_cols, seed, offset], [p])
     return d_sum, d_x, dweight.to(x.dtype), dbias.to(x.dtype)
+
+
+def cross_entropy_forward(emu, logits, labels, ignore_index=-100):
+    """(loss, lse), float32 [rows], of logits [rows, n_classes] against int64 labels [rows]."""
+    rows, n_cols = logits.shape
+    loss, lse = (torch.full((rows,), float("nan")) for _ in range(2))
+    emu.call("cross_entropy_forward", [logits, labels, loss, lse], [KIND[logits.dtype], rows, n_cols, ignore_index])
+    return loss, lse
+
+
+def cross_entropy_backward(emu, grad_loss, logits, labels, lse, ignore_index=-100):
+    """d_logits (logits' dtype) from float32 grad_loss and lse."""
+    rows, n_cols = logits.shape
+    d = _nan_like(logits)
+    emu.call("cross_entropy_backward", [grad_loss, logits, labels, lse, d],
+             [KIND[logits.dtype], rows, n_cols, ignore_index])
+    return d

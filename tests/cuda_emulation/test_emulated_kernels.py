@@ -8,8 +8,8 @@ Tolerances are docs/design.md's: float32 relative error < 1e-5 (max abs < 1e-4) 
 and bfloat16 relative error < 1e-2 and at most twice that of torch's own eager attention at the same
 precision. Dropout masks must equal the CPU kernel's and NumPy's bit for bit.
 
-The kernels: attention forward (SIMT and tensor-core) and backward, GELU and bias+GELU, dropout, and
-residual + dropout + LayerNorm (layernorm_cuda.cu). The default slice is a few small shapes per kernel
+The kernels: attention forward (SIMT and tensor-core) and backward, GELU and bias+GELU, dropout,
+residual + dropout + LayerNorm (layernorm_cuda.cu) and cross-entropy (cross_entropy_cuda.cu). The default slice is a few small shapes per kernel
 (under a minute on 2 cores once built); ``MINIBERT_EMU_FULL=1`` runs every head size 16-128 with ragged
 S, both attention kernels, every dtype and wider LayerNorm rows. The sanitizer builds (slow) run a small
 shape of each kernel under AddressSanitizer and ThreadSanitizer.
@@ -274,6 +274,11 @@ def test_every_kernel_under_a_sanitizer(sanitizer):
     d_sum, d_x, dw, db = K.layernorm_backward(emu, torch.ones_like(x), x, r, w, mean, rstd, 0.1, 2, 0)
     assert rel_err(db, torch.full((40,), 4.0))[0] < 1e-6  # dbias: the column sums of grad (ones, 4 rows)
     assert not torch.isnan(d_sum).any() and not torch.isnan(d_x).any() and not torch.isnan(dw).any()
+    labels = torch.tensor([3, -100, 0, 39])
+    loss, lse = K.cross_entropy_forward(emu, x, labels)
+    assert rel_err(loss, ops.cross_entropy(x, labels))[0] < 1e-5
+    d = K.cross_entropy_backward(emu, torch.ones(4), x, labels, lse)
+    assert not torch.isnan(d).any() and torch.equal(d[1], torch.zeros(40))
 
 
 # ---- the bugs issue 14 found, each fixed and held here ---------------------------------------------------
@@ -389,3 +394,43 @@ def test_residual_dropout_layernorm_forward_and_backward(emu, dt, shape, with_re
     if dt == F32 and hasattr(ops, "residual_dropout_layernorm"):  # the CPU kernel, same inputs
         cpu = ops.residual_dropout_layernorm(x, residual, weight, bias, eps, p, seed, offset)
         assert (y - cpu).abs().max().item() < 1e-5
+
+
+# (dtype, rows, classes): cross_entropy_cuda.cu, one block of 256 threads per row
+CROSS_ENTROPY = [(dt, rows, n) for dt in (F32, F16, BF16) for rows, n in [(5, 1), (6, 37), (3, 1000)]]
+if FULL:
+    CROSS_ENTROPY += [(dt, 8, 8000) for dt in (F32, BF16)]
+
+
+@pytest.mark.parametrize("dt, rows, n_classes", CROSS_ENTROPY,
+                         ids=lambda c: str(c).replace("torch.", "").replace(" ", ""))
+def test_cross_entropy_forward_and_backward(emu, dt, rows, n_classes):
+    g = torch.Generator().manual_seed(7)
+    logits = (3 * torch.randn(rows, n_classes, generator=g) + 2).to(dt)
+    if n_classes > 1:
+        logits[0, -1] = float("-inf")  # a class with no mass at all: exp gives 0, never NaN
+    labels = torch.randint(0, max(1, n_classes - 1), (rows,), generator=g)  # never the -inf class
+    labels[1] = -100
+    grad_loss = torch.rand(rows, generator=g) + 0.5
+    loss, lse = K.cross_entropy_forward(emu, logits, labels)
+    d = K.cross_entropy_backward(emu, grad_loss, logits, labels, lse)
+
+    # float64 autograd of torch's cross-entropy on the same (rounded) logits
+    x64 = logits.double().requires_grad_()
+    want = torch.nn.functional.cross_entropy(x64, labels, reduction="none")
+    (want * grad_loss.double()).sum().backward()
+    tol = 1e-5 if dt == F32 else 1e-2
+    if n_classes > 1:  # one class: loss and gradient are exactly 0, no norm to be relative to
+        assert rel_err(loss, want.detach())[0] < tol
+        assert rel_err(d, x64.grad)[0] < tol
+    else:
+        assert torch.equal(loss, torch.zeros(rows)) and not torch.isnan(d).any()
+    assert rel_err(lse, torch.logsumexp(logits.double(), -1))[0] < 1e-6
+    assert loss[1].item() == 0.0 and torch.equal(d[1].float(), torch.zeros(n_classes))
+    if dt == F32:  # the CPU kernel, same inputs
+        assert (loss - ops.cross_entropy(logits, labels)).abs().max().item() < 1e-5
+
+
+def test_cross_entropy_label_out_of_range_gives_nan_not_a_wild_read(emu):
+    loss, _ = K.cross_entropy_forward(emu, torch.randn(3, 5), torch.tensor([5, -1, 2]))
+    assert torch.isnan(loss[:2]).all() and torch.isfinite(loss[2])

@@ -33,7 +33,8 @@ import re
 import subprocess
 import sys
 
-OPS = ("attention", "gelu", "bias_gelu", "dropout", "dropout_scale_mask", "residual_dropout_layernorm")
+OPS = ("attention", "gelu", "bias_gelu", "dropout", "dropout_scale_mask", "residual_dropout_layernorm",
+       "cross_entropy")
 PASSING = ("ok", "clear_error")
 FLOAT_DTYPES = ("float32", "float64", "float32", "float64", "float16", "bfloat16")
 BAD_SEEDS = (1.5, "7", None, float("nan"))
@@ -195,9 +196,33 @@ def gen_layernorm(rng):
     return spec
 
 
+def gen_cross_entropy(rng):
+    shape = _shape(rng, rng.choice((1, 2, 3)), allow_zero=True)  # logits [..., C]; labels [...]
+    shape[-1] = shape[-1] or 3  # leading sizes may be 0 (no rows); no classes at all is a break below
+    dtype = rng.choice(FLOAT_DTYPES)
+    spec = dict(op="cross_entropy", x=shape, labels=shape[:-1], ignore_index=rng.choice((-100, -100, -1, 0, 2)),
+                dtype=dtype, values=_values(rng, dtype), device=rng.choice(("cpu",) * 8 + ("meta", "fake")),
+                grad=rng.random() < 0.5, noncontig=rng.random() < 0.3, expect_error=None,
+                seed_data=rng.getrandbits(32))
+    breaks = [lambda: dict(x_kind="list", expect_error=["logits"]),
+              lambda: dict(x_dtype=rng.choice(("int64", "bool")), expect_error=["logits"]),
+              lambda: dict(x=shape[:-1] + [0], expect_error=["logits"]),
+              lambda: dict(labels=shape[:-1] + [2], expect_error=["labels"]),
+              lambda: dict(labels_dtype=rng.choice(("float32", "bool")), expect_error=["labels"]),
+              lambda: dict(labels_kind="list", expect_error=["labels"]),
+              lambda: dict(labels_device="meta" if spec["device"] == "cpu" else "cpu", expect_error=["labels"]),
+              lambda: dict(ignore_index=rng.choice((1.5, "-100", None, True)), expect_error=["ignore_index"])]
+    if spec["device"] == "cpu" and 0 not in shape:  # values are read only on the CPU (a GPU gives NaN)
+        out_of_range = [v for v in (shape[-1], shape[-1] + 1, -7, 10**6) if v != spec["ignore_index"]]
+        breaks.append(lambda: dict(labels_value=rng.choice(out_of_range), expect_error=["labels"]))
+    if rng.random() < 0.4:
+        spec.update(rng.choice(breaks)())
+    return spec
+
+
 GENERATORS = {"attention": gen_attention, "gelu": gen_gelu, "bias_gelu": lambda rng: gen_gelu(rng, bias=True),
               "dropout": gen_dropout, "dropout_scale_mask": gen_dropout_scale_mask,
-              "residual_dropout_layernorm": gen_layernorm}
+              "residual_dropout_layernorm": gen_layernorm, "cross_entropy": gen_cross_entropy}
 
 
 def generate(op: str, n: int, seed: int) -> list[dict]:
@@ -347,8 +372,27 @@ class _Builder:
             weight, self.weight = self.tensor("weight", s["weight"], grad=grad)
             bias, self.bias = self.tensor("bias", s["bias"], grad=grad)
             return (x, residual, weight, bias), dict(eps=s["eps"], p=s["p"], seed=s["seed"], offset=s["offset"])
+        if op == "cross_entropy":
+            x, self.x = self.tensor("x", s["x"], grad=grad)
+            return (x, self.labels_tensor()), dict(ignore_index=s["ignore_index"])
         dtype = getattr(self.torch, s["dtype"])
         return (s["shape"], s["p"], s["seed"]), dict(offset=s["offset"], device=s["device"], dtype=dtype)
+
+    def labels_tensor(self):
+        """Class indices of the spec's labels shape, a third of them ignore_index; self.labels keeps them."""
+        torch, s = self.torch, self.s
+        n_classes = max(1, s["x"][-1])
+        labels = torch.randint(0, n_classes, s["labels"], generator=self.gen)
+        if isinstance(s["ignore_index"], int):
+            labels[torch.rand(s["labels"], generator=self.gen) < 0.3] = s["ignore_index"]
+        if s.get("labels_value") is not None and labels.numel():
+            labels.view(-1)[0] = s["labels_value"]
+        self.labels = labels
+        if s.get("labels_kind") == "list":
+            return labels.tolist()
+        if s.get("labels_dtype"):
+            labels = labels.to(getattr(torch, s["labels_dtype"]))
+        return self.place(labels, s.get("labels_device"))
 
     # -- reference
     def reference(self, dtype=None):
@@ -403,6 +447,11 @@ class _Builder:
             centred = h - h.mean(-1, keepdim=True)
             rstd = 1 / torch.sqrt((centred * centred).mean(-1, keepdim=True) + s["eps"])
             out = centred * rstd * cast(self.weight) + cast(self.bias)
+        elif op == "cross_entropy":
+            x = cast(self.x)
+            ignored = self.labels == s["ignore_index"]
+            picked = x.gather(-1, self.labels.masked_fill(ignored, 0)[..., None])[..., 0]
+            out = torch.where(ignored, torch.zeros_like(picked), torch.logsumexp(x, -1) - picked)
         else:
             out = torch.from_numpy(np.asarray(rng.dropout_scale_mask(tuple(s["shape"]), s["p"], s["seed"],
                                                                      s["offset"])))
@@ -426,8 +475,11 @@ class _Builder:
             expected_device = "meta" if s["device"] == "meta" else "cpu"
             if tuple(out.shape) != tuple(want.shape) or out.device.type != expected_device:
                 return f"{s['device']} output {tuple(out.shape)} on {out.device}, want {tuple(want.shape)}"
-            if out.dtype != getattr(torch, s["dtype"]):
-                return f"{s['device']} output dtype {out.dtype}, want {s['dtype']}"
+            want_dtype = getattr(torch, s["dtype"])
+            if s["op"] == "cross_entropy" and want_dtype in (torch.float16, torch.bfloat16):
+                want_dtype = torch.float32  # the loss of half-precision logits is computed and kept in float32
+            if out.dtype != want_dtype:
+                return f"{s['device']} output dtype {out.dtype}, want {want_dtype}"
             return None
         peer = peer_grads = None
         if s["dtype"] != "float64" and s["op"] != "dropout_scale_mask":
