@@ -24,9 +24,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_args(tiny_data, out, steps, *extra):
     corpus_path, vocab_dir = tiny_data
+    # BERT's masking rate (not the default's 40%): the rate the tiny shards below are written with
     return ["--corpus", corpus_path, "--vocab", vocab_dir, *TINY_MODEL, "--max-seq-length", "32",
-            "--batch-size", "8", "--dupe-factor", "1", "--steps", str(steps), "--out", str(out),
-            "--attn", "eager", "--gelu", "eager", "--quiet", "--seed", "3", *extra]
+            "--batch-size", "8", "--dupe-factor", "1", "--masked-lm-prob", "0.15", "--steps", str(steps),
+            "--out", str(out), "--attn", "eager", "--gelu", "eager", "--quiet", "--seed", "3", *extra]
 
 
 def read_rows(out, split="train"):
@@ -582,6 +583,16 @@ def test_masked_lm_prob_sets_the_training_rate_and_the_held_out_set_keeps_bert_s
         ["--masked-lm-prob", "0.4", "--max-seq-length", "128"])) == 52  # not BERT's cap of 20
     with pytest.raises(ValueError, match="--masked-lm-prob must be in"):
         pretrain.main(tiny_args(tiny_data, "unused", 1, "--masked-lm-prob", "0.9"))
+
+    def default_rate(*argv):
+        args = pretrain_args.build_parser().parse_args(list(argv))
+        pretrain_args.check_args(args, 1)
+        return args.masked_lm_prob
+    # The default trains at the study's 40%; shards written with masks keep theirs (BERT's 15% by default),
+    # and masks drawn from unmasked shards (--dynamic-masking) follow the default again.
+    assert default_rate() == pretrain_args.DEFAULT_MASKED_LM_PROB_TRAIN == 0.4
+    assert default_rate("--shards", "dir") == 0.15
+    assert default_rate("--shards", "dir", "--dynamic-masking") == 0.4
 
 
 def test_a_short_sequence_phase_switches_once_and_resumes_exactly(tiny_data, tmp_path, monkeypatch):

@@ -50,9 +50,9 @@ from minibert.train import budget, distributed, report, signals, state
 from minibert.train.backends import STAT_KEYS, build_backend, count_batch
 from minibert.train.common import append_metrics, derived_seed, read_metrics
 from minibert.train.data import StepBatches, prepare_data
-from minibert.train.pretrain_args import (CURVES_FILE, METRICS_FILE, SUMMARY_FILE, TRAJECTORY_ARGS,  # noqa: F401
-                                          add_arguments, build_config, build_parser, check_args,  # (cli: add_arguments)
-                                          check_size_options)
+from minibert.train.pretrain_args import (CURVES_FILE, DEFAULT_VOCAB_SIZE, METRICS_FILE,  # noqa: F401
+                                          SUMMARY_FILE, TRAJECTORY_ARGS, add_arguments, build_config,
+                                          build_parser, check_args, check_size_options)  # (cli: add_arguments)
 
 
 def main(argv=None) -> dict:
@@ -127,7 +127,8 @@ def train(args, rank: int, world_size: int, device) -> dict:
     weights_dir = resume_dir or (state.model_directory(args.init_from) if args.init_from else None)
 
     # -- data: the same instances give the same batches, from memory or from shards
-    tokenizer = BertTokenizer.from_pretrained(weights_dir or args.vocab or args.shards or default_vocab_dir())
+    tokenizer = BertTokenizer.from_pretrained(weights_dir or args.vocab or args.shards
+                                               or default_vocab_dir(DEFAULT_VOCAB_SIZE))
     config = build_config(args, tokenizer, weights_dir)
     if saved is not None:
         check_size_options(args, config)
