@@ -2,6 +2,7 @@
 
 The probabilities are checked against ``transformers.BertForMaskedLM`` on the same checkpoint.
 """
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,55 @@ def test_held_out_prompts_come_only_from_held_out_documents(tiny_data, tmp_path,
 def test_held_out_needs_a_pretraining_checkpoint(overfit_dir):
     with pytest.raises(ValueError, match="needs a checkpoint of `minibert pretrain`"):
         fill_mask.main(["--model", overfit_dir, "--held-out"])
+
+
+def test_mlm_diagnosis_splits_the_held_out_accuracy_the_run_reported(tiny_data, tmp_path, monkeypatch):
+    """benchmarks/mlm_diagnosis.py: its accuracies by kind ([MASK] / random / kept) recombine to the held-out
+    MLM accuracy `minibert pretrain` reported, the kinds come in BERT's 80/10/10 proportions, the attention
+    rows are weights of a softmax, and the neighbour oracle answers the question it was built on."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from minibert.modeling import BertForPreTraining
+    from minibert.train import pretrain, pretrain_args
+    from minibert.train.data import prepare_data, read_split
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "mlm_diagnosis.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # the script imports its neighbour _common
+    spec = importlib.util.spec_from_file_location("mlm_diagnosis", path)
+    diagnosis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnosis)
+
+    corpus_path, vocab_dir = tiny_data
+    out = tmp_path / "run"
+    data_options = ["--corpus", corpus_path, "--max-seq-length", "32", "--dupe-factor", "1", "--held-out-every", "4",
+                    "--eval-sequences", "64"]
+    summary = pretrain.main([*data_options, "--vocab", vocab_dir, "--layers", "1", "--hidden", "32", "--heads", "2",
+                             "--intermediate", "64", "--steps", "30", "--lr", "3e-3", "--out", str(out), "--quiet"])
+    args = pretrain_args.build_parser().parse_args([*data_options, "--vocab", vocab_dir])
+    pretrain_args.check_args(args, 1)
+    tokenizer = BertTokenizer.from_pretrained(str(out / "last"))
+    model = BertForPreTraining.from_pretrained(str(out / "last")).eval()
+    data = prepare_data(args, tokenizer, model.config)
+    mask_id = tokenizer.convert_tokens_to_ids(["[MASK]"])[0]
+
+    kinds = diagnosis.accuracy_by_kind(model, data.eval_batches, mask_id)
+    n = sum(k["count"] for k in kinds.values())
+    right = sum(k["accuracy"] * k["count"] for k in kinds.values())
+    assert n == sum(int((b["labels"] != -100).sum()) for b in data.eval_batches)
+    assert abs(right - summary["eval_mlm_acc"] * n) < 0.5  # the same predictions the run counted
+    assert 0.7 < kinds["mask"]["count"] / n < 0.9 and kinds["kept"]["count"] < 0.2 * n
+
+    for row in diagnosis.attention_by_offset(model, data.eval_batches[0]):
+        assert all(0.0 <= row[f"offset{o:+d}"] <= 1.0 for o in diagnosis.OFFSETS)
+        assert 1 / 32 <= row["uniform"] <= 1 / 5  # 1/length of sequences of 5-32 tokens
+
+    train_docs, _ = read_split(args.corpus, args.held_out_every)
+    oracle = diagnosis.neighbour_oracle(train_docs, tokenizer, data.eval_batches, mask_id)
+    assert 0.0 < oracle["previous token"] < 1.0 and oracle["both neighbours"] >= 0.0
+    # On the training text itself, a question whose neighbours occur nowhere else is answered exactly.
+    sentence = "zq xv"
+    ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(sentence))
+    batch = {"input_ids": np.array([[ids[0], mask_id]]), "labels": np.array([[-100, ids[1]]])}
+    assert diagnosis.neighbour_oracle([[sentence]], tokenizer, [batch], mask_id)["previous token"] == 1.0
+    json.dumps(oracle)  # what the script saves
