@@ -54,21 +54,20 @@ from minibert.config import BertConfig  # noqa: E402
 from minibert.reference.model import BertForPreTraining as ReferenceBert  # noqa: E402
 from minibert.reference.optim import AdamW as ReferenceAdamW  # noqa: E402
 from minibert.reference.train import pretraining_step  # noqa: E402
-from minibert.tokenizer.train import DEFAULT_VOCAB_SIZE  # noqa: E402
+from minibert.train.pretrain_args import DEFAULT_VOCAB_SIZE as PRETRAIN_VOCAB_SIZE  # noqa: E402
 
 # The first config is the 4-layer model `minibert pretrain` used by default until its recipe study (the model
 # the issue targets for the speed-up over transformers were set on); the second is today's default in its
 # main phase (--layers 2, 64-token sequences for 90% of the budget); the third a smaller one where per-op
-# overheads weigh more. All with the default vocabulary size.
+# overheads weigh more. Each with the vocabulary size of its recipe: 8,000 tokens then, 4,000 today.
 CONFIGS = {
     "4 layers (L=4, H=256, S=128)": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4,
-                                         intermediate_size=1024, seq=128),
+                                         intermediate_size=1024, seq=128, vocab_size=8000),
     "pretrain default (L=2, H=256, S=64)": dict(num_hidden_layers=2, hidden_size=256, num_attention_heads=4,
-                                                intermediate_size=1024, seq=64),
+                                                intermediate_size=1024, seq=64, vocab_size=PRETRAIN_VOCAB_SIZE),
     "small (L=2, H=128, S=64)": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2,
-                                     intermediate_size=512, seq=64),
+                                     intermediate_size=512, seq=64, vocab_size=PRETRAIN_VOCAB_SIZE),
 }
-VOCAB = DEFAULT_VOCAB_SIZE
 LR, WEIGHT_DECAY, MAX_GRAD_NORM = 1e-4, 0.01, 1.0
 LOSS_TOLERANCE = 1e-4  # float32 losses of ~9 that agree to 1e-4 come from the same computation
 CHECK_AGAINST = "transformers eager"  # the loss every other implementation must reproduce
@@ -82,9 +81,9 @@ MINIBERT_BACKENDS = {"eager": ("eager", "eager", "eager", "eager"), "sdpa": ("sd
                      "fused": ("fused", "fused", "fused", "fused")}
 
 
-def make_batch(gen, batch, seq):
+def make_batch(gen, batch, seq, vocab):
     """Random ids with 15% of positions predicted, a padded tail on half the rows, random NSP labels."""
-    ids = gen.integers(5, VOCAB, (batch, seq))
+    ids = gen.integers(5, vocab, (batch, seq))
     mask = np.ones((batch, seq), dtype=np.int64)
     mask[::2, seq * 3 // 4:] = 0
     labels = np.where((gen.random((batch, seq)) < 0.15) & (mask == 1), ids, -100)
@@ -150,8 +149,8 @@ def build_rows(spec: dict, batch_size: int) -> tuple[dict, int]:
     from minibert.modeling import BertForPreTraining
     spec = dict(spec)
     seq = spec.pop("seq")
-    config = BertConfig(vocab_size=VOCAB, max_position_embeddings=seq, **spec)
-    batch = make_batch(np.random.default_rng(0), batch_size, seq)
+    config = BertConfig(max_position_embeddings=seq, **spec)
+    batch = make_batch(np.random.default_rng(0), batch_size, seq, config.vocab_size)
     reference = ReferenceBert(config, dtype=np.float32, seed=0)
     rows = {"numpy reference": NumpyRow(reference, batch)}
     with tempfile.TemporaryDirectory() as directory:
@@ -241,7 +240,7 @@ def plot(results: list[dict], batch: int, path_name: str) -> str:
         for yi, r in zip(y, rows):
             ax.text(r["tokens_per_s"], yi, f" {r['speedup_vs_hf']:.2f}x", va="center", fontsize=8)
         ax.set_xlim(0, 1.15 * max(r["tokens_per_s"] for r in rows))
-        ax.set_title(f"{config}, vocab {VOCAB}, batch {batch}", fontsize=9)
+        ax.set_title(f"{config}, vocab {CONFIGS[config]['vocab_size']}, batch {batch}", fontsize=9)
     axes[-1, 0].set_xlabel("tokens / s per training step (higher is better; labels: x the faster transformers)")
     fig.suptitle(f"BERT training step (fwd + bwd + AdamW), float32, {THREADS} thread(s)", fontsize=10)
     fig.tight_layout()
@@ -276,7 +275,7 @@ def main(argv=None) -> int:
                             "speedup_vs_hf": medians[baselines[config_name]] / medians[name],
                             "repeats": len(s), "samples_s": s})
     load_after = os.getloadavg()
-    print(f"batch {args.batch}, vocab {VOCAB}, float32, dropout on, AdamW + clipping; {THREADS} thread(s) for "
+    print(f"batch {args.batch}, float32, dropout on, AdamW + clipping; {THREADS} thread(s) for "
           f"torch and NumPy; median of >= {args.repeats} interleaved steps after {args.warmup} warm-up; "
           f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"dropout-off losses of all implementations agree within {LOSS_TOLERANCE}:",
@@ -285,7 +284,7 @@ def main(argv=None) -> int:
     print_table(results, ["config", "impl", "ms_per_step", "tokens_per_s", "speedup_vs_hf"],
                 {"ms_per_step": ".1f", "tokens_per_s": ".0f", "speedup_vs_hf": ".2f"})
     path = save_json("train", {
-        "threads": THREADS, "batch": args.batch, "vocab": VOCAB, "dtype": "float32", "dropout": True,
+        "threads": THREADS, "batch": args.batch, "dtype": "float32", "dropout": True,
         "repeats": args.repeats, "min_seconds": args.min_seconds, "warmup": args.warmup,
         "speedup_baseline": baselines, "notes": NOTES,
         "load_average_before": load_before, "load_average_after": load_after,
