@@ -1,4 +1,8 @@
 """Fixtures shared by several test modules."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -10,6 +14,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def run_at_vector_width():
+    """``run(script, vector_bytes)``: run a Python script in a fresh process whose CPU kernels use the build
+    for that vector width ("64" AVX-512, "32" AVX2+FMA, "16" SSE2; MINIBERT_CPU_VECTOR_BYTES is read once per
+    process, hence the subprocess), and require it to succeed and print "ok"."""
+    def run(script: str, vector_bytes: str) -> None:
+        env = dict(os.environ, MINIBERT_CPU_VECTOR_BYTES=vector_bytes)
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    return run
 
 
 @pytest.fixture(scope="session")

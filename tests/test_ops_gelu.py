@@ -211,13 +211,7 @@ print("ok")
 
 @pytest.mark.slow  # a subprocess per width: a few seconds each, mostly importing torch
 @pytest.mark.parametrize("vector_bytes", ["64", "32", "16"])
-def test_every_vector_width_build(vector_bytes):
+def test_every_vector_width_build(vector_bytes, run_at_vector_width):
     """The CPU kernels are compiled for AVX-512, AVX2+FMA and SSE2 (csrc/math_cpu.h run_widest_vectors);
     MINIBERT_CPU_VECTOR_BYTES picks the narrower builds, read once per process: one subprocess each."""
-    import os
-    import subprocess
-    import sys
-    env = dict(os.environ, MINIBERT_CPU_VECTOR_BYTES=vector_bytes)
-    result = subprocess.run([sys.executable, "-c", _WIDTH_CHECK], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    run_at_vector_width(_WIDTH_CHECK, vector_bytes)

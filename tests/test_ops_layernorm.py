@@ -2,9 +2,6 @@
 float64 NumPy reference (minibert.reference.layers: dropout, then add, then LayerNorm), forward and
 backward, with and without a residual and dropout; gradcheck, opcheck, fake kernels, bad input, and the
 AVX2 / SSE2 builds of the CPU kernel."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -237,14 +234,11 @@ print("ok")
 
 @pytest.mark.slow  # a subprocess per width: a few seconds each, mostly importing torch
 @pytest.mark.parametrize("vector_bytes", ["64", "32", "16"])
-def test_every_vector_width_build(vector_bytes):
+def test_every_vector_width_build(vector_bytes, run_at_vector_width):
     """The CPU kernel is compiled for AVX-512, AVX2+FMA and SSE2; MINIBERT_CPU_VECTOR_BYTES picks the
     narrower builds (read once per process, so each runs in a subprocess). On a CPU without AVX-512 the
     "64" case runs the widest build the CPU has."""
-    env = dict(os.environ, MINIBERT_CPU_VECTOR_BYTES=vector_bytes)
-    result = subprocess.run([sys.executable, "-c", _WIDTH_CHECK], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    run_at_vector_width(_WIDTH_CHECK, vector_bytes)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
