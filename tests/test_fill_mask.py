@@ -197,6 +197,10 @@ def test_mlm_diagnosis_splits_the_held_out_accuracy_the_run_reported(tiny_data, 
     right = sum(k["accuracy"] * k["count"] for k in kinds.values())
     assert n == sum(int((b["labels"] != -100).sum()) for b in data.eval_batches)
     assert abs(right - summary["eval_mlm_acc"] * n) < 0.5  # the same predictions the run counted
+    # the run's own split: accuracy where the input hides the answer ([MASK] or a random token)
+    hidden_n = kinds["mask"]["count"] + kinds["random"]["count"]
+    hidden_right = sum(kinds[k]["accuracy"] * kinds[k]["count"] for k in ("mask", "random"))
+    assert abs(hidden_right - summary["eval_mlm_acc_hidden"] * hidden_n) < 0.5
     assert 0.7 < kinds["mask"]["count"] / n < 0.9 and kinds["kept"]["count"] < 0.2 * n
 
     for row in diagnosis.attention_by_offset(model, data.eval_batches[0]):

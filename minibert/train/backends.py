@@ -28,13 +28,23 @@ from minibert.reference import optim as reference_optim
 from minibert.train.common import ADAM_BETAS, ADAM_EPS, clip_and_step, make_optimizer
 
 STAT_KEYS = ("mlm_loss_sum", "nsp_loss_sum", "mlm_correct", "n_masked", "nsp_correct", "n_examples",
-             "n_tokens")
+             "n_tokens", "mlm_hidden_correct", "n_hidden")
 
 
 def count_batch(batch: dict) -> dict:
-    """The normalisers of one collated batch: masked tokens, examples, non-padding tokens."""
-    return {"n_masked": int((batch["labels"] != -100).sum()), "n_examples": int(len(batch["input_ids"])),
-            "n_tokens": int(batch["attention_mask"].sum())}
+    """The normalisers of one collated batch: masked tokens, examples, non-padding tokens, and the masked
+    tokens whose input hides the answer (``[MASK]`` or a random token: BERT's 80% + 10%, not the 10% kept)."""
+    labels = batch["labels"]
+    return {"n_masked": int((labels != -100).sum()), "n_examples": int(len(batch["input_ids"])),
+            "n_tokens": int(batch["attention_mask"].sum()),
+            "n_hidden": int(((labels != -100) & (batch["input_ids"] != labels)).sum())}
+
+
+def hidden_answers(input_ids, labels):
+    """At the predicted positions (in order), whether the input hides the answer: a model can get the 10%
+    of kept tokens right by copying its input, and only the others show what it learned of the context."""
+    predicted = labels != -100
+    return input_ids[predicted] != labels[predicted]
 
 
 class TorchBackend:
@@ -71,10 +81,12 @@ class TorchBackend:
                          masked_positions_only=True)
         counts = count_batch(batch)
         mlm_labels = tensors["labels"][tensors["labels"] != -100]            # [M], the rows of prediction_logits
+        right = out.prediction_logits.argmax(-1) == mlm_labels               # [M]
         # The model returns mean losses; the loop normalises by the global batch, so it wants sums.
         return {"mlm_loss_sum": out.mlm_loss * counts["n_masked"],
                 "nsp_loss_sum": out.nsp_loss * counts["n_examples"],
-                "mlm_correct": (out.prediction_logits.argmax(-1) == mlm_labels).sum(),
+                "mlm_correct": right.sum(),
+                "mlm_hidden_correct": (right & hidden_answers(tensors["input_ids"], tensors["labels"])).sum(),
                 "nsp_correct": (out.seq_relationship_logits.argmax(-1) == tensors["next_sentence_label"]).sum()}
 
     def forward_backward(self, micro_batches: list[dict], norm: dict, dropout_seeds: list[int]) -> dict:
@@ -220,9 +232,11 @@ def _numpy_stats(out: dict, batch: dict, counts: dict) -> dict:
     masked = labels != -100                                        # [b, S]
     predicted = out["prediction_logits"][masked].argmax(-1)        # [M]
     nsp_predicted = out["seq_relationship_logits"].argmax(-1)      # [b]
+    right = predicted == labels[masked]                            # [M]
     return {"mlm_loss_sum": float(out["mlm_loss"]) * counts["n_masked"],
             "nsp_loss_sum": float(out["nsp_loss"]) * counts["n_examples"],
-            "mlm_correct": int((predicted == labels[masked]).sum()),
+            "mlm_correct": int(right.sum()),
+            "mlm_hidden_correct": int((right & hidden_answers(batch["input_ids"], labels)).sum()),
             "nsp_correct": int((nsp_predicted == batch["next_sentence_label"]).sum())}
 
 

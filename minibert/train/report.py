@@ -19,6 +19,9 @@ def metrics(stats: dict) -> dict:
     nsp_loss = stats["nsp_loss_sum"] / max(stats["n_examples"], 1)
     return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
             "mlm_acc": stats["mlm_correct"] / max(stats["n_masked"], 1),
+            # at the predicted positions whose input hides the answer ([MASK] or a random token): what the
+            # model reads from the context, without the kept tokens it can copy
+            "mlm_acc_hidden": stats["mlm_hidden_correct"] / max(stats["n_hidden"], 1),
             "nsp_acc": stats["nsp_correct"] / max(stats["n_examples"], 1)}
 
 
@@ -65,12 +68,14 @@ def summarize(rows: list[dict], final_eval: dict | None, timing: dict, facts: di
         "train_nsp_acc": float(np.mean([r["nsp_acc"] for r in last])),
         "eval_loss": final_eval["loss"] if final_eval else None,
         "eval_mlm_acc": final_eval["mlm_acc"] if final_eval else None,
+        "eval_mlm_acc_hidden": final_eval["mlm_acc_hidden"] if final_eval else None,
         "eval_nsp_acc": final_eval["nsp_acc"] if final_eval else None,
         **facts,
     }
 
 def save_curves(rows: list[dict], path: str, baseline: float | None) -> None:
-    """Plot training (smoothed) and evaluation loss, MLM and NSP accuracy against the step."""
+    """Plot training (smoothed) and evaluation loss, MLM and NSP accuracy against the step (MLM also where
+    the input hides the answer: without the kept tokens a model can copy)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -88,6 +93,9 @@ def save_curves(rows: list[dict], path: str, baseline: float | None) -> None:
             ax.plot(steps[window - 1:], smooth, label="train" + (f" ({window}-step mean)" if window > 1 else ""))
         if evals:
             ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label="held-out")
+        if key == "mlm_acc" and evals and all("mlm_acc_hidden" in r for r in evals):
+            ax.plot([r["step"] for r in evals], [r["mlm_acc_hidden"] for r in evals], "s--",
+                    label="held-out, answer hidden")
         if key == "mlm_acc" and baseline is not None:
             ax.axhline(baseline, color="gray", linestyle="--", label="unigram baseline")
         ax.set_title(title)
@@ -109,6 +117,8 @@ def print_summary(summary: dict) -> None:
     if summary.get("eval_loss") is not None:
         print(f"  held-out   loss {summary['eval_loss']:.3f}   MLM acc {summary['eval_mlm_acc']:.3f}   "
               f"NSP acc {summary['eval_nsp_acc']:.3f}")
+        print(f"             MLM acc {summary['eval_mlm_acc_hidden']:.3f} where the input hides the answer "
+              f"([MASK] or a random token; the other 10% are the token itself, to copy)")
     print(f"  baselines: MLM acc {summary['unigram_baseline_mlm_acc']:.3f} always predicting "
           f"{summary['unigram_token']!r} (unigram), NSP acc {summary['nsp_majority_baseline_acc']:.3f} "
           f"always guessing the majority label")
