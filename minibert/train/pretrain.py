@@ -23,9 +23,11 @@ The loop, in the order it happens (options and defaults: ``minibert.train.pretra
    ``--save-every-minutes``) and at the end: loads in ``transformers`` unchanged, and ``--resume``
    continues it with the same loss trajectory. A fresh run never replaces one already in ``OUT`` unless
    ``--overwrite``; Ctrl-C finishes the step, saves, and says how to resume (``minibert.train.signals``).
-6. **Summary.** Final train / eval loss, MLM and NSP accuracy, the *unigram baseline* (the MLM accuracy of
-   always guessing the most frequent masked token, the score to beat), why the run stopped, and the
-   model's guesses for a masked word in a few held-out sentences.
+6. **Summary.** Final train / eval loss, MLM and NSP accuracy (MLM also where the input hides the answer:
+   BERT leaves 10% of the predicted tokens unchanged, and a model learns to copy those long before it
+   learns to read the context), the *unigram baseline* (the MLM accuracy of always guessing the most
+   frequent masked token, the score to beat), why the run stopped, and the model's guesses for a masked
+   word in a few held-out sentences.
 
 Try it: ``python -m minibert.train.pretrain`` (five minutes on two CPU cores), then
 ``python -m minibert fill-mask --model runs/pretrain "The [MASK] statement exits a loop."``.
