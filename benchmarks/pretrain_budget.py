@@ -37,6 +37,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 from _common import print_table, save_figure, save_json
 
+def recipe(base: list[str], *changes: str) -> list[str]:
+    """``base``'s options with ``changes`` applied: a flag given again replaces its value in place."""
+    options = list(base)
+    i = 0
+    while i < len(changes):
+        flag = changes[i]
+        has_value = i + 1 < len(changes) and not changes[i + 1].startswith("--")
+        value = [changes[i + 1]] if has_value else []
+        if flag in options:
+            at = options.index(flag)
+            options[at:at + 1 + len(value)] = [flag, *value]
+        else:
+            options += [flag, *value]
+        i += 1 + len(value)
+    return options
+
+
 # name -> extra `minibert pretrain` options. Every variant names its vocabulary and masking rate, so it means
 # the same recipe whatever today's defaults are; "{vocab4k}"/"{vocab8k}" train (once) a vocabulary of that
 # size on the built-in corpus (the very vocabulary `minibert pretrain` trains and caches for its default).
@@ -50,37 +67,37 @@ VARIANTS = {
     "default": [],
     # round 1
     "round1": ROUND1,
-    "seq64": [*ROUND1, "--max-seq-length", "64"],
-    "batch32": [*ROUND1, "--batch-size", "32"],
-    "batch8": [*ROUND1, "--batch-size", "8"],
-    "lr1e-3": [*ROUND1, "--lr", "1e-3"],
-    "lr1e-3-warm15": [*ROUND1, "--lr", "1e-3", "--warmup-ratio", "0.15"],
-    "no-dropout": [*ROUND1, "--dropout", "0"],
-    "mask25": [*ROUND1, "--masked-lm-prob", "0.25"],
-    "mask40": [*ROUND1, "--masked-lm-prob", "0.4"],
-    "2x256": [*ROUND1, "--layers", "2"],
-    "2x384": [*ROUND1, "--layers", "2", "--hidden", "384", "--heads", "6", "--intermediate", "1536"],
-    "6x256": [*ROUND1, "--layers", "6"],
-    "4x192": [*ROUND1, "--hidden", "192", "--heads", "3", "--intermediate", "768"],
-    "vocab4k": [*ROUND1, "--vocab", "{vocab4k}"],
+    "seq64": recipe(ROUND1, "--max-seq-length", "64"),
+    "batch32": recipe(ROUND1, "--batch-size", "32"),
+    "batch8": recipe(ROUND1, "--batch-size", "8"),
+    "lr1e-3": recipe(ROUND1, "--lr", "1e-3"),
+    "lr1e-3-warm15": recipe(ROUND1, "--lr", "1e-3", "--warmup-ratio", "0.15"),
+    "no-dropout": recipe(ROUND1, "--dropout", "0"),
+    "mask25": recipe(ROUND1, "--masked-lm-prob", "0.25"),
+    "mask40": recipe(ROUND1, "--masked-lm-prob", "0.4"),
+    "2x256": recipe(ROUND1, "--layers", "2"),
+    "2x384": recipe(ROUND1, "--layers", "2", "--hidden", "384", "--heads", "6", "--intermediate", "1536"),
+    "6x256": recipe(ROUND1, "--layers", "6"),
+    "4x192": recipe(ROUND1, "--hidden", "192", "--heads", "3", "--intermediate", "768"),
+    "vocab4k": recipe(ROUND1, "--vocab", "{vocab4k}"),
     # BERT's two phases: 90% of the budget on 64-token sequences, then 128 (evaluated at 128 like the default)
-    "seq64-128": [*ROUND1, "--short-seq-length", "64"],
+    "seq64-128": recipe(ROUND1, "--short-seq-length", "64"),
     # combinations of the single changes that helped
-    "seq64-128-nodrop": [*ROUND1, "--short-seq-length", "64", "--dropout", "0"],
-    "2x256-seq64-128-nodrop": [*ROUND1, "--layers", "2", "--short-seq-length", "64", "--dropout", "0"],
-    "2x256-seq64-128-nodrop-lr1e-3": [*ROUND1, "--layers", "2", "--short-seq-length", "64", "--dropout", "0",
-                                      "--lr", "1e-3"],
-    "2x256-seq64-128-nodrop-lr2e-3": [*ROUND1, "--layers", "2", "--short-seq-length", "64", "--dropout", "0",
-                                      "--lr", "2e-3"],
+    "seq64-128-nodrop": recipe(ROUND1, "--short-seq-length", "64", "--dropout", "0"),
+    "2x256-seq64-128-nodrop": recipe(ROUND1, "--layers", "2", "--short-seq-length", "64", "--dropout", "0"),
+    "2x256-seq64-128-nodrop-lr1e-3": recipe(ROUND1, "--layers", "2", "--short-seq-length", "64", "--dropout", "0",
+                                            "--lr", "1e-3"),
+    "2x256-seq64-128-nodrop-lr2e-3": recipe(ROUND1, "--layers", "2", "--short-seq-length", "64", "--dropout", "0",
+                                            "--lr", "2e-3"),
     # round 2
     "round2": ROUND2,
-    "r2-lr1e-3": [*ROUND2, "--lr", "1e-3"],
-    "r2-batch8": [*ROUND2, "--batch-size", "8"],
-    "r2-2x128": [*ROUND2, "--hidden", "128", "--heads", "2", "--intermediate", "512"],
-    "r2-mask30": [*ROUND2, "--masked-lm-prob", "0.3"],
-    "r2-mask40": [*ROUND2, "--masked-lm-prob", "0.4"],
-    "r2-vocab4k": [*ROUND2, "--vocab", "{vocab4k}"],
-    "r2-vocab4k-mask30": [*ROUND2, "--vocab", "{vocab4k}", "--masked-lm-prob", "0.3"],
+    "r2-lr1e-3": recipe(ROUND2, "--lr", "1e-3"),
+    "r2-batch8": recipe(ROUND2, "--batch-size", "8"),
+    "r2-2x128": recipe(ROUND2, "--hidden", "128", "--heads", "2", "--intermediate", "512"),
+    "r2-mask30": recipe(ROUND2, "--masked-lm-prob", "0.3"),
+    "r2-mask40": recipe(ROUND2, "--masked-lm-prob", "0.4"),
+    "r2-vocab4k": recipe(ROUND2, "--vocab", "{vocab4k}"),
+    "r2-vocab4k-mask30": recipe(ROUND2, "--vocab", "{vocab4k}", "--masked-lm-prob", "0.3"),
 }
 ROUND2_VARIANTS = ["default", *(n for n in VARIANTS if n == "round2" or n.startswith("r2-"))]
 VOCABULARIES = {"vocab4k": 4000, "vocab8k": 8000}  # placeholder -> size
