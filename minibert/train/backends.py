@@ -37,7 +37,7 @@ def count_batch(batch: dict) -> dict:
     labels = batch["labels"]
     return {"n_masked": int((labels != -100).sum()), "n_examples": int(len(batch["input_ids"])),
             "n_tokens": int(batch["attention_mask"].sum()),
-            "n_hidden": int(((labels != -100) & (batch["input_ids"] != labels)).sum())}
+            "n_hidden": int(hidden_answers(batch["input_ids"], labels).sum())}
 
 
 def hidden_answers(input_ids, labels):
