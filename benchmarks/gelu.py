@@ -2,6 +2,7 @@
 
     python benchmarks/gelu.py            # 1M, 4M and 16M elements ([rows, 3072] like BERT-base's FFN)
     python benchmarks/gelu.py --quick    # 1M and 4M
+    python benchmarks/gelu.py --reuse-memory # outputs in memory that is already mapped (no page faults)
     python benchmarks/gelu.py --huge-pages   # torch's CPU allocator on 2 MB pages (THP_MEM_ALLOC_ENABLE=1)
 
 GELU is memory bound, so the honest unit is bytes moved per second: forward reads x and writes y
@@ -9,23 +10,19 @@ GELU is memory bound, so the honest unit is bytes moved per second: forward read
 tensor copy (read N, write N) measured in the same run. Eager bias+GELU moves 4 N (x + b is written and
 read back), which is what fusing removes. Results: benchmarks/results/gelu-<machine>.json and .png.
 
-Every op here allocates its output (as in a model), and on Linux a fresh allocation of many megabytes
-is fresh pages: the first write to each 4 KB page faults into the kernel, which zeroes it. At 16M elements
-that can cost more than the arithmetic, and how much varies from run to run (a copy into a buffer that
-is already mapped has no faults: it is the ceiling). ``--huge-pages`` sets torch's own switch
-``THP_MEM_ALLOC_ENABLE=1`` (read once, at the allocator's first use, so the script restarts itself with
-it): allocations of 2 MB and more are aligned for transparent huge pages, 512 times fewer faults, and the
-numbers show the kernels' speed rather than the page faults'. Results: ``gelu-hugepages-<machine>.*``.
+Every op here allocates its output (as in a model), and at 16M elements a fresh allocation is fresh pages,
+whose faults can cost more than the arithmetic (benchmarks/_allocator.py). ``--reuse-memory`` hands each
+call memory that is already mapped, as a caching allocator would, so the numbers show the kernels rather
+than the page faults; ``--huge-pages`` takes the fresh pages 2 MB at a time. Results:
+``gelu-reuse-memory-<machine>.*`` and ``gelu-huge-pages-<machine>.*``.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-if "--huge-pages" in sys.argv[1:] and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
-    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # must be set before torch allocates anything
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+import _allocator
+
+ALLOCATOR = _allocator.restart_if_requested()  # before torch allocates anything
 
 import _common  # noqa: E402
 import torch  # noqa: E402
@@ -68,10 +65,9 @@ def cases(x, approximate):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1M and 4M elements only")
-    parser.add_argument("--huge-pages", action="store_true",
-                        help="allocate on transparent huge pages (THP_MEM_ALLOC_ENABLE=1; see above)")
+    _allocator.add_arguments(parser)
     args = parser.parse_args()
-    name = "gelu-hugepages" if args.huge_pages else "gelu"
+    name = f"gelu-{ALLOCATOR}" if ALLOCATOR else "gelu"
     rows, key = _common.memory_bound_rows(cases, ("none", "tanh"), "form", COLS, EAGER_PEER, args.quick,
                                           copy_ops=("copy", "clone"))
     smallest, numel = min(r["elements"] for r in rows), max(r["elements"] for r in rows)
@@ -87,12 +83,12 @@ def main():
         ratios = ", ".join(f"{op} {key[('cpu', 'float32', smallest, form, op)]['speedup_vs_eager']:.2f}x"
                            for op in EAGER_PEER)
         print(f"CPU ({form}) at {smallest} elements, fused vs eager: {ratios}")
-    path = _common.save_json(name, {"cols": COLS, "huge_pages": args.huge_pages, "rows": rows})
-    print("saved", path, "and", plot(rows, name, args.huge_pages))
+    path = _common.save_json(name, {"cols": COLS, "allocator": ALLOCATOR or "fresh-pages", "rows": rows})
+    print("saved", path, "and", plot(rows, name))
 
 
-def plot(rows, name: str, huge_pages: bool) -> str:
-    title = "GELU and bias+GELU (erf form) vs a copy" + (", 2 MB pages" if huge_pages else "")
+def plot(rows, name: str) -> str:
+    title = "GELU and bias+GELU (erf form) vs a copy" + (f", {ALLOCATOR}" if ALLOCATOR else "")
     return _common.plot_gb_per_s(rows, name, title, lambda r: r["op"], keep=lambda r: r["form"] in ("-", "none"))
 
 

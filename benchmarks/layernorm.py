@@ -3,6 +3,7 @@ against a plain copy measured in the same run.
 
     python benchmarks/layernorm.py            # [rows, 768] (BERT-base hidden size): 1M, 4M and 16M elements
     python benchmarks/layernorm.py --quick    # 1M and 4M
+    python benchmarks/layernorm.py --reuse-memory   # outputs in memory already mapped (benchmarks/_allocator.py)
 
 LayerNorm is memory bound, so the honest unit is bytes that must move per second. Forward: read x and the
 residual, write y (3 N elements; the parameters and per-row statistics are negligible). Backward alone:
@@ -17,10 +18,14 @@ from __future__ import annotations
 
 import argparse
 
-import _common
-import torch
+import _allocator
 
-from minibert import ops
+ALLOCATOR = _allocator.restart_if_requested()  # before torch allocates anything
+
+import _common  # noqa: E402
+import torch  # noqa: E402
+
+from minibert import ops  # noqa: E402
 
 COLS = 768  # BERT-base hidden size
 EPS = 1e-12
@@ -60,19 +65,22 @@ def cases(x, p):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    _allocator.add_arguments(parser)
     args = parser.parse_args()
+    name = f"layernorm-{ALLOCATOR}" if ALLOCATOR else "layernorm"
     rows, key = _common.memory_bound_rows(cases, (0.0, 0.1), "p", COLS, EAGER_PEER, args.quick)
     for n in sorted({r["elements"] for r in rows}):
         for p in (0.0, 0.1):
             fwd, both = key[("cpu", "float32", n, p, "fused fwd")], key[("cpu", "float32", n, p, "fused fwd+bwd")]
             print(f"CPU {n} elements, p={p}: fused forward {fwd['of_copy_bw']:.2f} of copy bandwidth, "
                   f"{fwd['speedup_vs_eager']:.2f}x eager; forward+backward {both['speedup_vs_eager']:.2f}x eager")
-    path = _common.save_json("layernorm", {"cols": COLS, "eps": EPS, "rows": rows})
-    print("saved", path, "and", plot(rows))
+    path = _common.save_json(name, {"cols": COLS, "eps": EPS, "allocator": ALLOCATOR or "fresh-pages", "rows": rows})
+    print("saved", path, "and", plot(rows, name))
 
 
-def plot(rows) -> str:
-    return _common.plot_gb_per_s(rows, "layernorm", f"residual + dropout + LayerNorm vs a copy, rows of {COLS}",
+def plot(rows, name: str) -> str:
+    title = f"residual + dropout + LayerNorm vs a copy, rows of {COLS}" + (f", {ALLOCATOR}" if ALLOCATOR else "")
+    return _common.plot_gb_per_s(rows, name, title,
                                  lambda r: f"{r['op']} (p={r['p']})")
 
 
