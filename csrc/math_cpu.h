@@ -97,10 +97,10 @@ inline double exp_or_zero(double x) { return std::exp(x); }
 // The Gaussian's exp(-x^2 / 2), which the GELU needs for every element: 2^y with y = -x^2 log2(e) / 2 <= 0
 // and 0 below y = -126 (exp(-x^2 / 2) < 1.2e-38 there, at most a denormal in float64). Cheaper than
 // exp_approx, because y <= 0 needs no upper clamp and 2^y needs no ln 2 split: y = n + f with n the nearest
-// integer and |f| <= 1/2, 2^n built in the exponent bits, and 2^f = 1 + f q(f) with q of degree 4, fitted for
-// this file to the smallest relative error on [-1/2, 1/2] (9.2e-8; the leading 1 is exact, so 2^f is exact
-// at f = 0, where the GELU's values are largest). The rounding of y itself adds |y| ulp-sized error: up to
-// 8e-6 relative at y = -126, where exp(-x^2 / 2) is 1e-38.
+// integer and |f| <= 1/2, 2^n built in the exponent bits, and 2^f = 1 + f q(f) with q of degree 4, fitted
+// for this file to the smallest relative error on [-1/2, 1/2] (9.2e-8; csrc/fits/gelu_float32.py). The
+// leading 1 is exact, so 2^f is exact at f = 0, where the GELU's values are largest. The rounding of y
+// itself adds |y| ulp-sized error: up to 8e-6 relative at y = -126, where exp(-x^2 / 2) is 1e-38.
 MB_INLINE float exp2_nonpositive_or_zero(float y) {
   const bool tiny = y < -126.0f;
   const float yc = tiny ? -126.0f : y;
@@ -108,9 +108,9 @@ MB_INLINE float exp2_nonpositive_or_zero(float y) {
   // mantissa bits are the integer n itself (in two's complement), ready for the exponent field.
   const float shifted = yc + 12582912.0f;
   const float f = yc - (shifted - 12582912.0f);
-  float q = 1.32646319e-03f;
-  q = q * f + 9.67148691e-03f;
-  q = q * f + 5.55073358e-02f;
+  float q = 1.32646982e-03f;
+  q = q * f + 9.67150927e-03f;
+  q = q * f + 5.55073395e-02f;
   q = q * f + 2.40222424e-01f;
   q = q * f + 6.93147004e-01f;
   const float two_f = q * f + 1.0f;
@@ -139,8 +139,8 @@ MB_INLINE float exp2_nonpositive_or_zero(float y) {
 //
 // because erfc(a) * exp(a^2) is smooth and slowly varying (1 at a = 0, about 1 / (a sqrt pi) for large
 // a), and the substitution t maps a in [0, inf) onto t in (0, 1], where a degree-6 polynomial P fits it.
-// The coefficients below were fitted for this file by iteratively reweighted least squares on what the
-// GELU needs: the tail's ABSOLUTE error at most 6e-8 (the backward's Phi(x) = 1 - tail near x = 0, where
+// The coefficients below were fitted for this file (csrc/fits/gelu_float32.py, which explains how) to what
+// the GELU needs: the tail's ABSOLUTE error at most 6e-8 (the backward's Phi(x) = 1 - tail near x = 0, where
 // tail = 1/2, must be good to a few ulp of 1/2) and its RELATIVE error at most 3e-6 (the far tails, where
 // x Phi(x) itself is tiny). Degree 8 would be 20 times more accurate than this needs; every degree saved
 // is one multiply-add less per element, and GELU's speed is its arithmetic. Evaluated in float32 the

@@ -215,3 +215,32 @@ def test_every_vector_width_build(vector_bytes, run_at_vector_width):
     """The CPU kernels are compiled for AVX-512, AVX2+FMA and SSE2 (csrc/math_cpu.h run_widest_vectors);
     MINIBERT_CPU_VECTOR_BYTES picks the narrower builds, read once per process: one subprocess each."""
     run_at_vector_width(_WIDTH_CHECK, vector_bytes)
+
+
+def test_float32_constants_are_what_the_fit_script_gives():
+    """csrc/fits/gelu_float32.py reproduces the polynomial coefficients of csrc/math_cpu.h, and its fits meet
+    the accuracy the header's comments claim (so a reader can rerun where the numbers come from)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    spec = importlib.util.spec_from_file_location("gelu_float32_fit", csrc / "fits" / "gelu_float32.py")
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    header = (csrc / "math_cpu.h").read_text()
+
+    def constants(function, pattern):
+        body = header[header.index(f"MB_INLINE float {function}("):]
+        body = body[:body.index("\n}\n")]
+        return np.array([float(v) * (-1 if sign == "-" else 1) for sign, v in re.findall(pattern, body)])
+
+    number = r"([+-]?)\s*(?:h \* )?(\d\.\d+e[+-]\d+)f"
+    tail = constants("normal_tail_approx", r"(?:p = (?:p \* t )?|= h \* )" + number)
+    exp2 = constants("exp2_nonpositive_or_zero", r"q = (?:q \* f \+ )?" + number)
+    tail_fit, tail_err = fit.fit_tail()
+    exp2_fit, exp2_err = fit.fit_exp2()
+    np.testing.assert_allclose(tail, tail_fit, rtol=1e-5)
+    np.testing.assert_allclose(exp2, exp2_fit, rtol=1e-5)
+    assert tail_err["max_abs_of_tail"] < 6e-8 and tail_err["max_rel"] < 3e-6
+    assert exp2_err["max_rel"] < 9.5e-8
