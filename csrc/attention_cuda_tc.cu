@@ -79,7 +79,7 @@ __host__ __device__ constexpr int LdKV(int D) { return D + 8; }  // padded share
 // is a multiple of 16), as cp.async and ldmatrix require.
 template <typename T>
 constexpr size_t tc_shared_bytes(int64_t D) {
-  return sizeof(T) * kTcStages * 2 * kTcTileKeys * (D + 8);
+  return sizeof(T) * kTcStages * 2 * kTcTileKeys * LdKV(static_cast<int>(D));
 }
 
 // Copies rows [r0, r0 + 64) of a [rows, D] matrix into a [64, D + 8] shared tile, zero past `rows`.

@@ -83,20 +83,32 @@ __device__ __forceinline__ void cp_async_wait() {
   ::emu::cp_async_wait(N);
 }
 
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#else  // nvcc
+
+// The instructions exist from sm_80 on. nvcc's host pass sees only the declarations' empty bodies; a
+// device pass for an older architecture (a PTX JIT target) gets __trap() instead of the instruction.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define MINIBERT_SM80_ASM(...) asm volatile(__VA_ARGS__)
+#elif defined(__CUDA_ARCH__)
+#define MINIBERT_SM80_ASM(...) __trap()
+#else
+#define MINIBERT_SM80_ASM(...) \
+  do {                         \
+  } while (0)
+#endif
 
 template <typename T>
 __device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
   static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value, "f16 or bf16 inputs");
   if constexpr (std::is_same<T, __half>::value) {
-    asm volatile(
+    MINIBERT_SM80_ASM(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%10, %11, %12, %13};\n"
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
           "f"(c[3]));
   } else {
-    asm volatile(
+    MINIBERT_SM80_ASM(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%10, %11, %12, %13};\n"
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
@@ -110,31 +122,32 @@ __device__ __forceinline__ uint32_t shared_address(const void* p) {
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(row))
-               : "memory");
+  MINIBERT_SM80_ASM("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                    : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                    : "r"(shared_address(row))
+                    : "memory");
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(row))
-               : "memory");
+  MINIBERT_SM80_ASM("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                    : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                    : "r"(shared_address(row))
+                    : "memory");
 }
 
 // .cg: cache in L2 only (K and V are read once per block; L1 would only be polluted). With src-size 0 the
 // 16 destination bytes are zero-filled and nothing is read.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
+  MINIBERT_SM80_ASM("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+                    "r"(valid ? 16 : 0)
+                    : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() { MINIBERT_SM80_ASM("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+  MINIBERT_SM80_ASM("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+#undef MINIBERT_SM80_ASM
 #endif
 
 }  // namespace minibert
