@@ -48,8 +48,11 @@
 //     indices inside one (batch, head) are 32-bit (the launcher checks that S * D fits);
 //   * every shared row is padded by 16 bytes (D + 8 elements): a row is then an odd number of
 //     16-byte units long, so the 8 rows one ldmatrix tile reads start in 8 different groups of four
-//     banks and each ldmatrix phase is conflict-free; the 16-byte cp.async writes are conflict-free for
-//     D >= 64 (8 consecutive threads fill one row) and at most 2-way for smaller D;
+//     banks and each ldmatrix phase is conflict-free. The 16-byte cp.async writes of 8 consecutive
+//     threads are conflict-free within a row; where they cross from one row to the next (the pad is
+//     skipped) two of them share a bank group, so for D other than 64 and 128 (rows a multiple of 128
+//     bytes) some write phases are 2-way (a swizzled layout would avoid it, at the price of harder
+//     ldmatrix addressing);
 //   * rows move from global to shared memory as 16-byte cp.async copies when the tensor's data is
 //     16-byte aligned (usually), element by element otherwise; rows past the sequence are zero-filled.
 // The backward pass is the SIMT kernel of attention_cuda.cu, which only needs the saved log-sum-exp, so
