@@ -1,38 +1,62 @@
 // Fused softmax attention forward on tensor cores (float16 / bfloat16, head_dim a multiple of 16).
 //
 // The same tiled online softmax as attention_cuda.cu and attention_cpu.cpp, with the two matrix
-// products done by warp-level matrix-multiply-accumulate (nvcuda::wmma, 16x16x16 tiles, float32
-// accumulators) instead of one FMA per lane. That is where the time goes: per query row and key the
-// kernel does 2 D multiply-adds in the two products but only a handful of softmax operations, so the
-// products decide the speed, and tensor cores do them many times faster than the SIMT units.
+// products done by the tensor cores' warp-wide matrix multiply-accumulate (mma.sync.m16n8k16: a 16 x 16
+// tile of A times a 16 x 8 tile of B, float32 accumulators) instead of one FMA per lane. That is where
+// the time goes: per query row and key the kernel does 2 D multiply-adds in the two products but only a
+// handful of softmax operations, so the products decide the speed, and tensor cores do them many times
+// faster than the SIMT units.
 //
-// A block of 4 warps owns 64 query rows of one (batch, head); each warp owns 16 rows. Each warp first
-// loads its 16 rows of Q into D / 16 wmma fragments, which stay in registers for the whole kernel. Then,
-// for every tile of 64 keys:
-//   1. the block stages K and V (storage type) in shared memory, 16 bytes per load;
-//   2. each warp computes its scores S = Q K^T [16, 64] with wmma and stores them (float) to its own
-//      scratch;
-//   3. the warp runs the online softmax row by row on the scratch (lane j owns keys j and j + 32): new
-//      running max m, rescale factor alpha = exp(m_old - m_new), probabilities p = exp(s - m_new),
-//      running sum l (before dropout, as the CPU kernel); the dropped-out probabilities are written in
-//      the storage type as the A operand of the next product, and the warp's output rows are rescaled
-//      by alpha;
-//   4. O += P V with wmma, reading and writing the float output accumulator the warp keeps in shared
-//      memory. (wmma does not say which accumulator element belongs to which row, so the per-row
-//      rescale in step 3 has to happen in shared memory rather than in the fragment.)
-// P is rounded to the storage type before the second product, as FlashAttention does; everything else
-// is float32. The backward pass is the SIMT kernel of attention_cuda.cu, which only needs the saved
-// log-sum-exp, so both forward kernels share it.
+// What lives where. A block of 4 warps owns 64 query rows of one (batch, head); each warp owns 16 rows,
+// the height of one mma tile, and works on them alone:
+//   * registers, for the whole kernel: the warp's Q rows as D / 16 A fragments; the output accumulator
+//     O [16, D] as D / 8 C fragments; the running max m and sum l of the lane's two rows;
+//   * registers, per tile of 64 keys: the scores S [16, 64] (8 C fragments of 16 x 8), then the
+//     probabilities P (4 A fragments of 16 x 16, rounded to the storage type);
+//   * shared memory: only K and V, two tiles of each (double buffering, below), [64 keys][D + 8].
+// mma_sm80.cuh writes out which lane holds which element. The fact the kernel is built on: a lane holds
+// rows g and g + 8 (g = lane / 4) of every A and C fragment, and the 4 lanes of a group hold those rows
+// whole. So, for every tile of 64 keys, each warp:
+//   1. computes S = Q K^T into registers: K is [keys][D] row-major, which is the "col" B operand, and
+//      ldmatrix.x4 loads two keys-by-16 B fragments at once;
+//   2. runs the online softmax on the accumulator registers: a row's tile maximum is the max of the
+//      lane's 16 scores of that row and two shuffles among the 4 lanes of its group; then the rescale
+//      alpha = exp(m_old - m_new), the probabilities p = exp(s - m_new), the running sum l (before
+//      dropout, as the CPU kernel; each lane sums its own 16 columns and the 4 partial sums are added
+//      once, at the end) and the output rescale O *= alpha, all in registers;
+//   3. turns P into A fragments without moving a value between lanes: the C layout of two adjacent
+//      16 x 8 tiles is the A layout of one 16 x 16 tile, so each A register is two neighbouring
+//      probabilities of the lane's own, dropped out and rounded to the storage type (P is rounded
+//      before the second product, as FlashAttention does; everything else is float32);
+//   4. computes O += P V: V is [keys][D] row-major, the B operand "row", which ldmatrix.trans delivers.
+// Before, with nvcuda::wmma, S, P and O went through shared memory on every tile, because wmma does not
+// say which lane holds which accumulator element and the softmax needs whole rows; with the layout
+// documented, nothing but K and V touches shared memory, and no warp waits for another except to share
+// the K and V tiles.
 //
-// Layout choices, each for the speed of the shared-memory traffic:
-//   * the head size D is a template parameter (16, 32, ..., 128), so every loop bound and stride is a
-//     compile-time constant, and indices inside one (batch, head) are 32-bit (the launcher checks that
-//     S * D fits);
-//   * every shared row is padded by 16 bytes (K, V: D + 8 elements; P: 64 + 8; S and O: + 4 floats), so
-//     the 16 rows of a wmma tile start in different banks instead of all in the same one;
-//   * rows move between global and shared memory as 16-byte vectors (8 half/bfloat16 values).
-#include <mma.h>
-
+// Why double buffering. Loading a tile of K and V from global memory takes far longer than the
+// arithmetic on it. cp.async copies global memory to shared memory in the background, without
+// registers: while the warps compute on tile j in one buffer, the copies of tile j + 1 fill the other.
+// The pipeline per tile: __syncthreads (everyone is done with the other buffer), issue tile j + 1 into
+// it and commit the group, cp.async.wait_group 1 (every group but the newest, i.e. tile j, has landed
+// for this thread), __syncthreads (and for every thread). Q takes the same road once, through the
+// second buffer, before the first tile.
+//
+// Layout choices:
+//   * the head size D is a template parameter (16, 32, ..., 128), so every loop bound and register
+//     array is a compile-time constant (the fragments must be registers, not local memory), and
+//     indices inside one (batch, head) are 32-bit (the launcher checks that S * D fits);
+//   * every shared row is padded by 16 bytes (D + 8 elements): a row is then an odd number of
+//     16-byte units long, so the 8 rows one ldmatrix tile reads start in 8 different groups of four
+//     banks and each ldmatrix phase is conflict-free. The 16-byte cp.async writes of 8 consecutive
+//     threads are conflict-free within a row; where they cross from one row to the next (the pad is
+//     skipped) two of them share a bank group, so for D other than 64 and 128 (rows a multiple of 128
+//     bytes) some write phases are 2-way (a swizzled layout would avoid it, at the price of harder
+//     ldmatrix addressing);
+//   * rows move from global to shared memory as 16-byte cp.async copies when the tensor's data is
+//     16-byte aligned (usually), element by element otherwise; rows past the sequence are zero-filled.
+// The backward pass is the SIMT kernel of attention_cuda.cu, which only needs the saved log-sum-exp, so
+// both forward kernels share it.
 #include <cstdint>
 #include <mutex>
 #include <set>
@@ -40,47 +64,42 @@
 #include "cuda_common.cuh"
 #include "dropout_hash.h"
 #include "kernels_cuda.h"
+#include "mma_sm80.cuh"
 
 namespace minibert {
 namespace {
 
-namespace wmma = nvcuda::wmma;
-
 constexpr int kTcWarps = 4;
-constexpr int kTcWarpRows = 16;                        // query rows per warp = the wmma tile height
+constexpr int kTcWarpRows = 16;                        // query rows per warp = the mma tile height
 constexpr int kTcBlockRows = kTcWarps * kTcWarpRows;  // 64 query rows per block
-constexpr int kTcTileKeys = 64;                        // keys per tile: 4 wmma tiles, 2 per lane in softmax
-constexpr int kWm = 16;                                // wmma tile edge (m = n = k = 16)
-constexpr int kLdS = kTcTileKeys + 4;                  // padded row strides (elements), see above
-constexpr int kLdP = kTcTileKeys + 8;
-__host__ __device__ constexpr int LdKV(int D) { return D + 8; }
-__host__ __device__ constexpr int LdO(int D) { return D + 4; }
+constexpr int kTcTileKeys = 64;                        // keys per tile: 8 n8 score tiles per warp
+constexpr int kTcStages = 2;                           // K/V tiles in flight: double buffering
+constexpr int kMmaK = 16;                              // the k of mma.m16n8k16 (head size step)
+__host__ __device__ constexpr int LdKV(int D) { return D + 8; }  // padded shared row (elements)
 
-// Bytes of dynamic shared memory for head size D and storage type T. Every piece is a multiple of 32
-// bytes, so each wmma pointer below is 256-bit aligned as load/store_matrix_sync require.
+// Bytes of dynamic shared memory for head size D and storage type T: two stages of K and V tiles
+// (69,632 bytes at D = 128 in 16-bit types). Every row starts 16-byte aligned (D + 8 elements of 2 bytes
+// is a multiple of 16), as cp.async and ldmatrix require.
 template <typename T>
 constexpr size_t tc_shared_bytes(int64_t D) {
-  return sizeof(T) * 2 * kTcBlockRows * (D + 8)                 // k_s, v_s (Q is staged in k_s first)
-         + sizeof(float) * kTcWarps * kTcWarpRows * kLdS        // s_s: scores, per warp
-         + sizeof(T) * kTcWarps * kTcWarpRows * kLdP            // p_s: probabilities, per warp
-         + sizeof(float) * kTcWarps * kTcWarpRows * (D + 4);    // o_s: output accumulator, per warp
+  return sizeof(T) * kTcStages * 2 * kTcTileKeys * LdKV(static_cast<int>(D));
 }
 
-// Copies rows [r0, r0 + 64) of a [rows, D] matrix into a [64, D + 8] shared tile, zero past `rows`:
-// 16-byte vectors when `src` is 16-byte aligned (a tensor's data usually is), else element by element.
+// Copies rows [r0, r0 + 64) of a [rows, D] matrix into a [64, D + 8] shared tile, zero past `rows`.
+// `async` (block-uniform: `src` is 16-byte aligned) issues 16-byte cp.async copies, which land at a
+// later cp_async_wait; otherwise the rows are stored element by element at once.
 template <typename T, int D>
-__device__ __forceinline__ void stage_rows(T* dst, const T* src, int r0, int rows) {
+__device__ __forceinline__ void stage_rows(T* dst, const T* src, int r0, int rows, bool async) {
   constexpr int kVecs = D * static_cast<int>(sizeof(T)) / 16;  // 16-byte vectors per row
   constexpr int kPerVec = 16 / static_cast<int>(sizeof(T));
-  if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {  // block-uniform
-    for (int e = threadIdx.x; e < kTcBlockRows * kVecs; e += blockDim.x) {
+  if (async) {
+    for (int e = threadIdx.x; e < kTcTileKeys * kVecs; e += blockDim.x) {
       const int r = e / kVecs, c = (e % kVecs) * kPerVec;
-      uint4 chunk = make_uint4(0u, 0u, 0u, 0u);  // +0.0 in half and bfloat16
-      if (r0 + r < rows) chunk = *reinterpret_cast<const uint4*>(src + (r0 + r) * D + c);
-      *reinterpret_cast<uint4*>(dst + r * LdKV(D) + c) = chunk;
+      const bool in = r0 + r < rows;
+      cp_async_16(dst + r * LdKV(D) + c, in ? src + (r0 + r) * D + c : src, in);  // !in: 16 zero bytes
     }
   } else {
-    for (int e = threadIdx.x; e < kTcBlockRows * D; e += blockDim.x) {
+    for (int e = threadIdx.x; e < kTcTileKeys * D; e += blockDim.x) {
       const int r = e / D, c = e % D;
       dst[r * LdKV(D) + c] = r0 + r < rows ? src[(r0 + r) * D + c] : from_float<T>(0.0f);
     }
@@ -93,15 +112,19 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
                             const uint8_t* __restrict__ key_mask, T* __restrict__ out, float* __restrict__ lse,
                             AttentionShape sh, float scale, DropoutArgs dropout, int row_blocks) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  // bfloat16 wmma needs sm_80. The host never launches this kernel below sm_80 (attention_forward_tc_supported),
-  // but a PTX build JIT-compiled for an older GPU would otherwise run an empty body and leave `out` and
-  // `lse` unwritten: stop with an error instead.
+  // mma.m16n8k16 with bfloat16 and cp.async need sm_80. The host never launches this kernel below sm_80
+  // (attention_forward_tc_supported), but a PTX build JIT-compiled for an older GPU would otherwise run
+  // an empty body and leave `out` and `lse` unwritten: stop with an error instead.
   __trap();
 #elif defined(__CUDA_ARCH__)
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  constexpr int kLdKV = LdKV(D), kLdO = LdO(D);
+  constexpr int kLd = LdKV(D);
+  constexpr int kTileElems = kTcTileKeys * kLd;  // one K or V tile in shared memory
+  constexpr int kNTiles = kTcTileKeys / 8;       // n8 score tiles per key tile (8)
+  constexpr int kDTiles = D / 8;                 // n8 output tiles (D / 8)
   const int Sq = static_cast<int>(sh.seq_q), Sk = static_cast<int>(sh.seq_k);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;  // groupID, threadID_in_group: rows g, g + 8; columns 2t, 2t + 1
   // One flat grid index: (batch * heads) x row blocks may exceed the 65535 limit of gridDim.y.
   const int bh = static_cast<int>(blockIdx.x) / row_blocks, b = bh / static_cast<int>(sh.heads);
   const int i0 = (static_cast<int>(blockIdx.x) % row_blocks) * kTcBlockRows;
@@ -111,117 +134,181 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
   const T* v_bh = v + static_cast<int64_t>(bh) * Sk * D;
   T* out_bh = out + static_cast<int64_t>(bh) * Sq * D;
   const uint8_t* mask_b = key_mask == nullptr ? nullptr : key_mask + static_cast<int64_t>(b) * Sk;
+  // 16-byte copies need 16-byte aligned rows: a tensor's data usually is (rows are D * 2 >= 32 bytes).
+  const bool q_async = reinterpret_cast<uintptr_t>(q) % 16 == 0;
+  const bool kv_async = reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0;
 
-  T* k_s = reinterpret_cast<T*>(smem_raw);                         // [64 keys][D + 8]
-  T* v_s = k_s + kTcBlockRows * kLdKV;                              // [64 keys][D + 8]
-  float* s_s = reinterpret_cast<float*>(v_s + kTcBlockRows * kLdKV);  // [4 warps][16 rows][64 + 4]
-  T* p_s = reinterpret_cast<T*>(s_s + kTcWarps * kTcWarpRows * kLdS);  // [4 warps][16 rows][64 + 8]
-  float* o_s = reinterpret_cast<float*>(p_s + kTcWarps * kTcWarpRows * kLdP);  // [4][16][D + 4]
-  float* s_w = s_s + warp * kTcWarpRows * kLdS;  // this warp's pieces
-  T* p_w = p_s + warp * kTcWarpRows * kLdP;
-  float* o_w = o_s + warp * kTcWarpRows * kLdO;
+  T* k_s = reinterpret_cast<T*>(smem_raw);  // [2 stages][64 keys][D + 8]
+  T* v_s = k_s + kTcStages * kTileElems;    // [2 stages][64 keys][D + 8]
 
-  // Q, staged through k_s, into fragments that stay in registers for every key tile.
-  stage_rows<T, D>(k_s, q_bh, i0, Sq);
-  for (int e = lane; e < kTcWarpRows * kLdO; e += 32) o_w[e] = 0.0f;
-  __syncthreads();
-  wmma::fragment<wmma::matrix_a, kWm, kWm, kWm, T, wmma::row_major> qa[D / kWm];
+  // Q through the second K buffer (group 1), while tile 0 of K and V starts into the first (group 2).
+  stage_rows<T, D>(k_s + kTileElems, q_bh, i0, Sq, q_async);
+  cp_async_commit();
+  stage_rows<T, D>(k_s, k_bh, 0, Sk, kv_async);
+  stage_rows<T, D>(v_s, v_bh, 0, Sk, kv_async);
+  cp_async_commit();
+  cp_async_wait<1>();  // this thread's Q copies have landed (tile 0 may still be in flight)
+  __syncthreads();     // and every thread's
+
+  // The warp's 16 query rows as A fragments, kept in registers for every key tile. Lanes 0-15 address
+  // rows 0-15 at column kd * 16, lanes 16-31 the same rows at column kd * 16 + 8: the four 8 x 8 tiles
+  // arrive as a[0] (rows 0-7, cols 0-7), a[1] (rows 8-15), a[2] (cols 8-15), a[3].
+  uint32_t qa[D / kMmaK][4];
 #pragma unroll
-  for (int kd = 0; kd < D / kWm; ++kd) {
-    wmma::load_matrix_sync(qa[kd], k_s + warp * kTcWarpRows * kLdKV + kd * kWm, kLdKV);
-  }
-  // Running max and sum of row r of this warp, held (redundantly) by every lane.
-  float m[kTcWarpRows], l[kTcWarpRows];
-#pragma unroll
-  for (int r = 0; r < kTcWarpRows; ++r) {
-    m[r] = -INFINITY;
-    l[r] = 0.0f;
+  for (int kd = 0; kd < D / kMmaK; ++kd) {
+    ldmatrix_x4(qa[kd], k_s + kTileElems + (warp * kTcWarpRows + lane % 16) * kLd + kd * kMmaK + (lane / 16) * 8);
   }
 
-  for (int j0 = 0; j0 < Sk; j0 += kTcTileKeys) {
-    __syncthreads();  // every warp is done with the previous K, V tile (and with Q in k_s)
-    stage_rows<T, D>(k_s, k_bh, j0, Sk);
-    stage_rows<T, D>(v_s, v_bh, j0, Sk);
+  // Per lane: O[row][dn * 8 + 2t + (e & 1)] at o[dn][e], row g for e < 2 and g + 8 for e >= 2; and the
+  // running max and (partial: this lane's columns only) sum of rows g (index 0) and g + 8 (index 1).
+  float o[kDTiles][4];
+#pragma unroll
+  for (int dn = 0; dn < kDTiles; ++dn) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[dn][e] = 0.0f;
+  }
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  int stage = 0;  // the buffer that holds tile j0
+  for (int j0 = 0; j0 < Sk; j0 += kTcTileKeys, stage ^= 1) {
+    __syncthreads();  // every warp is done with the other buffer (tile j0 - 64, or Q)
+    if (j0 + kTcTileKeys < Sk) {
+      stage_rows<T, D>(k_s + (stage ^ 1) * kTileElems, k_bh, j0 + kTcTileKeys, Sk, kv_async);
+      stage_rows<T, D>(v_s + (stage ^ 1) * kTileElems, v_bh, j0 + kTcTileKeys, Sk, kv_async);
+    }
+    cp_async_commit();  // an empty group after the last tile keeps "all but the newest" meaning tile j0
     const bool valid0 = j0 + lane < Sk && (mask_b == nullptr || mask_b[j0 + lane] != 0);
     const bool valid1 = j0 + lane + 32 < Sk && (mask_b == nullptr || mask_b[j0 + lane + 32] != 0);
-    // Also the barrier after staging. A tile of padding only is skipped by the whole block; a tile
-    // with one valid key gives every row a finite tile maximum below (the mask is per key, not per row)
-    // unless an inf in q or k makes its scores -inf, which step 3 handles.
+    cp_async_wait<1>();  // this thread's copies of tile j0 have landed
+    // ... and every thread's. A tile of padding only is skipped by the whole block; a tile with one
+    // valid key gives every row a finite tile maximum below (the mask is per key, not per row) unless
+    // an inf in q or k makes its scores -inf, which step 2 handles.
     if (!__syncthreads_or(valid0 || valid1)) continue;
+    // Key c of the tile (0..63) is valid when bit c % 32 of valid_lo (c < 32) or valid_hi is set.
+    const unsigned valid_lo = __ballot_sync(kFullWarp, valid0), valid_hi = __ballot_sync(kFullWarp, valid1);
+    const T* k_t = k_s + stage * kTileElems;
+    const T* v_t = v_s + stage * kTileElems;
 
-    // 2. S = Q K^T for the warp's 16 rows: K is [keys][D] row-major, which is K^T in column-major.
+    // 1. S = Q K^T: s[nt] is the 16 x 8 tile of keys nt * 8 .. nt * 8 + 7. One ldmatrix.x4 brings the B
+    // fragments of two key tiles (lanes 0-7: keys 0-7 at column kd * 16, lanes 8-15: the same keys at
+    // + 8, lanes 16-31: keys 8-15 likewise).
+    float s[kNTiles][4];
 #pragma unroll
-    for (int n = 0; n < kTcTileKeys / kWm; ++n) {
-      wmma::fragment<wmma::accumulator, kWm, kWm, kWm, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
+    for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-      for (int kd = 0; kd < D / kWm; ++kd) {
-        wmma::fragment<wmma::matrix_b, kWm, kWm, kWm, T, wmma::col_major> bt;
-        wmma::load_matrix_sync(bt, k_s + n * kWm * kLdKV + kd * kWm, kLdKV);
-        wmma::mma_sync(acc, qa[kd], bt, acc);
-      }
-      wmma::store_matrix_sync(s_w + n * kWm, acc, kLdS, wmma::mem_row_major);
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
     }
-    __syncwarp();
-
-    // 3. Online softmax, one row at a time; lane j owns keys j0 + j and j0 + j + 32.
 #pragma unroll
-    for (int r = 0; r < kTcWarpRows; ++r) {
-      const float s0 = valid0 ? scale * s_w[r * kLdS + lane] : -INFINITY;
-      const float s1 = valid1 ? scale * s_w[r * kLdS + lane + 32] : -INFINITY;
-      const float m_new = fmaxf(m[r], warp_max(fmaxf(s0, s1)));
+    for (int kd = 0; kd < D / kMmaK; ++kd) {
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; nt += 2) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, k_t + (nt * 8 + lane % 8 + (lane / 16) * 8) * kLd + kd * kMmaK + ((lane / 8) % 2) * 8);
+        mma_m16n8k16<T>(s[nt], qa[kd], kb, s[nt]);
+        mma_m16n8k16<T>(s[nt + 1], qa[kd], kb + 2, s[nt + 1]);
+      }
+    }
+
+    // 2. Online softmax on the registers. Element s[nt][e] is row g + 8 (e / 2), key c = nt * 8 + 2t + e % 2.
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + 2 * t + e % 2;
+        const bool valid = ((c < 32 ? valid_lo : valid_hi) >> (c % 32)) & 1u;
+        s[nt][e] = valid ? scale * s[nt][e] : -INFINITY;
+        tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
+      }
+    }
+    float shift[2], alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // the 4 lanes of a group hold the row: lanes differing in bits 0, 1
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullWarp, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullWarp, tile_max[h], 2));
+      const float m_new = fmaxf(m[h], tile_max[h]);
       // -inf only while the row's scores are all -inf (an inf in q or k): subtract 0, not -inf, so p = 0
       // instead of NaN (as attention_cpu.cpp).
-      const float shift = m_new == -INFINITY ? 0.0f : m_new;
-      const float alpha = __expf(m[r] - shift);  // 0 on the first useful tile
-      const float p0 = valid0 ? __expf(s0 - shift) : 0.0f;
-      const float p1 = valid1 ? __expf(s1 - shift) : 0.0f;
-      l[r] = l[r] * alpha + warp_sum(p0 + p1);
-      m[r] = m_new;
-      float z0 = 1.0f, z1 = 1.0f;
-      if (dropout.active) {  // the same element index as the CPU kernel and NumPy (64-bit: B H S_q S_k)
-        const uint64_t row_index =
-            (static_cast<uint64_t>(bh) * Sq + i0 + warp * kTcWarpRows + r) * static_cast<uint64_t>(Sk) + j0;
-        const float keep_scale = static_cast<float>(dropout.inv_keep);
-        z0 = dropout_keep(dropout.base, row_index + lane, dropout.threshold) ? keep_scale : 0.0f;
-        z1 = dropout_keep(dropout.base, row_index + lane + 32, dropout.threshold) ? keep_scale : 0.0f;
-      }
-      p_w[r * kLdP + lane] = from_float<T>(p0 * z0);
-      p_w[r * kLdP + lane + 32] = from_float<T>(p1 * z1);
-      if (alpha != 1.0f) {  // warp-uniform; once a row's max settles, most tiles skip this round trip
-#pragma unroll
-        for (int d = lane; d < D; d += 32) o_w[r * kLdO + d] *= alpha;
-      }
+      shift[h] = m_new == -INFINITY ? 0.0f : m_new;
+      alpha[h] = __expf(m[h] - shift[h]);  // 0 on the first useful tile
+      m[h] = m_new;
+      l[h] *= alpha[h];
     }
-    __syncwarp();
+    // 3. P, dropped out and rounded, as the A fragments of the second product: k step kk covers keys
+    // 16 kk .. 16 kk + 15 = score tiles 2 kk (a[0], a[1]) and 2 kk + 1 (a[2], a[3]).
+    uint32_t pa[kTcTileKeys / kMmaK][4];
+    const uint64_t row_index0 =  // the element index of the CPU kernel and NumPy (64-bit: B H S_q S_k)
+        (static_cast<uint64_t>(bh) * Sq + i0 + warp * kTcWarpRows + g) * static_cast<uint64_t>(Sk) + j0;
+    const uint64_t row_step = 8 * static_cast<uint64_t>(Sk);  // row g + 8
+    const float keep_scale = static_cast<float>(dropout.inv_keep);
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      float pd[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + 2 * t + e % 2;
+        const bool valid = ((c < 32 ? valid_lo : valid_hi) >> (c % 32)) & 1u;
+        const float p = valid ? __expf(s[nt][e] - shift[e / 2]) : 0.0f;
+        l[e / 2] += p;  // the softmax normaliser: probabilities before dropout
+        pd[e] = p;
+        if (dropout.active) {
+          const uint64_t index = row_index0 + (e / 2) * row_step + c;
+          pd[e] = dropout_keep(dropout.base, index, dropout.threshold) ? p * keep_scale : 0.0f;
+        }
+      }
+      pa[nt / 2][(nt % 2) * 2 + 0] = pack2(from_float<T>(pd[0]), from_float<T>(pd[1]));  // row g
+      pa[nt / 2][(nt % 2) * 2 + 1] = pack2(from_float<T>(pd[2]), from_float<T>(pd[3]));  // row g + 8
+    }
 
-    // 4. O += P V: P [16, 64 keys] row-major, V [64 keys][D] row-major.
+    // 4. O = alpha O + P V. One ldmatrix.x4.trans brings the B fragments of two 8-column output tiles:
+    // lanes 0-15 address keys 16 kk + 0..15 at column dn * 8, lanes 16-31 the same keys at dn * 8 + 8.
 #pragma unroll
-    for (int n = 0; n < D; n += kWm) {
-      wmma::fragment<wmma::accumulator, kWm, kWm, kWm, float> acc;
-      wmma::load_matrix_sync(acc, o_w + n, kLdO, wmma::mem_row_major);
-#pragma unroll
-      for (int kk = 0; kk < kTcTileKeys; kk += kWm) {
-        wmma::fragment<wmma::matrix_a, kWm, kWm, kWm, T, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, kWm, kWm, kWm, T, wmma::row_major> bv;
-        wmma::load_matrix_sync(a, p_w + kk, kLdP);
-        wmma::load_matrix_sync(bv, v_s + kk * kLdKV + n, kLdKV);
-        wmma::mma_sync(acc, a, bv, acc);
-      }
-      wmma::store_matrix_sync(o_w + n, acc, kLdO, wmma::mem_row_major);
+    for (int dn = 0; dn < kDTiles; ++dn) {
+      o[dn][0] *= alpha[0];
+      o[dn][1] *= alpha[0];
+      o[dn][2] *= alpha[1];
+      o[dn][3] *= alpha[1];
     }
-    __syncwarp();
+#pragma unroll
+    for (int kk = 0; kk < kTcTileKeys / kMmaK; ++kk) {
+#pragma unroll
+      for (int dn = 0; dn < kDTiles; dn += 2) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, v_t + (kk * kMmaK + lane % 16) * kLd + dn * 8 + (lane / 16) * 8);
+        mma_m16n8k16<T>(o[dn], pa[kk], vb, o[dn]);
+        mma_m16n8k16<T>(o[dn + 1], pa[kk], vb + 2, o[dn + 1]);
+      }
+    }
   }
+  // Every copy has landed by now, except with S_k = 0 (the binding never sends it): then tile 0's
+  // zero-filling copies were issued and the loop never waited for them.
+  cp_async_wait<0>();
 
+  // The 4 lanes of a group each summed their own 16 columns of a row: add them up.
 #pragma unroll
-  for (int r = 0; r < kTcWarpRows; ++r) {
-    const int i = i0 + warp * kTcWarpRows + r;
-    if (i >= Sq) continue;  // warp-uniform
-    const bool any_key = l[r] > 0.0f;
-    const float inv_l = any_key ? 1.0f / l[r] : 0.0f;  // all-padding row: zeros, never 0/0
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(kFullWarp, l[h], 1);
+    l[h] += __shfl_xor_sync(kFullWarp, l[h], 2);
+  }
+  const bool pairs = reinterpret_cast<uintptr_t>(out) % 4 == 0;  // 4-byte stores of column pairs
 #pragma unroll
-    for (int d = lane; d < D; d += 32) out_bh[i * D + d] = from_float<T>(o_w[r * kLdO + d] * inv_l);
-    if (lane == 0) lse[static_cast<int64_t>(bh) * Sq + i] = any_key ? m[r] + logf(l[r]) : -INFINITY;
+  for (int h = 0; h < 2; ++h) {
+    const int i = i0 + warp * kTcWarpRows + g + 8 * h;
+    if (i >= Sq) continue;
+    const bool any_key = l[h] > 0.0f;
+    const float inv_l = any_key ? 1.0f / l[h] : 0.0f;  // all-padding row: zeros, never 0/0
+#pragma unroll
+    for (int dn = 0; dn < kDTiles; ++dn) {
+      T* dst = out_bh + i * D + dn * 8 + 2 * t;
+      const T lo = from_float<T>(o[dn][2 * h] * inv_l), hi = from_float<T>(o[dn][2 * h + 1] * inv_l);
+      if (pairs) {
+        *reinterpret_cast<uint32_t*>(dst) = pack2(lo, hi);
+      } else {
+        dst[0] = lo;
+        dst[1] = hi;
+      }
+    }
+    if (t == 0) lse[static_cast<int64_t>(bh) * Sq + i] = any_key ? m[h] + logf(l[h]) : -INFINITY;
   }
 #endif
 }
@@ -284,7 +371,7 @@ cudaError_t launch_tc_for_head_dim(const void* q, const void* k, const void* v, 
 }  // namespace
 
 bool attention_forward_tc_supported(ScalarKind kind, int64_t head_dim) {
-  if (kind == ScalarKind::kFloat32 || head_dim % kWm != 0 || head_dim < kWm || head_dim > kCudaMaxHeadDim) {
+  if (kind == ScalarKind::kFloat32 || head_dim % kMmaK != 0 || head_dim < kMmaK || head_dim > kCudaMaxHeadDim) {
     return false;
   }
   int device = 0, major = 0, optin = 0;
@@ -293,7 +380,7 @@ bool attention_forward_tc_supported(ScalarKind kind, int64_t head_dim) {
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
     return false;
   }
-  // The shared memory must fit this device (95,232 bytes at D = 128: sm_80, sm_86/sm_89 and sm_90 all
+  // The shared memory must fit this device (69,632 bytes at D = 128: sm_80, sm_86/sm_89 and sm_90 all
   // have it; a device with less runs the SIMT kernel instead).
   const size_t smem = kind == ScalarKind::kFloat16 ? tc_shared_bytes<__half>(head_dim)
                                                    : tc_shared_bytes<__nv_bfloat16>(head_dim);
@@ -309,7 +396,7 @@ cudaError_t attention_forward_tc_cuda(ScalarKind kind, const void* q, const void
     case ScalarKind::kBFloat16:
       return launch_tc_for_head_dim<__nv_bfloat16>(q, k, v, key_mask, out, lse, shape, scale, dropout, stream);
     default:
-      return cudaErrorInvalidValue;  // float32 has no 16x16x16 wmma form without TF32 rounding
+      return cudaErrorInvalidValue;  // float32 has no m16n8k16 form without TF32 rounding
   }
 }
 

@@ -23,6 +23,9 @@
 #error "cuda_emu.h is the host emulation of CUDA: compile with g++, not nvcc"
 #endif
 
+// Kernel headers test this to choose the emulated C++ over inline PTX (csrc/mma_sm80.cuh).
+#define MINIBERT_CUDA_EMULATOR 1
+
 // ---- qualifiers: meaningful to nvcc, empty on the host ---------------------------------------------------
 #define __global__
 #define __device__
@@ -109,6 +112,10 @@ int block_barrier(BlockOp op, int value, const char* file, int line);
 void warp_barrier(unsigned mask, const char* file, int line);
 // Every lane of `mask` contributes `value`; all contributions come back in `out` (indexed by lane).
 void warp_gather(unsigned mask, uint64_t value, uint64_t out[32], const char* file, int line);
+// The same with `words` (1 to kMaxGatherWords) 64-bit words per lane: lane l's word w lands in
+// out[l * words + w]; a lane of the mask that exited instead of arriving contributes zeros.
+constexpr int kMaxGatherWords = 4;
+void warp_gather_words(unsigned mask, const uint64_t* value, int words, uint64_t* out, const char* file, int line);
 
 // ---- shared memory --------------------------------------------------------------------------------------
 void* dynamic_shared_base();
@@ -123,6 +130,15 @@ A& static_shared(int id) {
 }
 // Fails unless [p, p + bytes) lies inside shared memory whenever p does (wmma footprints, ...).
 void check_shared_range(const void* p, size_t bytes, const char* what);
+// Whether [p, p + bytes) lies entirely inside the block's shared memory (one allocation of it).
+bool in_shared(const void* p, size_t bytes);
+
+// ---- cp.async (sm_80): per-thread queues of copies, retired by cp_async_wait (runtime.cpp) ----------------
+// cp_async: `bytes` (4, 8, 16) from global `src` to shared `dst`, both aligned to `bytes`; only the first
+// `src_bytes` are read, the rest are zeros. The destination holds the NaN pattern until the wait.
+void cp_async(void* dst, const void* src, int bytes, int src_bytes);
+void cp_async_commit();   // closes the thread's copies issued since the last commit into one group
+void cp_async_wait(int n);  // retires (writes) every group but the newest n
 
 // ---- launches -------------------------------------------------------------------------------------------
 cudaError_t run_launch(const void* kernel, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
@@ -442,3 +458,85 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
 }
 }  // namespace wmma
 }  // namespace nvcuda
+
+// ---- mma.sync.aligned.m16n8k16 and ldmatrix (sm_80), lane by lane as the PTX ISA lays them out -----------
+// csrc/mma_sm80.cuh calls these under the emulator. Each lane passes only its own registers, and gets only
+// its own results, exactly where the PTX ISA puts them (the layout is written out in mma_sm80.cuh), so a
+// fragment built or read with a wrong index gives a wrong number here as it would on the GPU. Both wait for
+// the whole warp (they are .sync.aligned) and fail unless all 32 lanes execute the same instruction.
+namespace emu {
+// A 16-bit element of a register: `hi` 0 is the low half (the element with the lower row/column index).
+inline uint16_t reg_half(uint64_t reg, int hi) { return static_cast<uint16_t>(reg >> (16 * hi)); }
+
+void warp_op_check(const uint64_t* all, int words, uint64_t tag, const char* op);
+
+template <typename T>
+inline float half_value(uint16_t bits) {
+  return std::is_same<T, __half>::value ? half_bits_to_float(bits) : bf16_bits_to_float(bits);
+}
+
+// D = A B + C for one m16n8k16 tile: a[4], b[2] (two 16-bit elements per register), c[4], d[4] float.
+template <typename T>
+inline void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value,
+                "cuda emulator: mma.m16n8k16 is emulated for f16 and bf16 inputs");
+  const uint64_t tag = 0x6d6d61000000ull | (std::is_same<T, __half>::value ? 1 : 2);  // "mma", type
+  const uint64_t mine[4] = {tag, a[0] | static_cast<uint64_t>(a[1]) << 32, a[2] | static_cast<uint64_t>(a[3]) << 32,
+                            b[0] | static_cast<uint64_t>(b[1]) << 32};
+  uint64_t all[32 * 4];
+  warp_gather_words(0xffffffffu, mine, 4, all, "mma.sync.aligned.m16n8k16", 0);
+  warp_op_check(all, 4, tag, "mma.sync.aligned.m16n8k16");
+  // A register r of lane l (word 1 + r / 2, half r % 2 of that word's two registers)
+  auto a_reg = [&](int l, int r) { return static_cast<uint32_t>(all[4 * l + 1 + r / 2] >> (32 * (r % 2))); };
+  auto b_reg = [&](int l, int r) { return static_cast<uint32_t>(all[4 * l + 3] >> (32 * r)); };
+  // Element (row, k) of A: lane groupID = row % 8, threadID_in_group = (k % 8) / 2; register
+  // (row >= 8) + 2 (k >= 8); the half k % 2.
+  auto A = [&](int row, int k) {
+    return half_value<T>(reg_half(a_reg((row % 8) * 4 + (k % 8) / 2, (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)), k % 2));
+  };
+  // Element (k, col) of B: lane groupID = col, threadID_in_group = (k % 8) / 2; register k >= 8; half k % 2.
+  auto B = [&](int k, int col) { return half_value<T>(reg_half(b_reg(col * 4 + (k % 8) / 2, k >= 8 ? 1 : 0), k % 2)); };
+  const int lane = ctx().lane, group = lane >> 2, tig = lane % 4;
+  float out[4];
+  for (int i = 0; i < 4; ++i) {  // c[i], d[i]: row groupID + 8 (i >= 2), column 2 threadID_in_group + i % 2
+    const int row = group + (i >= 2 ? 8 : 0), col = 2 * tig + i % 2;
+    float acc = c[i];
+    for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);  // each product exact in float
+    out[i] = acc;
+  }
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+// ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16: lanes 8 j .. 8 j + 7 give the row addresses of
+// matrix j (16 bytes each); register j of lane l receives row l / 4, elements 2 (l % 4) and 2 (l % 4) + 1
+// of matrix j, or with .trans column l / 4, rows 2 (l % 4) and 2 (l % 4) + 1.
+inline void ldmatrix(uint32_t* r, int num, bool trans, const void* row_address) {
+  const uint64_t tag = 0x6c646d000000ull | static_cast<uint64_t>(num) << 4 | (trans ? 1 : 0);  // "ldm"
+  const uint64_t mine[2] = {tag, reinterpret_cast<uintptr_t>(row_address)};
+  uint64_t all[32 * 2];
+  const char* op = trans ? "ldmatrix .trans" : "ldmatrix";
+  warp_gather_words(0xffffffffu, mine, 2, all, op, 0);
+  warp_op_check(all, 2, tag, op);
+  for (int l = 0; l < 8 * num; ++l) {  // only these lanes' addresses are used
+    const void* p = reinterpret_cast<const void*>(all[2 * l + 1]);
+    if (all[2 * l + 1] % 16 != 0)
+      fail(std::string(op) + ": lane " + std::to_string(l) + "'s row address is not 16-byte aligned");
+    if (!in_shared(p, 16))
+      fail(std::string(op) + ": lane " + std::to_string(l) + "'s row is not (entirely) in shared memory");
+  }
+  const int lane = ctx().lane;
+  auto element = [&](int matrix, int row, int col) {
+    uint16_t v;
+    std::memcpy(&v, reinterpret_cast<const unsigned char*>(all[2 * (8 * matrix + row) + 1]) + 2 * col, 2);
+    return static_cast<uint32_t>(v);
+  };
+  uint32_t out[4];
+  for (int j = 0; j < num; ++j) {
+    const int a = lane / 4, b = 2 * (lane % 4);
+    out[j] = trans ? element(j, b, a) | element(j, b + 1, a) << 16 : element(j, a, b) | element(j, a, b + 1) << 16;
+  }
+  // Every lane has read before any goes on (its next store must not change what another lane reads).
+  warp_barrier(0xffffffffu, op, 0);
+  for (int j = 0; j < num; ++j) r[j] = out[j];
+}
+}  // namespace emu

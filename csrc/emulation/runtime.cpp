@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <deque>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -77,6 +78,13 @@ struct Abort {};  // unwinds the other threads of a block once one has failed
 
 // ---- one block in flight -------------------------------------------------------------------------------
 enum class St { kRunnable, kAtBlock, kAtWarp, kExited };
+// One 16-byte (or smaller) cp.async in flight: the source bytes were read when it was issued, the
+// destination is written when a cp.async.wait_group retires its group.
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned char data[16];
+  int bytes;
+};
 constexpr size_t kFiberStack = 256 * 1024;
 constexpr size_t kStackGuard = 4096;
 
@@ -88,8 +96,12 @@ struct Lane {
   BlockOp op = BlockOp::kSync;
   int value = 0, result = 0;
   unsigned mask = 0;
-  uint64_t gather_value = 0;
-  uint64_t gathered[32] = {};
+  int gather_words = 1;                          // words each lane contributes to a warp collective
+  uint64_t gather_value[kMaxGatherWords] = {};
+  uint64_t gathered[32 * kMaxGatherWords] = {};  // lane l's word w at [l * gather_words + w]
+  // cp.async: copies issued but not committed, and the committed groups, oldest first (see cp_async)
+  std::vector<AsyncCopy> uncommitted;
+  std::deque<std::vector<AsyncCopy>> groups;
 #if !defined(EMU_THREADS)
   ucontext_t uc;
   struct Stack {  // mmap'd, with an inaccessible page below it: an overflow faults instead of corrupting
@@ -174,12 +186,19 @@ bool try_release(Block& b) {
       if (in_mask && b.lanes[l].st != St::kAtWarp && b.lanes[l].st != St::kExited) ready = false;
     }
     if (!ready) continue;
-    uint64_t values[32] = {};
+    // Every waiting lane gets every lane's words; a lane that is not there (exited) contributes zeros.
+    int words = 1;
     for (int l = 32 * w; l < std::min(n, 32 * w + 32); ++l)
-      if (b.lanes[l].st == St::kAtWarp) values[l - 32 * w] = b.lanes[l].gather_value;
+      if (b.lanes[l].st == St::kAtWarp) words = std::max(words, b.lanes[l].gather_words);
+    uint64_t values[32 * kMaxGatherWords] = {};
+    for (int l = 32 * w; l < std::min(n, 32 * w + 32); ++l)
+      if (b.lanes[l].st == St::kAtWarp)
+        std::memcpy(values + (l - 32 * w) * words, b.lanes[l].gather_value,
+                    sizeof(uint64_t) * b.lanes[l].gather_words);
     for (int l = 32 * w; l < std::min(n, 32 * w + 32); ++l) {
       if (b.lanes[l].st != St::kAtWarp) continue;
-      std::memcpy(b.lanes[l].gathered, values, sizeof(values));
+      std::memcpy(b.lanes[l].gathered, values, sizeof(uint64_t) * 32 * words);
+      b.lanes[l].gather_words = words;
       b.lanes[l].st = St::kRunnable;
     }
     released = true;
@@ -267,6 +286,11 @@ void run_body(Block& b, Lane& lane) {
   t_lane = &lane;
   try {
     (*b.body)();
+    size_t pending = lane.uncommitted.size();
+    for (const auto& g : lane.groups) pending += g.size();
+    if (pending > 0)
+      throw EmuError(std::to_string(pending) + " cp.async copies were never waited for (a missing "
+                     "cp.async.wait_group before the thread exits)");
   } catch (const Abort&) {
   } catch (const std::exception& e) {
 #if defined(EMU_THREADS)
@@ -400,19 +424,29 @@ int block_barrier(BlockOp op, int value, const char* file, int line) {
   return me().result;
 }
 
-void warp_gather(unsigned mask, uint64_t value, uint64_t out[32], const char* file, int line) {
+void warp_gather_words(unsigned mask, const uint64_t* value, int words, uint64_t* out, const char* file,
+                       int line) {
   Lane& lane = me();
+  if (words < 1 || words > kMaxGatherWords) fail("warp_gather_words: 1 to kMaxGatherWords words per lane");
   if (!((mask >> lane.ctx.lane) & 1u))
     fail("lane " + std::to_string(lane.ctx.lane) + " calls a warp collective at " + where(file, line) +
          " whose mask does not include it");
   arrive([&](Lane& l) {
     l.st = St::kAtWarp;
     l.mask = mask;
-    l.gather_value = value;
+    l.gather_words = words;
+    std::memcpy(l.gather_value, value, sizeof(uint64_t) * words);
     l.file = file;
     l.line = line;
   });
-  std::memcpy(out, lane.gathered, sizeof(lane.gathered));
+  if (lane.gather_words != words)
+    fail(std::string("lanes of a warp meet at ") + where(file, line) +
+         " from different warp-wide operations (a collective some lanes skip)");
+  std::memcpy(out, lane.gathered, sizeof(uint64_t) * 32 * words);
+}
+
+void warp_gather(unsigned mask, uint64_t value, uint64_t out[32], const char* file, int line) {
+  warp_gather_words(mask, &value, 1, out, file, line);
 }
 
 void warp_barrier(unsigned mask, const char* file, int line) {
@@ -452,6 +486,68 @@ void check_shared_range(const void* p, size_t bytes, const char* what) {
   };
   check(b.dynamic, "dynamic");
   for (const auto& kv : b.statics) check(kv.second, "static");
+}
+
+void warp_op_check(const uint64_t* all, int words, uint64_t tag, const char* op) {
+  for (int l = 0; l < 32; ++l) {
+    if (all[l * words] == tag) continue;
+    fail(std::string(op) + ": lane " + std::to_string(l) +
+         (all[l * words] == 0 ? " did not execute it (exited, or skipped it)"
+                              : " executed a different warp-wide instruction with it (a different shape, type or "
+                                "variant)") +
+         "; all 32 lanes of the warp must execute the same .sync.aligned instruction");
+  }
+}
+
+bool in_shared(const void* p, size_t bytes) {
+  Block& b = *g_block;
+  const auto* c = static_cast<const unsigned char*>(p);
+  auto inside = [&](const SharedPiece& piece) {
+    return piece.data != nullptr && c >= piece.data && c + bytes <= piece.data + piece.bytes;
+  };
+  if (inside(b.dynamic)) return true;
+  for (const auto& kv : b.statics)
+    if (inside(kv.second)) return true;
+  return false;
+}
+
+// cp.async.cg.shared.global: the destination's contents are undefined from the issue until the
+// cp.async.wait_group that retires the copy's group. The emulator makes that visible: the destination is
+// filled with the NaN pattern at once, and the data lands only at the wait, so a read before the wait (or
+// a copy issued into a buffer other threads still read) finds NaN.
+void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+  Lane& lane = me();
+  const auto d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+  if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async copies 4, 8 or 16 bytes");
+  if (src_bytes < 0 || src_bytes > bytes) fail("cp.async: src-size must be in [0, cp-size]");
+  if (d % bytes != 0 || s % bytes != 0)
+    fail("cp.async of " + std::to_string(bytes) + " bytes: the shared address (" + std::to_string(d % bytes) +
+         " past alignment) and the global address (" + std::to_string(s % bytes) + " past alignment) must both be " +
+         std::to_string(bytes) + "-byte aligned");
+  if (!in_shared(dst, bytes)) fail("cp.async: the destination is not (entirely) in shared memory");
+  if (in_shared(src, 1)) fail("cp.async.shared.global: the source is in shared memory, not global memory");
+  AsyncCopy c;
+  c.dst = static_cast<unsigned char*>(dst);
+  c.bytes = bytes;
+  std::memset(c.data, 0, sizeof(c.data));  // src-size < cp-size: the rest is zero-filled
+  if (src_bytes > 0) std::memcpy(c.data, src, src_bytes);
+  std::memset(dst, kPrefillByte, bytes);
+  lane.uncommitted.push_back(c);
+}
+
+void cp_async_commit() {
+  Lane& lane = me();
+  lane.groups.push_back(std::move(lane.uncommitted));  // may be an empty group, as on the GPU
+  lane.uncommitted.clear();
+}
+
+void cp_async_wait(int n) {
+  Lane& lane = me();
+  if (n < 0) fail("cp.async.wait_group: N must be >= 0");
+  while (static_cast<int>(lane.groups.size()) > n) {
+    for (const AsyncCopy& c : lane.groups.front()) std::memcpy(c.dst, c.data, c.bytes);
+    lane.groups.pop_front();
+  }
 }
 
 void wmma_check(const char* op, const void* p, unsigned ldm, int layout, size_t elem_size) {
@@ -548,6 +644,8 @@ cudaError_t run_launch(const void* kernel, dim3 grid, dim3 block, size_t smem, c
         for (uint64_t t = 0; t < threads; ++t) {
           Lane& l = b.lanes[t];
           l.st = St::kRunnable;
+          l.uncommitted.clear();
+          l.groups.clear();
           l.ctx.thread_idx = uint3{static_cast<unsigned>(t % block.x), static_cast<unsigned>(t / block.x % block.y),
                                    static_cast<unsigned>(t / (static_cast<uint64_t>(block.x) * block.y))};
           l.ctx.block_idx = bidx;

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "mma_sm80.cuh"  // csrc/: mma.m16n8k16, ldmatrix, cp.async
+
 namespace {
 
 // out[t] = x[(t + 1) % n] through shared memory; `barrier` 0 leaves out the __syncthreads between the
@@ -116,6 +118,90 @@ __global__ void wmma_kernel(const __half* a, const __half* b, float* c, int b_co
   wmma::store_matrix_sync(c, acc, 16, wmma::mem_row_major);
 }
 
+// C [16, 16] = A [16, 16] B [16, 16] (all row-major; B as [k][n]) with two mma.m16n8k16, one warp.
+// `mode` 0: fragments read from global memory at the PTX ISA's indices; 1: the same with a[1] and a[2]
+// swapped (rows g + 8 and columns 8..15 mixed up: a wrong fragment index); 2: A by ldmatrix.x4 and B by
+// ldmatrix.x4.trans from shared [k][n]; 3: B by ldmatrix.x4 from shared B^T ([n][k]); 4: lane 31 leaves
+// before the mma.
+template <typename T>
+__global__ void mma_kernel(const T* a, const T* b, float* c, int mode) {
+  using minibert::pack2;
+  extern __shared__ __align__(128) unsigned char raw[];
+  constexpr int kLd = 24;  // padded shared rows: 48 bytes, a multiple of 16
+  T* a_s = reinterpret_cast<T*>(raw);
+  T* b_s = a_s + 16 * kLd;
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  uint32_t af[4], bf[2][2];  // bf[n-tile][register]
+  if (mode <= 1) {
+    af[0] = pack2(a[g * 16 + 2 * t], a[g * 16 + 2 * t + 1]);
+    af[1] = pack2(a[(g + 8) * 16 + 2 * t], a[(g + 8) * 16 + 2 * t + 1]);
+    af[2] = pack2(a[g * 16 + 2 * t + 8], a[g * 16 + 2 * t + 9]);
+    af[3] = pack2(a[(g + 8) * 16 + 2 * t + 8], a[(g + 8) * 16 + 2 * t + 9]);
+    if (mode == 1) {
+      const uint32_t swap = af[1];
+      af[1] = af[2];
+      af[2] = swap;
+    }
+    for (int nt = 0; nt < 2; ++nt) {
+      const int n = nt * 8 + g;
+      bf[nt][0] = pack2(b[(2 * t) * 16 + n], b[(2 * t + 1) * 16 + n]);
+      bf[nt][1] = pack2(b[(2 * t + 8) * 16 + n], b[(2 * t + 9) * 16 + n]);
+    }
+  } else {
+    for (int e = lane; e < 256; e += 32) {
+      a_s[(e / 16) * kLd + e % 16] = a[e];
+      if (mode == 3) b_s[(e % 16) * kLd + e / 16] = b[e];  // B^T: row n holds column n of B
+      else b_s[(e / 16) * kLd + e % 16] = b[e];
+    }
+    __syncwarp();
+    minibert::ldmatrix_x4(af, a_s + (lane % 16) * kLd + (lane / 16) * 8);
+    uint32_t r[4];
+    if (mode == 3) {  // lanes 0-7: n 0-7 at k 0, 8-15: n 0-7 at k 8, 16-31: n 8-15 likewise
+      minibert::ldmatrix_x4(r, b_s + (lane % 8 + (lane / 16) * 8) * kLd + ((lane / 8) % 2) * 8);
+    } else {  // lanes 0-15: k 0-15 at n 0, 16-31: k 0-15 at n 8
+      minibert::ldmatrix_x4_trans(r, b_s + (lane % 16) * kLd + (lane / 16) * 8);
+    }
+    bf[0][0] = r[0], bf[0][1] = r[1], bf[1][0] = r[2], bf[1][1] = r[3];
+  }
+  if (mode == 4 && lane == 31) return;
+  for (int nt = 0; nt < 2; ++nt) {
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    minibert::mma_m16n8k16<T>(acc, af, bf[nt], acc);
+    for (int e = 0; e < 4; ++e) c[(g + 8 * (e / 2)) * 16 + nt * 8 + 2 * t + e % 2] = acc[e];
+  }
+}
+
+// out[i] = x[(i + 4) % n] through shared memory, each thread copying 16 bytes (4 floats) with cp.async.
+// `mode` 0: issue, commit, wait_group 0, __syncthreads, read (right); 1: the wait comes after the read;
+// 2: no wait at all; 3: an empty group committed after the copies, then wait_group 1 (right: only the
+// newest, empty group may stay in flight); 4: wait_group 1 with the copies' group the newest (too weak);
+// 5: a shared address 4 bytes off 16-byte alignment; 6: a global address 4 bytes off; 7: the destination
+// first holds valid data (plain stores and a barrier), then is read while a copy into it is in flight.
+__global__ void cp_async_kernel(const float* x, float* out, int mode) {
+  extern __shared__ __align__(128) float tile[];
+  const int t = threadIdx.x, n = 4 * blockDim.x;
+  float* dst = tile + 4 * t + (mode == 5 ? 1 : 0);
+  const float* src = x + 4 * t + (mode == 6 ? 1 : 0);
+  if (mode == 7) {
+    for (int e = 0; e < 4; ++e) tile[4 * t + e] = x[4 * t + e];
+    __syncthreads();
+  }
+  minibert::cp_async_16(dst, src, true);
+  minibert::cp_async_commit();
+  if (mode == 0) minibert::cp_async_wait<0>();
+  if (mode == 3) {
+    minibert::cp_async_commit();
+    minibert::cp_async_wait<1>();
+  }
+  if (mode == 4) minibert::cp_async_wait<1>();
+  if (mode != 7) __syncthreads();
+  for (int e = 0; e < 4; ++e) {
+    const int i = 4 * t + e;
+    out[i] = mode == 7 ? tile[i] : tile[(i + 4) % n];
+  }
+  if (mode == 1 || mode == 4 || mode == 7) minibert::cp_async_wait<0>();
+}
+
 }  // namespace
 
 // Entry points for the emulator's driver (same signature as csrc/emulation/ops.cpp's).
@@ -185,6 +271,29 @@ int emu_op_wmma(void** b, const int64_t* i, const double*) {
 int emu_op_launch_config(void** b, const int64_t* i, const double*) {
   noop_kernel<<<dim3(static_cast<unsigned>(i[0]), static_cast<unsigned>(i[1])), static_cast<unsigned>(i[2])>>>(
       static_cast<float*>(b[0]));
+  return cudaGetLastError();
+}
+
+// buffers: a, b (16 x 16, row-major), c (float 16 x 16). ints: mode (see mma_kernel), bf16 (0: half).
+int emu_op_mma(void** b, const int64_t* i, const double*) {
+  const int mode = static_cast<int>(i[0]);
+  const size_t smem = 2 * 16 * 24 * 2;
+  if (i[1]) {
+    mma_kernel<__nv_bfloat16><<<1, 32, smem>>>(static_cast<const __nv_bfloat16*>(b[0]),
+                                               static_cast<const __nv_bfloat16*>(b[1]), static_cast<float*>(b[2]), mode);
+  } else {
+    mma_kernel<__half><<<1, 32, smem>>>(static_cast<const __half*>(b[0]), static_cast<const __half*>(b[1]),
+                                        static_cast<float*>(b[2]), mode);
+  }
+  return cudaGetLastError();
+}
+
+// buffers: x, out (float, 4 * threads + 4: room for the misaligned source). ints: threads, mode.
+int emu_op_cp_async(void** b, const int64_t* i, const double*) {
+  const unsigned threads = static_cast<unsigned>(i[0]);
+  cp_async_kernel<<<1, threads, (4 * threads + 4) * sizeof(float)>>>(static_cast<const float*>(b[0]),
+                                                                    static_cast<float*>(b[1]),
+                                                                    static_cast<int>(i[1]));
   return cudaGetLastError();
 }
 

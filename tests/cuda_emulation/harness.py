@@ -222,6 +222,7 @@ class Emulator:
         if self._lib is None:
             return self._call_runner(op, buffers, ints, reals)
         d = self.device
+        self._lib.emu_clear_error()  # each call starts clean, as the runner's fresh process does
         self._lib.emu_set_device(d["major"], d["minor"], d["smem_optin"], d["images"].encode())
         self._lib.emu_set_schedule(self.schedule)
         fn = getattr(self._lib, "emu_op_" + op)

@@ -2,7 +2,8 @@
 
 Each bug lives in a tiny kernel of broken_kernels.cu next to its correct twin (one flag apart): a missing
 __syncthreads, a shared-memory access out of bounds, a data race, a divergent barrier, __trap, misused
-wmma and launches a GPU refuses. The fiber build finds the missing barrier deterministically (the thread
+wmma, a wrong mma.m16n8k16 fragment index, a missing or too weak cp.async.wait_group, and launches a GPU
+refuses. The fiber build finds the missing barrier deterministically (the thread
 that reads first sees the NaN prefill); AddressSanitizer finds the out-of-bounds access; ThreadSanitizer
 finds the race and the missing barrier as a race. Skipped only where there is no C++ compiler.
 """
@@ -122,6 +123,71 @@ def test_dynamic_shared_memory_above_48k_needs_the_opt_in(emu):
     sm86 = harness.Emulator(sources=[BROKEN], device=dict(harness.A100, major=8, minor=6, smem_optin=101376))
     with pytest.raises(harness.EmulatedCudaError, match="opt-in limit of 101376"):
         sm86.call("wmma", [a, b, c], [0, 0, 16, 106496, 106496])
+
+
+def _mma(emu, mode, dtype=torch.float16):
+    rng = np.random.default_rng(2)
+    a, b = (torch.tensor(rng.standard_normal((16, 16)), dtype=dtype) for _ in range(2))
+    c = torch.full((16, 16), float("nan"))
+    emu.call("mma", [a, b, c], [mode, dtype == torch.bfloat16])
+    return c, (a.double() @ b.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", [0, 2, 3])
+def test_mma_m16n8k16_fragments_and_ldmatrix_against_float64(emu, mode, dtype):
+    """Fragments built at the PTX ISA's indices (mode 0), or loaded by ldmatrix.x4 / .trans (2, 3), give
+    A B: the emulated mma moves each lane's registers exactly as the ISA lays them out."""
+    c, want = _mma(emu, mode, dtype)
+    np.testing.assert_allclose(c.double().numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_wrong_fragment_index_gives_a_wrong_product(emu):
+    """a[1] and a[2] swapped (rows 8-15 taken for columns 8-15): the emulator, holding each lane to its own
+    registers as the hardware does, computes the wrong product too, instead of hiding the bug."""
+    c, want = _mma(emu, 1)
+    assert not torch.isnan(c).any() and (c.double() - want).abs().max() > 0.5
+
+
+def test_mma_needs_all_32_lanes(emu):
+    with pytest.raises(harness.EmulatedCudaError, match="lane 31 did not execute it"):
+        _mma(emu, 4)
+
+
+def _cp_async(emu, mode, threads=32):
+    x = torch.arange(4 * threads + 4, dtype=torch.float32) + 1
+    out = torch.full((4 * threads + 4,), float("nan"))
+    emu.call("cp_async", [x, out], [threads, mode])
+    return x[:4 * threads], out[:4 * threads]
+
+
+@pytest.mark.parametrize("mode", [0, 3])
+def test_cp_async_lands_at_its_wait_group(emu, mode):
+    x, out = _cp_async(emu, mode)
+    assert torch.equal(out, torch.roll(x, -4))
+
+
+@pytest.mark.parametrize("mode, what", [(1, "read before the wait"), (4, "wait_group 1 leaves the copy in flight"),
+                                        (7, "the destination is undefined while a copy is in flight")])
+def test_cp_async_not_yet_waited_for_reads_nan(emu, mode, what):
+    """A copy lands at its thread's wait_group: a thread that reads it earlier finds the NaN prefill. (With a
+    late wait, a copy whose thread ran ahead to it is there: the fiber order decides which reads fail, as
+    timing would on a GPU, but the first reader always does.)"""
+    _, out = _cp_async(emu, mode)
+    assert torch.isnan(out).any(), what
+    if mode == 7:  # each thread reads its own destination, in flight
+        assert torch.isnan(out).all()
+
+
+def test_cp_async_never_waited_for_fails_the_launch(emu):
+    with pytest.raises(harness.EmulatedCudaError, match="never waited for .*missing cp.async.wait_group"):
+        _cp_async(emu, 2)
+
+
+@pytest.mark.parametrize("mode", [5, 6])
+def test_cp_async_refuses_misaligned_addresses(emu, mode):
+    with pytest.raises(harness.EmulatedCudaError, match="must both be 16-byte aligned"):
+        _cp_async(emu, mode)
 
 
 @pytest.mark.parametrize("grid, block", [((0, 1), 32), ((1, 65536), 32), ((1, 1), 1025)])

@@ -1,0 +1,153 @@
+// Warp-level tensor-core and asynchronous-copy helpers of sm_80 (Ampere) and newer, for
+// attention_cuda_tc.cu:
+//
+//   mma_m16n8k16<T>    mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32: D = A B + C
+//   ldmatrix_x4(_trans) ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 tiles from shared
+//                       memory straight into the register layout of an mma operand
+//   cp_async_16         cp.async.cg.shared.global, 16 bytes global -> shared without passing through
+//                       registers; cp_async_commit / cp_async_wait<N> group and retire the copies
+//
+// On the GPU each is one inline PTX instruction. Under the CUDA emulator (csrc/emulation, which defines
+// MINIBERT_CUDA_EMULATOR) each is C++ that moves exactly the elements the PTX ISA says, lane by lane, so a
+// kernel that builds or reads a fragment with a wrong index gets a wrong number in CI, as it would on a GPU.
+//
+// ---- The register layout (PTX ISA, "Matrix fragments for mma.m16n8k16") ------------------------------------
+// The 32 lanes of a warp hold the matrices together. Name lane l by
+//     groupID = l >> 2          (0..7: which row, or for B which column, the lane holds)
+//     threadID_in_group = l % 4 (0..3: which pair of adjacent columns, or for B rows)
+// and write g = groupID, t = threadID_in_group. Every 32-bit register holds two 16-bit elements that are
+// neighbours in a row (A, C) or in a column (B); the one with the lower index is in the low 16 bits.
+//
+//   A, 16 x 16 (rows x k), "row": 4 registers          B, 16 x 8 (k x cols), "col": 2 registers
+//     a[0] = A[g    ][2t, 2t+1]                          b[0] = B[2t, 2t+1    ][g]
+//     a[1] = A[g + 8][2t, 2t+1]                          b[1] = B[2t + 8, 2t + 9][g]
+//     a[2] = A[g    ][2t + 8, 2t + 9]
+//     a[3] = A[g + 8][2t + 8, 2t + 9]                  C and D, 16 x 8, float: 4 registers
+//                                                        c[0], c[1] = C[g    ][2t], C[g    ][2t + 1]
+//                                                        c[2], c[3] = C[g + 8][2t], C[g + 8][2t + 1]
+//
+//        cols 0 ..  7    cols 8 .. 15                      lane 0 holds C[0][0..1] and C[8][0..1],
+//   rows 0..7 | a[0] | a[2] |   (each lane: 2 cols        lane 1 holds C[0][2..3] and C[8][2..3], ...,
+//   rows 8..15| a[1] | a[3] |    of 1 row per register)   lane 31 holds C[7][6..7] and C[15][6..7].
+//
+// So a lane holds two rows of every A and C tile: g and g + 8; the four lanes 4g .. 4g + 3 together
+// hold those rows whole, which is why a row maximum or sum over a C tile takes two shuffles.
+// And the C layout of two n8 tiles side by side, C0 (columns 0..7) and C1 (columns 8..15), is the A
+// layout of one 16 x 16 tile: a[0] = C0[0..1], a[1] = C0[2..3], a[2] = C1[0..1], a[3] = C1[2..3]
+// (rounded to 16 bits). The attention kernel feeds its probabilities to the next product that way.
+//
+// ---- ldmatrix -----------------------------------------------------------------------------------------------
+// ldmatrix.x4 loads four 8 x 8 tiles of 16-bit elements. Lanes 8j .. 8j + 7 each give the shared address
+// of one 16-byte row of tile j (any 16-byte-aligned rows: they need not be contiguous). Register j of lane
+// l then receives row l / 4, elements 2 (l % 4) and 2 (l % 4) + 1 of tile j: exactly a[.] or b[.] above
+// for an 8 x 8 piece. With .trans it receives column l / 4, rows 2 (l % 4) and 2 (l % 4) + 1 instead:
+// the B operand of a matrix stored row-major as [k][n] (V in attention).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace minibert {
+
+// Two 16-bit values in one register, `lo` (the lower row/column index) in the low half.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(T lo, T hi) {
+  static_assert(sizeof(T) == 2, "pack2 packs 16-bit types");
+  uint16_t l, h;
+  memcpy(&l, &lo, 2);
+  memcpy(&h, &hi, 2);
+  return static_cast<uint32_t>(l) | (static_cast<uint32_t>(h) << 16);
+}
+
+#if defined(MINIBERT_CUDA_EMULATOR)
+
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  ::emu::mma_m16n8k16<T>(d, a, b, c);
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row) { ::emu::ldmatrix(r, 4, false, row); }
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row) { ::emu::ldmatrix(r, 4, true, row); }
+// 16 bytes from global `src` to shared `dst` (both 16-byte aligned); `valid` false writes 16 zero bytes
+// and reads nothing.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+  ::emu::cp_async(dst, src, 16, valid ? 16 : 0);
+}
+__device__ __forceinline__ void cp_async_commit() { ::emu::cp_async_commit(); }
+// Waits until at most N of this thread's committed groups are still in flight (the newest N).
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  ::emu::cp_async_wait(N);
+}
+
+#else  // nvcc
+
+// The instructions exist from sm_80 on. nvcc's host pass sees only the declarations' empty bodies; a
+// device pass for an older architecture (a PTX JIT target) gets __trap() instead of the instruction.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define MINIBERT_SM80_ASM(...) asm volatile(__VA_ARGS__)
+#elif defined(__CUDA_ARCH__)
+#define MINIBERT_SM80_ASM(...) __trap()
+#else
+#define MINIBERT_SM80_ASM(...) \
+  do {                         \
+  } while (0)
+#endif
+
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value, "f16 or bf16 inputs");
+  if constexpr (std::is_same<T, __half>::value) {
+    MINIBERT_SM80_ASM(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %11, %12, %13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+  } else {
+    MINIBERT_SM80_ASM(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %11, %12, %13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+  }
+}
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row) {
+  MINIBERT_SM80_ASM("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                    : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                    : "r"(shared_address(row))
+                    : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row) {
+  MINIBERT_SM80_ASM("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                    : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                    : "r"(shared_address(row))
+                    : "memory");
+}
+
+// .cg: cache in L2 only (K and V are read once per block; L1 would only be polluted). With src-size 0 the
+// 16 destination bytes are zero-filled and nothing is read.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+  MINIBERT_SM80_ASM("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+                    "r"(valid ? 16 : 0)
+                    : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { MINIBERT_SM80_ASM("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  MINIBERT_SM80_ASM("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+#undef MINIBERT_SM80_ASM
+#endif
+
+}  // namespace minibert
