@@ -38,15 +38,18 @@ constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2 / pi)
 constexpr double kTanhCubic = 0.044715;                  // Hendrycks & Gimpel's cubic coefficient
 
 // x * P, given P's two forms: P itself when P < 1/2 (x < 0: accurate to its relative error), else the
-// complement q = 1 - P (x >= 0: x - x q rounds once, and x q is small next to x). Both are computed and
-// one is picked, so the loop stays branch-free. q = 0 (x beyond the tails' reach, or +inf) gives x
-// itself, not inf - inf * 0 = NaN.
+// complement q = 1 - P (x >= 0). Written as relu(x) - |x| * tail, with tail = P for x < 0 and q for
+// x >= 0: for x < 0 that is -(|x| P) = x P exactly, for x >= 0 it is x - x q, which rounds once (the
+// compiler fuses it into one multiply-add), where x (1 - q) would round twice. Four vector operations and
+// no branch. |x| is capped at 1e30 (the tail is 0 long before): x = +-inf then gives inf and 0, the
+// limits of x Phi(x), not inf * 0 = NaN. NaN stays NaN (its tail is NaN).
 template <typename T>
 MB_INLINE T times_probability(T x, T p, T q) {
-  const T below = x * p;
-  const T xq = x * q;
-  const T above = x - (q > T(0) ? xq : T(0));
-  return x < T(0) ? below : above;
+  const T tail = x < T(0) ? p : q;
+  const T ax = std::fabs(x);
+  const T capped = ax < T(1e30) ? ax : T(1e30);
+  const T relu = x < T(0) ? T(0) : x;
+  return relu - capped * tail;
 }
 
 template <typename T, bool kTanh>

@@ -176,7 +176,7 @@ def test_float32_precision_no_worse_than_torch(approximate):
 
 
 def test_float32_extremes_and_special_values():
-    """+-inf, NaN and huge inputs give what float64 gives (NaN where float64's formula is inf * 0)."""
+    """+-inf, NaN and huge inputs give what float64 gives, and +-inf the limits of x Phi(x): inf and 0."""
     x = torch.tensor([float("inf"), -float("inf"), float("nan"), 3e38, -3e38, -13.3, -50.0])
     for approximate in FORMS:
         want = ops.gelu(x.double(), approximate)
@@ -184,7 +184,10 @@ def test_float32_extremes_and_special_values():
         assert torch.equal(torch.isnan(got), torch.isnan(want)), approximate
         finite = ~torch.isnan(want)
         torch.testing.assert_close(got[finite].double(), want[finite], rtol=1e-6, atol=1e-37)
-    assert ops.gelu(torch.tensor([float("inf")])).item() == float("inf")
+    for dtype in (torch.float32, torch.float64):
+        for approximate in FORMS:
+            got = ops.gelu(torch.tensor([float("inf"), -float("inf")], dtype=dtype), approximate).tolist()
+            assert got == [float("inf"), 0.0], (dtype, approximate, got)
 
 
 _WIDTH_CHECK = """
