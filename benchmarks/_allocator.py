@@ -43,13 +43,23 @@ def requested(argv: list[str]) -> str | None:
     return flags[0] if flags else None
 
 
+def merged(key: str, value: str, current: str | None) -> str:
+    """``key``'s value with the mode's ``value`` in it. GLIBC_TUNABLES is a ``:``-separated list: tunables the
+    user set already are kept, and ours take their place when they name the same tunable."""
+    if key != "GLIBC_TUNABLES" or not current:
+        return value
+    ours = dict(item.split("=", 1) for item in value.split(":"))
+    kept = [item for item in current.split(":") if item and item.split("=", 1)[0] not in ours]
+    return ":".join(kept + [value])
+
+
 def restart_if_requested() -> str | None:
     """Restart this script with the chosen mode's environment if it is not set yet; returns the mode's name
     (``"huge-pages"``, ``"reuse-memory"``) or None."""
     flag = requested(sys.argv[1:])
     if flag is None:
         return None
-    env = MODES[flag]
+    env = {k: merged(k, v, os.environ.get(k)) for k, v in MODES[flag].items()}
     if any(os.environ.get(k) != v for k, v in env.items()):
         os.environ.update(env)
         os.execv(sys.executable, [sys.executable, *sys.argv])

@@ -19,11 +19,13 @@ print(mode, os.environ.get("GLIBC_TUNABLES"), os.environ.get("THP_MEM_ALLOC_ENAB
 """
 
 
-def _probe(tmp_path, *flags):
+def _probe(tmp_path, *flags, tunables=None):
     """Run a script that restarts like the benchmarks do; what it saw after the restart."""
     script = tmp_path / "probe.py"
     script.write_text(PROBE.format(benchmarks=str(BENCHMARKS)))
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE")}
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
     out = subprocess.run([sys.executable, str(script), *flags], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
@@ -35,6 +37,10 @@ def test_each_flag_restarts_once_with_its_environment(tmp_path):
     assert (mode, thp) == ("reuse-memory", "None")
     assert tunables == "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
     assert _probe(tmp_path, "--huge-pages") == ["huge-pages", "None", "1"]
+    # tunables the user set already are kept (ours replace theirs of the same name), and it restarts once
+    _, tunables, _ = _probe(tmp_path, "--reuse-memory",
+                            tunables="glibc.malloc.mmap_max=5:glibc.malloc.arena_max=2")
+    assert tunables == "glibc.malloc.arena_max=2:" + _allocator.MODES["--reuse-memory"]["GLIBC_TUNABLES"]
 
 
 def test_both_flags_are_refused():
