@@ -19,13 +19,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from minibert.files import atomic_open, atomic_write_text  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+_TIMES_GPU: bool | None = None  # set by device_configs(); None: name the machine by its GPU if it has one
+
+
+def add_device_argument(parser) -> None:
+    """``--device all|cpu|cuda``: which processors a benchmark times (default: the CPU, and the GPU if any)."""
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                        help="time on the CPU, on the GPU, or on both (default 'all': the CPU, plus the GPU "
+                             "where torch sees one)")
+
+
+def device_configs(device: str = "all") -> list:
+    """The ``(device, dtype)`` pairs to time for a ``--device`` choice: float32 on the CPU, float32 and
+    bfloat16 on CUDA. Also decides the results' machine name: a run that times no GPU is named after the CPU."""
+    import torch
+
+    global _TIMES_GPU
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU here")
+    configs = [("cpu", torch.float32)] if device in ("all", "cpu") else []
+    if device in ("all", "cuda") and torch.cuda.is_available():
+        configs += [("cuda", torch.float32), ("cuda", torch.bfloat16)]
+    _TIMES_GPU = any(d == "cuda" for d, _ in configs)
+    return configs
 
 
 def machine_name() -> str:
     """A short, file-name-safe description of where this ran: ``cpu-2c`` or ``cuda-nvidia-h100``."""
     try:
         import torch
-        if torch.cuda.is_available():
+        if _TIMES_GPU is not False and torch.cuda.is_available():
             name = torch.cuda.get_device_name(0).lower()
             return "cuda-" + re.sub(r"[^a-z0-9]+", "-", name).strip("-")
     except ImportError:
@@ -116,11 +139,12 @@ def print_table(rows: list[dict], columns: list[str], formats: dict | None = Non
 
 
 def memory_bound_rows(make_cases, variants: tuple, variant_key: str, cols: int, eager_peer: dict,
-                      quick: bool, copy_ops: tuple = ("copy",)) -> tuple[list[dict], dict]:
+                      quick: bool, copy_ops: tuple = ("copy",), device: str = "all") -> tuple[list[dict], dict]:
     """Time memory-bound ops the way ``gelu.py`` and ``layernorm.py`` do, and relate them to a copy.
 
-    For float32 on the CPU (and float32 / bfloat16 on CUDA when there is a GPU), for ``[rows, cols]`` inputs
-    of 1M, 4M and (without ``quick``) 16M elements, and for each of ``variants`` (e.g. the GELU form or the
+    For the :func:`device_configs` of ``device`` (float32 on the CPU; float32 and bfloat16 on CUDA), for
+    ``[rows, cols]`` inputs of 1M, 4M and (without ``quick``) 16M elements, plus 64M on a GPU, whose 16M
+    would still sit largely in its L2 cache, and for each of ``variants`` (e.g. the GELU form or the
     dropout probability), ``make_cases(x, variant)`` returns ``name -> (callable, elements that must move per
     element of x)``; each callable is timed (median of at least 7, after 2 warm-ups). The ``copy_ops`` are
     timed once per size, under the variant "-". Each row gets its GB/s, ``of_copy_bw`` (the fraction of
@@ -133,12 +157,10 @@ def memory_bound_rows(make_cases, variants: tuple, variant_key: str, cols: int, 
 
     if not ops.is_available():
         raise SystemExit(f"the minibert extension is not available: {ops.backend_info()['reason']}")
-    sizes = [1 << 20, 1 << 22] + ([] if quick else [1 << 24])
-    configs = [("cpu", torch.float32)] + ([("cuda", torch.float32), ("cuda", torch.bfloat16)]
-                                         if torch.cuda.is_available() else [])
     rows = []
-    for device, dtype in configs:
+    for device, dtype in device_configs(device):
         sync = torch.cuda.synchronize if device == "cuda" else None
+        sizes = [1 << 20, 1 << 22] + ([] if quick else [1 << 24] + ([1 << 26] if device == "cuda" else []))
         for n in sizes:
             x = torch.randn(n // cols + 1, cols).to(device, dtype)
             for variant in variants:

@@ -3,10 +3,12 @@
     python benchmarks/attention.py                 # S = 128 .. 4096, H = 12, D = 64, batch 1
     python benchmarks/attention.py --quick         # S = 128 .. 512, fewer repeats
     python benchmarks/attention.py --max-seq 2048 --max-ref-seq 1024
+    python benchmarks/attention.py --device cuda --batch 8   # the GPU only, float32 and bfloat16
 
 For every sequence length S it reports the median time, GFLOP/s (forward 4 B H S^2 D: the two matmuls;
 forward+backward 12 B H S^2 D: two more matmuls for dV, dP and two for dQ, dK; recomputation not
-counted), the peak extra memory of one call, and speed-ups against torch eager and SDPA. Because the
+counted), the peak extra memory of one call, and speed-ups against torch eager and SDPA. On a GPU, for
+bfloat16, "flash" is SDPA held to its FlashAttention-2 backend (whatever else SDPA would pick). Because the
 machine may be shared, the fused/SDPA ratio is also measured paired: the two ops run alternately and
 the median of the per-pair time ratios is reported (load that comes and goes hits both alike). On the
 CPU it is measured a second time on one thread by that thread's CPU time (time.thread_time), which
@@ -35,8 +37,8 @@ import torch.nn.functional as F
 from minibert import ops
 from minibert.reference import layers
 
-HEADS, HEAD_DIM, BATCH = 12, 64, 1
-IMPLS = ["numpy", "eager", "sdpa", "fused"]
+HEADS, HEAD_DIM, BATCH = 12, 64, 1  # BATCH and HEAD_DIM are set from --batch and --head-dim
+IMPLS = ["numpy", "eager", "sdpa", "flash", "fused"]
 
 
 def flops(seq: int, mode: str) -> float:
@@ -85,6 +87,8 @@ def make_case(impl: str, mode: str, seq: int, device: str, dtype: torch.dtype):
     gen = torch.Generator().manual_seed(seq)
     q, k, v, dout = (torch.randn(BATCH, HEADS, seq, HEAD_DIM, generator=gen).to(device, dtype) for _ in range(4))
     scale = HEAD_DIM ** -0.5
+    if impl == "flash" and (device != "cuda" or dtype not in (torch.float16, torch.bfloat16)):
+        return None
     if impl == "numpy":
         qn, kn, vn, dn = (t.float().numpy() for t in (q, k, v, dout))
         if mode == "fwd":
@@ -94,6 +98,7 @@ def make_case(impl: str, mode: str, seq: int, device: str, dtype: torch.dtype):
     forward = {
         "eager": lambda q, k, v: ops.eager.attention(q, k, v, None, scale),
         "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=scale),
+        "flash": lambda q, k, v: _flash(q, k, v, scale),
         "fused": lambda q, k, v: ops.attention(q, k, v, scale=scale),
     }[impl]
     if mode == "fwd":
@@ -107,6 +112,13 @@ def make_case(impl: str, mode: str, seq: int, device: str, dtype: torch.dtype):
         out = forward(*leaves)
         torch.autograd.grad(out, leaves, dout)
     return run_fwd_bwd
+
+
+def _flash(q, k, v, scale):
+    """SDPA restricted to its FlashAttention-2 kernel (an error, not a silent fallback, if it cannot run)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def paired_speedup(fn, peer, pairs: int, sync=None, clock=time.perf_counter) -> float:
@@ -141,14 +153,17 @@ def main():
     parser.add_argument("--max-ref-seq", type=int, default=2048,
                         help="largest S for the NumPy reference (slow, O(S^2) memory); default 2048")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1; a GPU wants 8 or more)")
+    parser.add_argument("--head-dim", type=int, default=64, help="head size D (default 64, as in BERT)")
+    _common.add_device_argument(parser)
     args = parser.parse_args()
+    global BATCH, HEAD_DIM
+    BATCH, HEAD_DIM = args.batch, args.head_dim
     max_seq = min(args.max_seq, 512) if args.quick else args.max_seq
     repeats = 3 if args.quick else args.repeats
     seqs = [s for s in (128, 256, 512, 1024, 2048, 4096, 8192) if s <= max_seq]
 
-    configs = [("cpu", torch.float32)]
-    if torch.cuda.is_available():
-        configs += [("cuda", torch.float32), ("cuda", torch.bfloat16)]
+    configs = _common.device_configs(args.device)
     print(f"machine: {_common.machine_name()}, torch threads: {torch.get_num_threads()}, "
           f"backend: {ops.backend_info()['backend']} ({ops.backend_info()['reason']})")
 
@@ -163,10 +178,12 @@ def main():
                     if impl == "numpy" and (device != "cpu" or seq > args.max_ref_seq):
                         continue
                     fn = make_case(impl, mode, seq, device, dtype)
-                    big = seq >= 2048
+                    if fn is None:
+                        continue
+                    big = seq >= 2048 and device == "cpu"  # a GPU runs even these in milliseconds
                     # small cases repeat for at least 0.5 s: on a shared machine one sample is noise
-                    t = _common.time_fn(fn, warmup=1, repeats=2 if big else repeats, sync=sync,
-                                        min_time=0.0 if big else 0.5)
+                    t = _common.time_fn(fn, warmup=1 if device == "cpu" else 3, repeats=2 if big else repeats,
+                                        sync=sync, min_time=0.0 if big else (0.5 if device == "cpu" else 0.2))
                     rows.append({"device": device, "dtype": dtype_name, "seq": seq, "mode": mode, "impl": impl,
                                  "median_ms": 1e3 * t["median_s"],
                                  "gflops": flops(seq, mode) / t["median_s"] / 1e9,
@@ -200,14 +217,29 @@ def main():
     summary = summarise(by_key, seqs)
     for line in summary:
         print(line)
-    path = _common.save_json("attention", {"heads": HEADS, "head_dim": HEAD_DIM, "batch": BATCH, "rows": rows,
-                                           "summary": summary})
-    print("saved", path, "and", plot(rows, configs))
+    name = "attention" + ("" if (BATCH, HEAD_DIM) == (1, 64) else f"-b{BATCH}-d{HEAD_DIM}")
+    path = _common.save_json(name, {"heads": HEADS, "head_dim": HEAD_DIM, "batch": BATCH, "rows": rows,
+                                    "summary": summary})
+    print("saved", path, "and", plot(rows, configs, name))
 
 
 def summarise(by_key, seqs) -> list[str]:
-    """The targets of the issue, stated from the measured CPU numbers."""
+    """The figures the README quotes, from the measured numbers: the CPU's, then each GPU dtype's."""
     lines = []
+    for dtype in ("float32", "bfloat16"):
+        for mode in ("fwd", "fwd+bwd"):
+            fused = {s: by_key.get(("cuda", dtype, s, mode, "fused")) for s in seqs}
+            if not all(fused.values()):
+                continue
+            for peer in ("eager", "sdpa", "flash"):
+                if by_key.get(("cuda", dtype, seqs[0], mode, peer)):
+                    lines.append(f"CUDA {dtype} fused {mode} speed-up over {peer}: " + ", ".join(
+                        f"S={s}: {by_key[('cuda', dtype, s, mode, peer)]['median_ms'] / r['median_ms']:.2f}"
+                        for s, r in fused.items()))
+            lines.append(f"CUDA {dtype} fused {mode} TFLOP/s: "
+                         + ", ".join(f"S={s}: {r['gflops'] / 1e3:.1f}" for s, r in fused.items()))
+    if ("cpu", "float32", seqs[0], "fwd", "fused") not in by_key:
+        return lines
     fwd = lambda impl, s: by_key.get(("cpu", "float32", s, "fwd", impl))
     beats = [s for s in seqs if s >= 256 and fwd("fused", s)["median_ms"] < fwd("eager", s)["median_ms"]]
     lines.append(f"CPU fused forward faster than eager at S = {beats} of {[s for s in seqs if s >= 256]}")
@@ -227,7 +259,7 @@ def summarise(by_key, seqs) -> list[str]:
     return lines
 
 
-def plot(rows, configs) -> str:
+def plot(rows, configs, name: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -250,7 +282,7 @@ def plot(rows, configs) -> str:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend()
     fig.suptitle(f"attention, batch {BATCH}, {HEADS} heads, head_dim {HEAD_DIM} ({_common.machine_name()})")
-    return _common.save_figure(fig, "attention")
+    return _common.save_figure(fig, name)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     python benchmarks/gelu.py --quick    # 1M and 4M
     python benchmarks/gelu.py --reuse-memory # outputs in memory that is already mapped (no page faults)
     python benchmarks/gelu.py --huge-pages   # torch's CPU allocator on 2 MB pages (THP_MEM_ALLOC_ENABLE=1)
+    python benchmarks/gelu.py --device cuda  # the GPU only (float32 and bfloat16; 64M elements too)
 
 GELU is memory bound, so the honest unit is bytes moved per second: forward reads x and writes y
 (2 N elements; the bias is negligible), backward reads dy and x and writes dx (3 N). The ceiling is a
@@ -66,23 +67,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1M and 4M elements only")
     _allocator.add_arguments(parser)
+    _common.add_device_argument(parser)
     args = parser.parse_args()
     name = f"gelu-{ALLOCATOR}" if ALLOCATOR else "gelu"
     rows, key = _common.memory_bound_rows(cases, ("none", "tanh"), "form", COLS, EAGER_PEER, args.quick,
-                                          copy_ops=("copy", "clone"))
-    smallest, numel = min(r["elements"] for r in rows), max(r["elements"] for r in rows)
-    for form in ("none", "tanh"):
-        fused = key[("cpu", "float32", numel, form, "bias+gelu fused")]
-        eager = key[("cpu", "float32", numel, form, "bias+gelu eager")]
-        backward = key[("cpu", "float32", numel, form, "bias+gelu bwd fused")]
-        print(f"CPU bias+GELU ({form}) on {numel} elements: forward fused {fused['median_ms']:.2f} ms "
-              f"({fused['of_copy_bw']:.2f} of copy bandwidth), eager add+gelu {eager['median_ms']:.2f} ms, "
-              f"speed-up {eager['median_ms'] / fused['median_ms']:.2f}x; backward {backward['of_copy_bw']:.2f} "
-              f"of copy bandwidth")
-        # Small tensors: per-call and threading overheads, not bandwidth, decide; fused must not lose here.
-        ratios = ", ".join(f"{op} {key[('cpu', 'float32', smallest, form, op)]['speedup_vs_eager']:.2f}x"
-                           for op in EAGER_PEER)
-        print(f"CPU ({form}) at {smallest} elements, fused vs eager: {ratios}")
+                                          copy_ops=("copy", "clone"), device=args.device)
+    for device, dtype in sorted({(r["device"], r["dtype"]) for r in rows}):
+        sizes = [r["elements"] for r in rows if (r["device"], r["dtype"], r["op"]) == (device, dtype, "copy")]
+        smallest, numel = min(sizes), max(sizes)
+        where = f"{device.upper()} {dtype}"
+        for form in ("none", "tanh"):
+            fused = key[(device, dtype, numel, form, "bias+gelu fused")]
+            eager = key[(device, dtype, numel, form, "bias+gelu eager")]
+            backward = key[(device, dtype, numel, form, "bias+gelu bwd fused")]
+            print(f"{where} bias+GELU ({form}) on {numel} elements: forward fused {fused['median_ms']:.3f} ms "
+                  f"({fused['of_copy_bw']:.2f} of copy bandwidth), eager add+gelu {eager['median_ms']:.3f} ms, "
+                  f"speed-up {eager['median_ms'] / fused['median_ms']:.2f}x; backward "
+                  f"{backward['of_copy_bw']:.2f} of copy bandwidth")
+            # Small tensors: per-call and threading overheads, not bandwidth, decide; fused must not lose here.
+            ratios = ", ".join(f"{op} {key[(device, dtype, smallest, form, op)]['speedup_vs_eager']:.2f}x"
+                               for op in EAGER_PEER)
+            print(f"{where} ({form}) at {smallest} elements, fused vs eager: {ratios}")
     path = _common.save_json(name, {"cols": COLS, "allocator": ALLOCATOR or "fresh-pages", "rows": rows})
     print("saved", path, "and", plot(rows, name))
 

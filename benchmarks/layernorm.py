@@ -4,6 +4,7 @@ against a plain copy measured in the same run.
     python benchmarks/layernorm.py            # [rows, 768] (BERT-base hidden size): 1M, 4M and 16M elements
     python benchmarks/layernorm.py --quick    # 1M and 4M
     python benchmarks/layernorm.py --reuse-memory   # outputs in memory already mapped (benchmarks/_allocator.py)
+    python benchmarks/layernorm.py --device cuda    # the GPU only (float32 and bfloat16; 64M elements too)
 
 LayerNorm is memory bound, so the honest unit is bytes that must move per second. Forward: read x and the
 residual, write y (3 N elements; the parameters and per-row statistics are negligible). Backward alone:
@@ -66,14 +67,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     _allocator.add_arguments(parser)
+    _common.add_device_argument(parser)
     args = parser.parse_args()
     name = f"layernorm-{ALLOCATOR}" if ALLOCATOR else "layernorm"
-    rows, key = _common.memory_bound_rows(cases, (0.0, 0.1), "p", COLS, EAGER_PEER, args.quick)
-    for n in sorted({r["elements"] for r in rows}):
+    rows, key = _common.memory_bound_rows(cases, (0.0, 0.1), "p", COLS, EAGER_PEER, args.quick, device=args.device)
+    for device, dtype, n in sorted({(r["device"], r["dtype"], r["elements"]) for r in rows}):
         for p in (0.0, 0.1):
-            fwd, both = key[("cpu", "float32", n, p, "fused fwd")], key[("cpu", "float32", n, p, "fused fwd+bwd")]
-            print(f"CPU {n} elements, p={p}: fused forward {fwd['of_copy_bw']:.2f} of copy bandwidth, "
-                  f"{fwd['speedup_vs_eager']:.2f}x eager; forward+backward {both['speedup_vs_eager']:.2f}x eager")
+            fwd, both = key[(device, dtype, n, p, "fused fwd")], key[(device, dtype, n, p, "fused fwd+bwd")]
+            print(f"{device.upper()} {dtype} {n} elements, p={p}: fused forward {fwd['of_copy_bw']:.2f} of copy "
+                  f"bandwidth, {fwd['speedup_vs_eager']:.2f}x eager; forward+backward "
+                  f"{both['speedup_vs_eager']:.2f}x eager")
     path = _common.save_json(name, {"cols": COLS, "eps": EPS, "allocator": ALLOCATOR or "fresh-pages", "rows": rows})
     print("saved", path, "and", plot(rows, name))
 
