@@ -5,11 +5,13 @@
 #
 # 1. builds minibert._C in place with the CUDA kernels (for the GPU it finds, TORCH_CUDA_ARCH_LIST
 #    overrides), 2. runs every CUDA test (`pytest -k cuda` over the op tests), 3. times the GPU rows of
-#    benchmarks/attention.py (batch 8, head size 64), gelu.py, a 300-step `minibert pretrain` on the GPU,
-#    then attention with head size 128 and layernorm.py. The benchmarks' results land in
-#    benchmarks/results/*-cuda-<gpu>.{json,png} as always. Each stage has its own time limit and
-#    writes its log to LOG_DIR (default: cuda-check/) as it goes, so a stage that hangs or fails leaves the
-#    logs of the others; the last lines printed are a summary. PYTHON picks the interpreter (default python3).
+#    benchmarks/attention.py (batch 8, head size 64), gelu.py and layernorm.py, 4. lists the kernels torch's
+#    SDPA runs for bfloat16 attention and profiles the fused attention's kernels with Nsight Compute where
+#    `ncu` exists, 5. times attention with head size 128 and runs a 300-step `minibert pretrain` on the GPU.
+#    The benchmarks' results land in benchmarks/results/*-cuda-<gpu>.{json,png} as always.
+# Each stage has its own time limit and writes its log to LOG_DIR (default: cuda-check/) as it goes, so a
+# stage that hangs or fails leaves the logs of the others; the last lines printed are a summary. PYTHON
+# picks the interpreter (default python3).
 set -u
 LOG_DIR=${1:-cuda-check}
 PY=${PYTHON:-python3}
@@ -17,6 +19,19 @@ mkdir -p "$LOG_DIR"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 summary=()
+# bfloat16 attention, batch 8, 12 heads, S = 2048, head size 64: the shapes of benchmarks/attention.py
+SHAPES="import torch; from minibert import ops; import torch.nn.functional as F
+q, k, v, do = (torch.randn(8, 12, 2048, 64, device='cuda', dtype=torch.bfloat16, requires_grad=True) for _ in range(4))"
+SDPA_KERNELS="$SHAPES
+from torch.profiler import profile, ProfilerActivity
+for _ in range(2): torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), do)
+torch.cuda.synchronize()
+with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), do); torch.cuda.synchronize()
+print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=8, max_name_column_width=110))"
+FUSED_STEPS="$SHAPES
+for _ in range(3): torch.autograd.grad(ops.attention(q, k, v), (q, k, v), do)
+torch.cuda.synchronize()"
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to LOG_DIR/NAME.log, note the outcome
     local name=$1 limit=$2 start=$SECONDS rc
@@ -45,11 +60,19 @@ assert info['cuda_kernels'] and info['cuda_device_present'], 'the extension was 
         tests/test_ops_gelu.py tests/test_ops_layernorm.py tests/test_ops_cross_entropy.py tests/test_ops_misc.py
     stage attention-d64 300 $PY benchmarks/attention.py --device cuda --batch 8
     stage gelu 150 $PY benchmarks/gelu.py --device cuda
+    stage layernorm 150 $PY benchmarks/layernorm.py --device cuda
+    # Which kernels torch's SDPA runs for the bfloat16 case above (its default choice is the "sdpa" row).
+    stage sdpa-kernels 120 $PY -c "$SDPA_KERNELS"
+    # Where the fused attention's time goes, by the hardware counters (where Nsight Compute can read them).
+    if command -v ncu > /dev/null; then
+        stage profile 240 ncu --clock-control none -k regex:attention --launch-skip 3 --launch-count 3 \
+            --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+            --section MemoryWorkloadAnalysis $PY -c "$FUSED_STEPS"
+    fi
+    stage attention-d128 300 $PY benchmarks/attention.py --device cuda --batch 8 --head-dim 128
     stage pretrain 300 $PY -m minibert pretrain --device cuda --steps 300 --quiet --overwrite \
         --out "$LOG_DIR/pretrain-run"
     find "$LOG_DIR/pretrain-run" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # keep the logs only
-    stage attention-d128 300 $PY benchmarks/attention.py --device cuda --batch 8 --head-dim 128
-    stage layernorm 150 $PY benchmarks/layernorm.py --device cuda
 fi
 echo "=== summary (logs in $LOG_DIR)"
 printf '%s\n' "${summary[@]}"
