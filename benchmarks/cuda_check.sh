@@ -7,7 +7,8 @@
 #    overrides), 2. runs every CUDA test (`pytest -k cuda` over the op tests), 3. times the GPU rows of
 #    benchmarks/attention.py (batch 8, head size 64), gelu.py and layernorm.py, 4. lists the kernels torch's
 #    SDPA runs for bfloat16 attention and profiles the fused attention's kernels with Nsight Compute where
-#    `ncu` exists, 5. times attention with head size 128 and runs a 300-step `minibert pretrain` on the GPU.
+#    `ncu` exists, 5. times attention with head size 128 and runs a 300-step `minibert pretrain --amp`
+#    (bfloat16 autocast, so the tensor-core kernels) on the GPU.
 #    The benchmarks' results land in benchmarks/results/*-cuda-<gpu>.{json,png} as always.
 # Each stage has its own time limit and writes its log to LOG_DIR (default: cuda-check/) as it goes, so a
 # stage that hangs or fails leaves the logs of the others; the last lines printed are a summary. PYTHON
@@ -70,7 +71,7 @@ assert info['cuda_kernels'] and info['cuda_device_present'], 'the extension was 
             --section MemoryWorkloadAnalysis $PY -c "$FUSED_STEPS"
     fi
     stage attention-d128 300 $PY benchmarks/attention.py --device cuda --batch 8 --head-dim 128
-    stage pretrain 300 $PY -m minibert pretrain --device cuda --steps 300 --quiet --overwrite \
+    stage pretrain 300 $PY -m minibert pretrain --device cuda --amp --steps 300 --quiet --overwrite \
         --out "$LOG_DIR/pretrain-run"
     find "$LOG_DIR/pretrain-run" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # keep the logs only
 fi
