@@ -19,9 +19,10 @@
 // whole. So, for every tile of 64 keys, each warp:
 //   1. computes S = Q K^T into registers: K is [keys][D] row-major, which is the "col" B operand, and
 //      ldmatrix.x4 loads two keys-by-16 B fragments at once;
-//   2. runs the online softmax on the accumulator registers: a row's tile maximum is the max of the
-//      lane's 16 scores of that row and two shuffles among the 4 lanes of its group; then the rescale
-//      alpha = exp(m_old - m_new), the probabilities p = exp(s - m_new), the running sum l (before
+//   2. runs the online softmax on the accumulator registers, in base 2 (s' = s * scale * log2 e, so that
+//      each exponential is one exp2 instruction): a row's tile maximum is the max of the lane's 16
+//      scores of that row and two shuffles among the 4 lanes of its group; then the rescale
+//      alpha = 2^(m_old - m_new), the probabilities p = 2^(s' - m_new), the running sum l (before
 //      dropout, as the CPU kernel; each lane sums its own 16 columns and the 4 partial sums are added
 //      once, at the end) and the output rescale O *= alpha, all in registers;
 //   3. turns P into A fragments without moving a value between lanes: the C layout of two adjacent
@@ -76,6 +77,8 @@ constexpr int kTcTileKeys = 64;                        // keys per tile: 8 n8 sc
 constexpr int kTcStages = 2;                           // K/V tiles in flight: double buffering
 constexpr int kMmaK = 16;                              // the k of mma.m16n8k16 (head size step)
 __host__ __device__ constexpr int LdKV(int D) { return D + 8; }  // padded shared row (elements)
+constexpr float kLog2e = 1.4426950408889634f;  // log2(e)
+constexpr float kLn2 = 0.6931471805599453f;    // ln(2)
 
 // Bytes of dynamic shared memory for head size D and storage type T: two stages of K and V tiles
 // (69,632 bytes at D = 128 in 16-bit types). Every row starts 16-byte aligned (D + 8 elements of 2 bytes
@@ -137,6 +140,7 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
   // 16-byte copies need 16-byte aligned rows: a tensor's data usually is (rows are D * 2 >= 32 bytes).
   const bool q_async = reinterpret_cast<uintptr_t>(q) % 16 == 0;
   const bool kv_async = reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0;
+  const float scale_log2 = scale * kLog2e;  // scores in base-2 units (step 2 below)
 
   T* k_s = reinterpret_cast<T*>(smem_raw);  // [2 stages][64 keys][D + 8]
   T* v_s = k_s + kTcStages * kTileElems;    // [2 stages][64 keys][D + 8]
@@ -210,14 +214,24 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
     }
 
     // 2. Online softmax on the registers. Element s[nt][e] is row g + 8 (e / 2), key c = nt * 8 + 2t + e % 2.
+    // The scores are kept in base-2 units, s * scale * log2(e), so that each probability is one
+    // exp2 = one ex2.approx instruction: p = 2^(s' - m') = e^(scale s - scale m). The running max m is
+    // in the same units; lse converts back at the end. Per score that is a multiply, a max, a subtract,
+    // the exp2, an add into the row sum and half a conversion: the tensor cores need only a few cycles
+    // per score, so these instructions, not the products, would otherwise set the pace. That is also
+    // why a tile whose 64 keys are all valid (every tile but the last, without padding) skips the
+    // per-key mask; a masked key's score becomes -inf, and 2^-inf = 0 is its probability.
+    const bool full_tile = (valid_lo & valid_hi) == kFullWarp;  // the same in every lane
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int c = nt * 8 + 2 * t + e % 2;
-        const bool valid = ((c < 32 ? valid_lo : valid_hi) >> (c % 32)) & 1u;
-        s[nt][e] = valid ? scale * s[nt][e] : -INFINITY;
+        s[nt][e] *= scale_log2;
+        if (!full_tile) {
+          const int c = nt * 8 + 2 * t + e % 2;
+          if (!(((c < 32 ? valid_lo : valid_hi) >> (c % 32)) & 1u)) s[nt][e] = -INFINITY;
+        }
         tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
       }
     }
@@ -230,7 +244,7 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
       // -inf only while the row's scores are all -inf (an inf in q or k): subtract 0, not -inf, so p = 0
       // instead of NaN (as attention_cpu.cpp).
       shift[h] = m_new == -INFINITY ? 0.0f : m_new;
-      alpha[h] = __expf(m[h] - shift[h]);  // 0 on the first useful tile
+      alpha[h] = exp2f(m[h] - shift[h]);  // 0 on the first useful tile
       m[h] = m_new;
       l[h] *= alpha[h];
     }
@@ -246,13 +260,11 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
       float pd[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int c = nt * 8 + 2 * t + e % 2;
-        const bool valid = ((c < 32 ? valid_lo : valid_hi) >> (c % 32)) & 1u;
-        const float p = valid ? __expf(s[nt][e] - shift[e / 2]) : 0.0f;
+        const float p = exp2f(s[nt][e] - shift[e / 2]);  // 0 for a masked key (s = -inf)
         l[e / 2] += p;  // the softmax normaliser: probabilities before dropout
         pd[e] = p;
         if (dropout.active) {
-          const uint64_t index = row_index0 + (e / 2) * row_step + c;
+          const uint64_t index = row_index0 + (e / 2) * row_step + nt * 8 + 2 * t + e % 2;
           pd[e] = dropout_keep(dropout.base, index, dropout.threshold) ? p * keep_scale : 0.0f;
         }
       }
@@ -308,7 +320,8 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
         dst[1] = hi;
       }
     }
-    if (t == 0) lse[static_cast<int64_t>(bh) * Sq + i] = any_key ? m[h] + logf(l[h]) : -INFINITY;
+    // m is in base-2 units (step 2): lse = ln(sum_j e^(scale s_j)) = m ln 2 + ln l.
+    if (t == 0) lse[static_cast<int64_t>(bh) * Sq + i] = any_key ? m[h] * kLn2 + logf(l[h]) : -INFINITY;
   }
 #endif
 }
