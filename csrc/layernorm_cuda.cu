@@ -30,11 +30,17 @@ namespace {
 
 // ---- rows of up to kWarpRowMax columns: one warp per row, the row in registers ---------------------------
 
-constexpr int kWarpRowThreads = 256;
+// Blocks of 4 warps: small grains, so that a few thousand rows still spread evenly over the SMs.
+constexpr int kWarpRowThreads = 128;
 constexpr int kWarpRowWarps = kWarpRowThreads / 32;
 constexpr int kMaxPerLane = 32;  // floats of the row per lane (and bits of the dropout mask word)
 constexpr int64_t kWarpRowMax = 32 * kMaxPerLane;
-constexpr int kBackwardBlocksPerSm = 4;
+
+// The backward's blocks per SM, which __launch_bounds__ makes the compiler fit in the registers without
+// spilling (xhat, g, dweight and dbias: 4 floats per element of the lane): up to 16 elements per lane
+// 4 blocks (16 warps, at most 128 registers), up to 24 (768 columns) 3 blocks, up to 32 2 blocks. The
+// grid is exactly that many blocks per SM, one full wave, each block walking its share of the rows.
+constexpr int backward_blocks_per_sm(int per_lane) { return per_lane <= 16 ? 4 : (per_lane <= 24 ? 3 : 2); }
 
 template <typename T, int V, int kVecs>
 __global__ void __launch_bounds__(kWarpRowThreads)
@@ -99,7 +105,7 @@ __global__ void __launch_bounds__(kWarpRowThreads)
 }
 
 template <typename T, int V, int kVecs>
-__global__ void __launch_bounds__(kWarpRowThreads)
+__global__ void __launch_bounds__(kWarpRowThreads, backward_blocks_per_sm(V * kVecs))
     layernorm_backward_warp_kernel(const T* __restrict__ grad, const T* __restrict__ x,
                                    const T* __restrict__ residual, const T* __restrict__ weight,
                                    const float* __restrict__ mean_in, const float* __restrict__ rstd_in,
@@ -370,7 +376,7 @@ cudaError_t layernorm_backward_cuda(ScalarKind kind, const void* grad, const voi
       constexpr int V = decltype(width)::value, kVecs = decltype(vecs)::value;
       // About one wave of blocks, each walking many rows, so that few column partials are added.
       const int64_t need = (rows + kWarpRowWarps - 1) / kWarpRowWarps;
-      const int64_t wave = static_cast<int64_t>(device_sm_count()) * kBackwardBlocksPerSm;
+      const int64_t wave = static_cast<int64_t>(device_sm_count()) * backward_blocks_per_sm(V * kVecs);
       const unsigned blocks = static_cast<unsigned>(need < wave ? need : wave);
       const size_t shared = 2 * static_cast<size_t>(n_cols) * sizeof(float);
       layernorm_backward_warp_kernel<T, V, kVecs><<<blocks, kWarpRowThreads, shared, stream>>>(
