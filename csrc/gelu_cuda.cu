@@ -43,23 +43,27 @@ __device__ __forceinline__ float gelu_grad(float x, bool use_tanh) {
 }
 
 constexpr int kThreads = 256;
-constexpr int kBlocksPerSm = 2048 / kThreads;  // a full SM on sm_80 / sm_90 (2048 resident threads)
+// A full SM on sm_80 / sm_90 (2048 resident threads); __launch_bounds__ holds the element-wise kernels
+// to the 32 registers per thread that allows.
+constexpr int kBlocksPerSm = 2048 / kThreads;
 
 enum class Mode { kForward, kBiasForward, kBackward };
 
 // The element-wise kernels: y = gelu(x [+ bias]) or dx = dy * gelu'(x), on vectors of V elements.
 // n_vec = n / V vectors are the bulk; the n % V elements after them (only without a bias) are the tail.
 template <typename T, int V, Mode kMode>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     gelu_elementwise_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ bias,
-                            T* __restrict__ out, int64_t n, int64_t n_cols, bool use_tanh) {
+                            T* __restrict__ out, int64_t n, int64_t n_cols, int64_t col_step, bool use_tanh) {
   const int64_t n_vec = n / V;
   const int64_t start = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  // The column (in vectors) of this thread's vector, advanced without a division in the loop.
+  // The column (in vectors) of this thread's vector, advanced without a division in the loop: col_step
+  // = stride mod col_vecs comes from the launcher, and the one modulo here is 32-bit (start < 2^31).
   const int64_t col_vecs = kMode == Mode::kBiasForward ? n_cols / V : 1;
-  int64_t col = kMode == Mode::kBiasForward ? start % col_vecs : 0;
-  const int64_t col_step = kMode == Mode::kBiasForward ? stride % col_vecs : 0;
+  int64_t col = 0;
+  if (kMode == Mode::kBiasForward)
+    col = start < col_vecs ? start : static_cast<uint32_t>(start) % static_cast<uint32_t>(col_vecs);
   for (int64_t i = start; i < n_vec; i += stride) {
     float v[V];
     load_vec<T, V>(x + i * V, v);
@@ -93,11 +97,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 constexpr int kRowWarps = 8;  // warps (rows in flight) per block of the bias backward
+constexpr int kBiasBackwardBlocksPerSm = 4;  // held to 64 registers by __launch_bounds__: 32 warps per SM
 
 // dx = dy * gelu'(x + bias) on [rows, n_cols], and the column sums of dx into dbias_acc. Block (32, 8):
 // lane t owns the V columns strip + t V .. strip + t V + V - 1, warp w the rows w, w + 8 gridDim.y, ...
 template <typename T, int V>
-__global__ void __launch_bounds__(32 * kRowWarps)
+__global__ void __launch_bounds__(32 * kRowWarps, kBiasBackwardBlocksPerSm)
     bias_gelu_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ bias,
                               T* __restrict__ dx, float* __restrict__ dbias_acc, int64_t rows, int64_t n_cols,
                               bool use_tanh) {
@@ -149,8 +154,10 @@ unsigned grid_blocks(int64_t work, int64_t per_block, int64_t blocks_per_sm) {
 template <typename T, int V, Mode kMode>
 void launch_elementwise(const T* dy, const T* x, const T* bias, T* out, int64_t n, int64_t n_cols, bool use_tanh,
                         cudaStream_t stream) {
-  gelu_elementwise_kernel<T, V, kMode><<<grid_blocks(n / V, kThreads, kBlocksPerSm), kThreads, 0, stream>>>(
-      dy, x, bias, out, n, n_cols, use_tanh);
+  const unsigned blocks = grid_blocks(n / V, kThreads, kBlocksPerSm);
+  const int64_t col_step = (static_cast<int64_t>(blocks) * kThreads) % (n_cols / V > 0 ? n_cols / V : 1);
+  gelu_elementwise_kernel<T, V, kMode><<<blocks, kThreads, 0, stream>>>(dy, x, bias, out, n, n_cols, col_step,
+                                                                       use_tanh);
 }
 
 }  // namespace
@@ -199,7 +206,7 @@ cudaError_t gelu_backward_cuda(ScalarKind kind, const void* dy, const void* x, c
       constexpr int W = decltype(width)::value;
       const int64_t strips = (n_cols + 32 * W - 1) / (32 * W);
       const int64_t row_blocks = (rows + kRowWarps - 1) / kRowWarps;
-      int64_t wave = static_cast<int64_t>(device_sm_count()) * (2048 / (32 * kRowWarps)) / strips;
+      int64_t wave = static_cast<int64_t>(device_sm_count()) * kBiasBackwardBlocksPerSm / strips;
       wave = wave < 1 ? 1 : (wave > 65535 ? 65535 : wave);
       const dim3 grid(static_cast<unsigned>(strips), static_cast<unsigned>(row_blocks < wave ? row_blocks : wave));
       bias_gelu_backward_kernel<T, W><<<grid, dim3(32, kRowWarps), 0, stream>>>(dyt, xt, bt, dxt, dbias_acc, rows,
