@@ -107,7 +107,7 @@ inline int device_sm_count() {
   }
   int count = 0;
   if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || count <= 0)
-    count = 1;  // a later launch reports the real error
+    return 1;  // not cached; the launcher's cudaGetLastError() reports the error
   if (device >= 0 && device < kMaxCachedDevices) cache[device].store(count, std::memory_order_relaxed);
   return count;
 }
