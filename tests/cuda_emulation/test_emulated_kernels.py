@@ -236,6 +236,59 @@ def test_gelu_forward_and_backward(emu, dt, shape, with_bias, approximate):
         assert dbias is None
 
 
+def shifted_view(t):
+    """A copy of t that starts one element into its storage: not 16-byte aligned, so the launchers must
+    take their one-element path (a vector access there would fail the emulated launch)."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype)
+    view = flat[1:].view(t.shape)
+    view.copy_(t)
+    assert view.data_ptr() % 16 != 0
+    return view
+
+
+# gelu_cuda.cu's paths: 16-byte vectors (rows a multiple of 8 elements), one element at a time (7, 100 for
+# 16-bit types, 1), odd element counts (the vector path's tail without a bias); (200, 200) and (250, 100)
+# outnumber the emulated GPU's threads (4 SMs x 8 blocks x 256), so the grid-stride loop wraps and the
+# column it tracks without a division must stay right.
+GELU_PATHS = [(dt, shape) for dt in (F32, F16, BF16)
+              for shape in [(3, 768), (2, 3072), (5, 100), (9, 7), (13, 1), (3, 5, 11)]]
+GELU_PATHS += [(F32, (200, 200)), (BF16, (250, 100)), (F16, (1, 70001))]
+
+
+@pytest.mark.parametrize("dt, shape", GELU_PATHS, ids=lambda c: str(c).replace("torch.", "").replace(" ", ""))
+def test_gelu_vector_and_scalar_paths(emu, dt, shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (3 * torch.randn(shape, generator=g)).to(dt)
+    bias = torch.randn(shape[-1], generator=g).to(dt)
+    dy = torch.randn(shape, generator=g).to(dt)
+    big = x.numel() > 50000
+    for with_bias, approximate in [(False, "none"), (True, "tanh")] if big else \
+            itertools.product((False, True), ("none", "tanh")):
+        b = bias if with_bias else None
+        y = K.gelu_forward(emu, x, b, approximate)
+        dx, dbias = K.gelu_backward(emu, dy, x, b, approximate)
+        xb = x.double().numpy() + (bias.double().numpy() if with_bias else 0.0)
+        ref_y, cache = L.gelu_forward(xb, approximate)
+        ref_dx = L.gelu_backward(dy.double().numpy(), cache)
+        eps = 1e-6 if dt == F32 else torch.finfo(dt).eps
+        torch.testing.assert_close(y.double(), torch.from_numpy(ref_y), rtol=eps, atol=1e-5)
+        torch.testing.assert_close(dx.double(), torch.from_numpy(ref_dx), rtol=eps, atol=1e-5)
+        if with_bias:
+            err, _ = rel_err(dbias, ref_dx.reshape(-1, shape[-1]).sum(axis=0))
+            assert err < (1e-5 if dt == F32 else 1e-2)
+        if big:
+            continue
+        # Unaligned views run the one-element kernels: the same arithmetic per element, so the same bits.
+        xs, dys, bs = shifted_view(x), shifted_view(dy), (shifted_view(bias) if with_bias else None)
+        assert torch.equal(K.gelu_forward(emu, xs, bs, approximate), y)
+        dx_s, dbias_s = K.gelu_backward(emu, dys, xs, bs, approximate)
+        assert torch.equal(dx_s, dx)
+        if with_bias:  # summed in another order
+            assert rel_err(dbias_s, dbias.double())[0] < (1e-6 if dt == F32 else 1e-2)
+        if with_bias and dt == F32:  # only the bias unaligned: the one-element path too
+            assert torch.equal(K.gelu_forward(emu, x, shifted_view(bias), approximate), y)
+
+
 @pytest.mark.parametrize("dt", [F32, F16, BF16])
 @pytest.mark.parametrize("n, p, seed, offset", [(1000, 0.1, 3, 7), (257, 0.5, 2 ** 40, 2 ** 41 + 3), (5, 1e-9, 0, 0)])
 def test_dropout_masks_equal_the_cpu_kernel_and_numpy(emu, dt, n, p, seed, offset):
@@ -357,7 +410,7 @@ def test_tensor_core_kernel_reads_inputs_that_are_not_16_byte_aligned(emu):
     assert rel_err(ref, reference_forward(q, k, v, mask, 48 ** -0.5, 0.0, 0, 0)[0])[0] < 1e-2
 
 
-# (dtype, shape, with residual, dropout p): layernorm_cuda.cu, one block per row of 256 threads
+# (dtype, shape, with residual, dropout p): layernorm_cuda.cu (see LAYERNORM_PATHS below for its paths)
 LAYERNORM = [(dt, shape, res, p) for dt in (F32, F16, BF16)
              for shape, res, p in [((3, 40), True, 0.1), ((2, 300), False, 0.0), ((1, 1), True, 0.0)]]
 if FULL:
@@ -398,6 +451,72 @@ def test_residual_dropout_layernorm_forward_and_backward(emu, dt, shape, with_re
     if dt == F32 and hasattr(ops, "residual_dropout_layernorm"):  # the CPU kernel, same inputs
         cpu = ops.residual_dropout_layernorm(x, residual, weight, bias, eps, p, seed, offset)
         assert (y - cpu).abs().max().item() < 1e-5
+
+
+# layernorm_cuda.cu's paths: rows of up to 1024 columns run one warp per row with 16-byte vectors (768,
+# 1024, 40 for float32; 768, 1024 for 16-bit types) or single elements (100 and 40 for 16-bit types, 7,
+# 1); 1030 runs the block-per-row kernel. (300, 40) has more rows than the emulated GPU's backward warps
+# (4 SMs x 4 blocks x 8 warps): warps walk several rows and add up their columns across them.
+LAYERNORM_PATHS = [(dt, shape, res, p) for dt in (F32, F16, BF16)
+                   for shape, res, p in [((3, 768), True, 0.1), ((2, 1024), False, 0.0), ((5, 100), True, 0.0),
+                                         ((4, 7), False, 0.1), ((3, 1), False, 0.1), ((2, 1030), True, 0.1)]]
+LAYERNORM_PATHS += [(F32, (300, 40), True, 0.1), (BF16, (300, 40), False, 0.0), (F16, (2, 768), False, 0.1)]
+
+
+def layernorm_reference(x, residual, weight, bias, grad, eps, p, seed, offset):
+    """float64 autograd of LayerNorm(residual + dropout(x)), the mask from minibert.rng."""
+    shape = x.shape
+    keep = torch.from_numpy(rng.keep_mask(shape, p, seed, offset)) if p > 0 else torch.ones(shape, dtype=torch.bool)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, weight, bias))
+    h64 = (torch.zeros(shape, dtype=torch.float64) if residual is None else residual.double()).requires_grad_()
+    h = h64 + torch.where(keep, x64 / (1 - p), 0.0)
+    y64 = torch.nn.functional.layer_norm(h, shape[-1:], w64, b64, eps)
+    (y64 * grad.double()).sum().backward()
+    return dict(y=y64.detach(), mean=h.detach().mean(-1).reshape(-1),
+                rstd=(h.detach().var(-1, unbiased=False) + eps).rsqrt().reshape(-1), d_sum=h64.grad,
+                dweight=w64.grad, dbias=b64.grad, d_x=x64.grad)
+
+
+@pytest.mark.parametrize("dt, shape, with_residual, p", LAYERNORM_PATHS,
+                         ids=lambda c: str(c).replace("torch.", "").replace(" ", ""))
+def test_layernorm_vector_and_scalar_paths(emu, dt, shape, with_residual, p):
+    g = torch.Generator().manual_seed(shape[-1])
+    x, residual, grad = ((2 * torch.randn(shape, generator=g) + 1).to(dt) for _ in range(3))
+    residual = residual if with_residual else None
+    weight, bias = (torch.randn(shape[-1], generator=g).to(dt) for _ in range(2))
+    seed, offset, eps = 11, 5, 1e-5
+    y, mean, rstd = K.layernorm_forward(emu, x, residual, weight, bias, eps, p, seed, offset)
+    d_sum, d_x, dweight, dbias = K.layernorm_backward(emu, grad, x, residual, weight, mean, rstd, p, seed, offset)
+    ref = layernorm_reference(x, residual, weight, bias, grad, eps, p, seed, offset)
+    got = dict(y=y, mean=mean, rstd=rstd, d_sum=d_sum, dweight=dweight, dbias=dbias, d_x=d_x)
+    tol = 1e-5 if dt == F32 else 1e-2
+    for name, want in ref.items():
+        if name == "d_x" and p == 0:
+            assert d_x is None
+            continue
+        if shape[-1] == 1 and name in ("d_sum", "d_x", "dweight"):  # one column: xhat = 0, gradients ~0
+            assert not torch.isnan(got[name]).any()
+            continue
+        err, _ = rel_err(got[name], want)
+        assert err < tol, (name, err)
+    if p > 0:  # the mask, bit for bit: d_x is zero exactly where dropout dropped
+        keep = torch.from_numpy(rng.keep_mask(shape, p, seed, offset))
+        assert torch.equal(d_x == 0, ~keep | (d_sum == 0))
+    if dt == F32 and hasattr(ops, "residual_dropout_layernorm"):  # the CPU kernel, same inputs
+        cpu = ops.residual_dropout_layernorm(x, residual, weight, bias, eps, p, seed, offset)
+        assert (y - cpu).abs().max().item() < 1e-5
+    if shape[0] * shape[-1] > 5000:
+        return
+    # Unaligned views run the one-element kernels: the same sums in another order, so close, not equal.
+    xs, gs = shifted_view(x), shifted_view(grad)
+    rs = None if residual is None else shifted_view(residual)
+    y2, mean2, rstd2 = K.layernorm_forward(emu, xs, rs, shifted_view(weight), bias, eps, p, seed, offset)
+    d_sum2, d_x2, dweight2, dbias2 = K.layernorm_backward(emu, gs, xs, rs, weight, mean2, rstd2, p, seed, offset)
+    for name, a, b in [("y", y2, y), ("d_sum", d_sum2, d_sum), ("dweight", dweight2, dweight),
+                       ("dbias", dbias2, dbias)] + ([("d_x", d_x2, d_x)] if p > 0 else []):
+        if shape[-1] == 1 and name != "y" and name != "dbias":
+            continue
+        assert rel_err(a, b.double())[0] < (1e-5 if dt == F32 else 1e-2), name
 
 
 # (dtype, rows, classes): cross_entropy_cuda.cu, one block of 256 threads per row
