@@ -38,7 +38,9 @@
 //      adds its float32 results to dq_acc with atomicAdd (other key blocks add to the same rows).
 // A block whose 64 keys are all padding writes dK = dV = 0 and does nothing else.
 // Shared memory (16-bit types): K, V [64][D + 8]; two stages of Q, dO [kQ][D + 8] and of L, D [kQ] (float);
-// dS [64][kQ + 8]. 75,264 bytes at D = 128 (kQ = 32), 65,024 at D = 64: opted in like the forward.
+// dS [64][kQ + 8]. 28,672 bytes at D = 16, 65,536 at D = 64, 50,688 at D = 80 (kQ = 32), 75,264 at D = 128:
+// above 48 KiB the kernel is opted in like the forward, and attention_backward_tc_supported compares with
+// the device's opt-in limit (every head size fits sm_80, sm_86/89 and sm_90).
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
