@@ -434,6 +434,10 @@ def test_every_kernel_under_a_sanitizer(sanitizer):
     q64, k64, v64 = (t.double().requires_grad_() for t in (qf, kf, vf))
     ops.attention(q64, k64, v64, mask, 0.25, 0.1, 1, 2).sum().backward()
     assert max(rel_err(a, b)[0] for a, b in ((dq, q64.grad), (dk, k64.grad), (dv, v64.grad))) < 1e-5
+    out, lse = K.attention_forward(emu, q, k, v, mask, 0.25, 0.1, 1, 2, K.TENSOR_CORE)  # the tensor-core backward
+    grads = K.attention_backward(emu, torch.ones_like(out), q, k, v, out, lse, mask, None, 0.25, 0.1, 1, 2,
+                                 path=K.TENSOR_CORE)
+    assert max(rel_err(a, b)[0] for a, b in zip(grads, (q64.grad, k64.grad, v64.grad))) < 1e-2
     x, bias = torch.randn(4, 40), torch.randn(40)
     assert rel_err(K.gelu_forward(emu, x, bias), ops.bias_gelu(x, bias))[0] < 1e-6
     dx, db = K.gelu_backward(emu, torch.ones_like(x), x, bias)
