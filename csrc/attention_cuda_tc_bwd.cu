@@ -330,16 +330,19 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
       constexpr int kRowTiles = kQ / 16;
       constexpr int kSlicesPerWarp = kBwWarps / kRowTiles;  // warps sharing a row tile (1 or 2)
       const int q0 = (warp % kRowTiles) * 16;
+      uint32_t a[kBwKeys / kMmaK][4];  // dS [16 queries][64 keys] as 4 A fragments, for every slice
 #pragma unroll
+      for (int kk = 0; kk < kBwKeys / kMmaK; ++kk) {
+        ldmatrix_x4_trans(a[kk], ds_s + (kk * kMmaK + (lane / 16) * 8 + lane % 8) * kLdS + q0 + ((lane / 8) % 2) * 8);
+      }
       for (int dn = 2 * (warp / kRowTiles); dn < kDTiles; dn += 2 * kSlicesPerWarp) {
         float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
         for (int kk = 0; kk < kBwKeys / kMmaK; ++kk) {
-          uint32_t a[4], kb[4];
-          ldmatrix_x4_trans(a, ds_s + (kk * kMmaK + (lane / 16) * 8 + lane % 8) * kLdS + q0 + ((lane / 8) % 2) * 8);
+          uint32_t kb[4];
           ldmatrix_x4_trans(kb, k_s + (kk * kMmaK + lane % 16) * kLd + dn * 8 + (lane / 16) * 8);
-          mma_m16n8k16<T>(acc[0], a, kb, acc[0]);
-          mma_m16n8k16<T>(acc[1], a, kb + 2, acc[1]);
+          mma_m16n8k16<T>(acc[0], a[kk], kb, acc[0]);
+          mma_m16n8k16<T>(acc[1], a[kk], kb + 2, acc[1]);
         }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {

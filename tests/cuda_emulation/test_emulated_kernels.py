@@ -297,7 +297,12 @@ if FULL:
     TC_BACKWARD += [(dt, 2, 2, sq, sk, d, mk, p, gl)
                     for dt in (F16, BF16) for d in (16, 32, 48, 64, 80, 96, 112, 128)
                     for (sq, sk), mk, p, gl in [((31, 64), "ragged", 0.1, False), ((65, 33), "all-padding", 0.0, True),
-                                                ((130, 1), "none", 0.3, True)]]
+                                                ((130, 1), "none", 0.0, True), ((100, 130), "ragged", 0.3, True)]]
+# Not here: one key with dropout and grad_lse. Then dS = grad_lse exactly, but both kernels (as
+# FlashAttention) compute it as P (dP Z - D) with D = rowsum(dO O) - grad_lse from the STORED output O,
+# rounded to float16/bfloat16: dP Z - rowsum(dO O) cancels to the rounding error of O, which is far larger
+# than torch's error on this degenerate case (about 1e-3 in float16, 2e-2 in bfloat16, the same for the
+# SIMT backward).
 
 
 @pytest.mark.parametrize("case", TC_BACKWARD, ids=lambda c: f"{str(c[0])[6:]}-B{c[1]}H{c[2]}-{c[3]}x{c[4]}-D{c[5]}"
