@@ -4,7 +4,8 @@
 // Key/value tiles of 32 keys are staged in shared memory (as float); lane j scores key j of the tile
 // against a row, warp shuffles give the tile max and sum, and the output row (spread over the lanes,
 // d = lane + 32 t) is rescaled and accumulated with the probabilities broadcast lane by lane.
-// Backward: a block owns 32 keys (8 per warp) and keeps their k, v, dk, dv in registers while it streams
+// Backward (float32, head sizes the tensor cores do not take, or MINIBERT_CUDA_ATTENTION=simt; float16 and
+// bfloat16 otherwise go to attention_cuda_tc_bwd.cu): a block owns 32 keys (8 per warp) and keeps their k, v, dk, dv in registers while it streams
 // over all query rows staged in shared memory: P is recomputed from the saved log-sum-exp,
 // dS = P (dP Z - D). dQ = scale dS K: the four warps add their parts of a row in shared memory, and each
 // block adds its sum for the chunk of rows to dq_acc with one float atomic per element (not one per warp).
@@ -272,21 +273,39 @@ cudaError_t attention_forward_cuda(ScalarKind kind, const void* q, const void* k
   });
 }
 
+cudaError_t attention_row_d_cuda(ScalarKind kind, const void* grad_out, const void* out, const float* grad_lse,
+                                 float* row_d, const AttentionShape& shape, cudaStream_t stream) {
+  const int64_t rows = shape.batch * shape.heads * shape.seq_q;
+  return dispatch_kind(kind, [&](auto tag) {
+    using T = decltype(tag);
+    attention_row_d_kernel<T><<<grid_for(rows * 32, 256), 256, 0, stream>>>(
+        static_cast<const T*>(grad_out), static_cast<const T*>(out), grad_lse, row_d, rows, shape.head_dim);
+  });
+}
+
 cudaError_t attention_backward_cuda(ScalarKind kind, const void* grad_out, const void* q, const void* k,
                                     const void* v, const void* out, const float* lse, const float* grad_lse,
                                     const uint8_t* key_mask, float* dq_acc, void* dk, void* dv, float* row_d,
                                     const AttentionShape& shape, float scale, const DropoutArgs& dropout,
                                     cudaStream_t stream) {
   if (shape.head_dim < 1 || shape.head_dim > kCudaMaxHeadDim) return cudaErrorInvalidValue;
-  const int64_t rows = shape.batch * shape.heads * shape.seq_q;
+  // The same choice as the forward: tensor cores (attention_cuda_tc_bwd.cu) for float16/bfloat16 with a
+  // head size they take, unless MINIBERT_CUDA_ATTENTION=simt asks for this file's kernel.
+  const char* choice = std::getenv("MINIBERT_CUDA_ATTENTION");
+  const bool simt_asked = choice != nullptr && std::strcmp(choice, "simt") == 0;
+  const bool fits_32bit = (shape.seq_q > shape.seq_k ? shape.seq_q : shape.seq_k) * shape.head_dim <= 0x7fffffff;
+  if (!simt_asked && fits_32bit && attention_backward_tc_supported(kind, shape.head_dim)) {
+    return attention_backward_tc_cuda(kind, grad_out, q, k, v, out, lse, grad_lse, key_mask, dq_acc, dk, dv, row_d,
+                                      shape, scale, dropout, stream);
+  }
   const int64_t key_blocks = (shape.seq_k + kTileKeys - 1) / kTileKeys;
   if (key_blocks * shape.batch * shape.heads > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const unsigned grid = static_cast<unsigned>(key_blocks * shape.batch * shape.heads);
   const size_t smem = sizeof(float) * (3 * 32 * shape.head_dim);  // 48 KiB at D = 128: no opt-in needed
+  const cudaError_t err = attention_row_d_cuda(kind, grad_out, out, grad_lse, row_d, shape, stream);
+  if (err != cudaSuccess) return err;
   return dispatch_kind(kind, [&](auto tag) {
     using T = decltype(tag);
-    attention_row_d_kernel<T><<<grid_for(rows * 32, 256), 256, 0, stream>>>(
-        static_cast<const T*>(grad_out), static_cast<const T*>(out), grad_lse, row_d, rows, shape.head_dim);
     attention_backward_kernel<T><<<grid, kWarps * 32, smem, stream>>>(
         static_cast<const T*>(grad_out), static_cast<const T*>(q), static_cast<const T*>(k),
         static_cast<const T*>(v), lse, row_d, key_mask, dq_acc, static_cast<T*>(dk), static_cast<T*>(dv), shape,

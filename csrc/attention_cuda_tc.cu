@@ -56,8 +56,9 @@
 //     ldmatrix addressing);
 //   * rows move from global to shared memory as 16-byte cp.async copies when the tensor's data is
 //     16-byte aligned (usually), element by element otherwise; rows past the sequence are zero-filled.
-// The backward pass is the SIMT kernel of attention_cuda.cu, which only needs the saved log-sum-exp, so
-// both forward kernels share it.
+// The backward pass needs only the saved log-sum-exp, so both forward kernels share it: the tensor-core
+// backward of attention_cuda_tc_bwd.cu for the inputs this kernel takes, the SIMT one of attention_cuda.cu
+// otherwise.
 #include <cstdint>
 #include <mutex>
 #include <set>

@@ -35,6 +35,21 @@ cudaError_t attention_backward_cuda(ScalarKind kind, const void* grad_out, const
                                     const AttentionShape& shape, float scale, const DropoutArgs& dropout,
                                     cudaStream_t stream);
 
+// The tensor-core backward of attention_cuda_tc_bwd.cu (FlashAttention-2 style): float16/bfloat16, head_dim
+// a multiple of 16, sm_80+, and the same contract as attention_backward_cuda, which calls it wherever
+// attention_backward_tc_supported() says so (unless MINIBERT_CUDA_ATTENTION=simt).
+bool attention_backward_tc_supported(ScalarKind kind, int64_t head_dim);
+cudaError_t attention_backward_tc_cuda(ScalarKind kind, const void* grad_out, const void* q, const void* k,
+                                       const void* v, const void* out, const float* lse, const float* grad_lse,
+                                       const uint8_t* key_mask, float* dq_acc, void* dk, void* dv, float* row_d,
+                                       const AttentionShape& shape, float scale, const DropoutArgs& dropout,
+                                       cudaStream_t stream);
+
+// The backward's preprocessing, shared by both kernels: row_d = rowsum(grad_out * out) - grad_lse (float32
+// [B, H, S_q]; grad_lse may be null).
+cudaError_t attention_row_d_cuda(ScalarKind kind, const void* grad_out, const void* out, const float* grad_lse,
+                                 float* row_d, const AttentionShape& shape, cudaStream_t stream);
+
 // y = gelu(x + bias) on n elements (x viewed as [n / n_cols, n_cols]); bias may be null.
 cudaError_t gelu_forward_cuda(ScalarKind kind, const void* x, const void* bias, void* y, int64_t n,
                               int64_t n_cols, bool use_tanh, cudaStream_t stream);

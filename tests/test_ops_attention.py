@@ -242,8 +242,8 @@ def test_cuda_float32_matches_reference(shape, dropout_p):
 def test_cuda_low_precision_within_twice_torch_error(shape, dtype, dropout_p, kernel, monkeypatch):
     """FlashAttention's rule: error vs float64 at most ~2x that of torch's own attention at this dtype.
 
-    Both CUDA forward kernels (the tensor-core one for float16/bfloat16 with D a multiple of 16, and the
-    SIMT one, forced by MINIBERT_CUDA_ATTENTION=simt) with the same dropout mask as NumPy."""
+    Both CUDA kernel pairs (the tensor-core forward and backward for float16/bfloat16 with D a multiple of
+    16, and the SIMT ones, forced by MINIBERT_CUDA_ATTENTION=simt) with the same dropout mask as NumPy."""
     if kernel == "simt":
         monkeypatch.setenv("MINIBERT_CUDA_ATTENTION", "simt")
     inputs = make_inputs(shape, dtype=dtype, device="cuda")
@@ -257,3 +257,36 @@ def test_cuda_low_precision_within_twice_torch_error(shape, dtype, dropout_p, ke
         torch_err = rel_err(e, r)
         assert rel_err(g, r) <= 2 * torch_err + 1e-3, name
         assert rel_err(g, r) < 1e-2, name
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 3, 300, 260, 64), (1, 2, 150, 333, 128), (2, 2, 129, 65, 48),
+                                   (1, 1, 17, 3, 16)])
+def test_cuda_tensor_core_backward_matches_simt_with_grad_lse_and_dropout(shape, dtype, monkeypatch):
+    """The raw backward op with grad_lse and dropout, on the tensor-core and on the SIMT kernels: both close
+    to the float64 CPU kernel on the same (rounded) inputs, the tensor cores within ~2x the SIMT kernel's
+    error (they round P and dS to the storage type, as FlashAttention does). Several query and key blocks,
+    S_q != S_k both ways, three keys, and (B > 1) a sequence of padding only, whose gradients are exactly 0."""
+    B, H, Sq, Sk, D = shape
+    q, k, v, dout, mask = make_inputs(shape, dtype=torch.float64)
+    mask = mask.bool()
+    grad_lse = torch.randn(B, H, Sq, dtype=torch.float64)
+    scale, p, seed, offset = D ** -0.5, 0.1, 21, 8
+    q, k, v, dout = (t.to(dtype).double() for t in (q, k, v, dout))  # exactly the low-precision values
+    out, lse = torch.ops.minibert.attention_forward(q, k, v, mask, scale, p, seed, offset)
+    want = torch.ops.minibert.attention_backward(dout, q, k, v, out, lse, grad_lse, mask, scale, p, seed, offset)
+    dev = [t.to(dtype).cuda() for t in (q, k, v, dout)]
+    got = {}
+    for kernel in ("default", "simt"):
+        if kernel == "simt":
+            monkeypatch.setenv("MINIBERT_CUDA_ATTENTION", "simt")
+        o, l = torch.ops.minibert.attention_forward(*dev[:3], mask.cuda(), scale, p, seed, offset)
+        got[kernel] = torch.ops.minibert.attention_backward(dev[3], *dev[:3], o, l, grad_lse.float().cuda(),
+                                                            mask.cuda(), scale, p, seed, offset)
+    for name, tc, simt, ref in zip(("dq", "dk", "dv"), got["default"], got["simt"], want):
+        tc_err, simt_err = rel_err(tc.cpu(), ref), rel_err(simt.cpu(), ref)
+        assert tc_err < 1e-2 and tc_err <= 2 * simt_err + 1e-3, (name, tc_err, simt_err)
+        if B > 1:
+            assert not tc[0].any(), name

@@ -70,12 +70,36 @@ int emu_op_attention_forward_tc_supported(void** b, const int64_t* i, const doub
 }
 
 // buffers: grad_out, q, k, v, out, lse, grad_lse (or null), key_mask (or null), dq_acc (zeroed), dk, dv,
-// row_d. ints: kind, B, H, S_q, S_k, D, seed, offset. reals: scale, p.
+// row_d. ints: kind, B, H, S_q, S_k, D, seed, offset, path (0: attention_backward_cuda's own choice, 1: the
+// SIMT kernel, 2: the tensor-core kernel). reals: scale, p.
 int emu_op_attention_backward(void** b, const int64_t* i, const double* r) {
-  return minibert::attention_backward_cuda(
-      kind_of(i[0]), b[0], b[1], b[2], b[3], b[4], static_cast<const float*>(b[5]), static_cast<const float*>(b[6]),
-      static_cast<const uint8_t*>(b[7]), static_cast<float*>(b[8]), b[9], b[10], static_cast<float*>(b[11]),
-      shape_of(i), static_cast<float>(r[0]), dropout_args(r[1], i[6], i[7]), nullptr);
+  const DropoutArgs dropout = dropout_args(r[1], i[6], i[7]);
+  const auto* lse = static_cast<const float*>(b[5]);
+  const auto* grad_lse = static_cast<const float*>(b[6]);
+  const auto* mask = static_cast<const uint8_t*>(b[7]);
+  auto* dq_acc = static_cast<float*>(b[8]);
+  auto* row_d = static_cast<float*>(b[11]);
+  if (i[8] == 2)
+    return minibert::attention_backward_tc_cuda(kind_of(i[0]), b[0], b[1], b[2], b[3], b[4], lse, grad_lse, mask,
+                                                dq_acc, b[9], b[10], row_d, shape_of(i), static_cast<float>(r[0]),
+                                                dropout, nullptr);
+  const char* saved = std::getenv("MINIBERT_CUDA_ATTENTION");
+  const std::string restore = saved ? saved : "";
+  if (i[8] == 1) setenv("MINIBERT_CUDA_ATTENTION", "simt", 1);
+  const cudaError_t err = minibert::attention_backward_cuda(kind_of(i[0]), b[0], b[1], b[2], b[3], b[4], lse,
+                                                            grad_lse, mask, dq_acc, b[9], b[10], row_d, shape_of(i),
+                                                            static_cast<float>(r[0]), dropout, nullptr);
+  if (i[8] == 1) {
+    if (saved) setenv("MINIBERT_CUDA_ATTENTION", restore.c_str(), 1);
+    else unsetenv("MINIBERT_CUDA_ATTENTION");
+  }
+  return err;
+}
+
+// ints: kind, D. buffers: one int32 for the answer.
+int emu_op_attention_backward_tc_supported(void** b, const int64_t* i, const double*) {
+  *static_cast<int32_t*>(b[0]) = minibert::attention_backward_tc_supported(kind_of(i[0]), i[1]) ? 1 : 0;
+  return cudaSuccess;
 }
 
 // buffers: x, bias (or null), y. ints: kind, n, n_cols, use_tanh.

@@ -35,7 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 EMULATION = CSRC / "emulation"
-KERNEL_SOURCES = ("attention_cuda.cu", "attention_cuda_tc.cu", "gelu_cuda.cu", "dropout_cuda.cu", "layernorm_cuda.cu",
+KERNEL_SOURCES = ("attention_cuda.cu", "attention_cuda_tc.cu", "attention_cuda_tc_bwd.cu", "gelu_cuda.cu",
+                  "dropout_cuda.cu", "layernorm_cuda.cu",
                   "cross_entropy_cuda.cu")
 DEFAULT_ARCH = 800  # __CUDA_ARCH__ the kernels are compiled for (sm_80, the oldest the build targets)
 A100 = dict(major=8, minor=0, smem_optin=166912, images="80;90;90+PTX")

@@ -38,16 +38,23 @@ def attention_forward_tc_supported(emu, dtype, head_dim) -> bool:
 
 
 def attention_backward(emu, grad_out, q, k, v, out, lse, key_mask=None, grad_lse=None, scale=None, p=0.0, seed=0,
-                       offset=0):
-    """(dq, dk, dv) as the binding computes them: dq accumulated in float32, then cast to q's dtype."""
+                       offset=0, path=AUTO):
+    """(dq, dk, dv) as the binding computes them: dq accumulated in float32, then cast to q's dtype. path:
+    attention_backward_cuda's own choice (AUTO), the SIMT kernel or the tensor-core kernel."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     dq_acc = torch.zeros(q.shape, dtype=torch.float32)
     dk, dv = _nan_like(k), _nan_like(v)
     row_d = torch.full(q.shape[:3], float("nan"), dtype=torch.float32)
     mask = None if key_mask is None else key_mask.to(torch.uint8).contiguous()
     emu.call("attention_backward", [grad_out, q, k, v, out, lse, grad_lse, mask, dq_acc, dk, dv, row_d],
-             [KIND[q.dtype], *_shape(q, k), seed, offset], [scale, p])
+             [KIND[q.dtype], *_shape(q, k), seed, offset, path], [scale, p])
     return dq_acc.to(q.dtype), dk, dv
+
+
+def attention_backward_tc_supported(emu, dtype, head_dim) -> bool:
+    answer = torch.zeros(1, dtype=torch.int32)
+    emu.call("attention_backward_tc_supported", [answer], [KIND[dtype], head_dim])
+    return bool(answer.item())
 
 
 def gelu_forward(emu, x, bias=None, approximate="none"):

@@ -301,6 +301,180 @@ def test_dropout_masks_equal_the_cpu_kernel_and_numpy(emu, dt, n, p, seed, offse
         assert torch.equal(y, torch.ops.minibert.dropout(x, p, seed, offset))
 
 
+
+# ---- the tensor-core backward (attention_cuda_tc_bwd.cu) --------------------------------------------------
+
+def eager_low_precision_grads(q, k, v, mask, grad_out, grad_lse, scale, p, seed, offset):
+    """dq, dk, dv of torch's own attention at the inputs' precision (the eager path on the CPU): the
+    baseline of FlashAttention's "at most twice torch's error" rule."""
+    qt, kt, vt = (t.clone().requires_grad_() for t in (q, k, v))
+    loss = (ops.attention(qt, kt, vt, mask, scale, p, seed, offset) * grad_out).sum()
+    if grad_lse is not None:
+        s = torch.einsum("bhid,bhjd->bhij", qt, kt) * scale
+        if mask is not None:
+            s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+        lse = torch.logsumexp(s.float(), dim=-1)
+        loss = loss + (torch.where(torch.isfinite(lse), lse, 0.0) * grad_lse).sum()
+    loss.backward()
+    return qt.grad, kt.grad, vt.grad
+
+
+def float64_grads(q, k, v, mask, grad_out, grad_lse, scale, p, seed, offset):
+    """dq, dk, dv by float64 autograd of the reference formula (out and lse both depend on q, k, v)."""
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    loss = (ops.attention(q64, k64, v64, mask, scale, p, seed, offset) * grad_out.double()).sum()
+    if grad_lse is not None:
+        s = torch.einsum("bhid,bhjd->bhij", q64, k64) * scale
+        if mask is not None:
+            s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+        lse64 = torch.logsumexp(s, dim=-1)
+        loss = loss + (torch.where(torch.isfinite(lse64), lse64, 0.0) * grad_lse.double()).sum()
+    loss.backward()
+    return q64.grad, k64.grad, v64.grad
+
+
+# (dtype, B, H, S_q, S_k, D, mask, dropout p, with grad_lse). S in {1, 17, 64, 100, 130}: one query block
+# and several (64 rows per block for D <= 64, 32 above), key blocks of 64 cut short, S_q != S_k both ways,
+# D / 16 odd (48); "all-padding": the last sequence's keys are all padding (its rows have no key).
+TC_BACKWARD = [
+    (F16, 1, 1, 1, 1, 16, "none", 0.0, False),
+    (BF16, 1, 2, 17, 64, 16, "ragged", 0.1, True),
+    (F16, 2, 1, 64, 17, 48, "all-padding", 0.1, False),
+    (BF16, 1, 1, 100, 130, 48, "ragged", 0.0, True),
+    (F16, 1, 2, 130, 100, 64, "none", 0.1, True),
+    (BF16, 2, 1, 64, 64, 64, "all-padding", 0.0, False),
+    (F16, 1, 1, 17, 130, 128, "ragged", 0.1, False),
+    (BF16, 2, 1, 100, 17, 128, "all-padding", 0.1, True),
+]
+if FULL:
+    TC_BACKWARD += [(dt, 2, 2, sq, sk, d, mk, p, gl)
+                    for dt in (F16, BF16) for d in (16, 32, 48, 64, 80, 96, 112, 128)
+                    for (sq, sk), mk, p, gl in [((31, 64), "ragged", 0.1, False), ((65, 33), "all-padding", 0.0, True),
+                                                ((130, 1), "none", 0.0, True), ((100, 130), "ragged", 0.3, True)]]
+# Not here: one key with dropout and grad_lse. Then dS = grad_lse exactly, but both kernels (as
+# FlashAttention) compute it as P (dP Z - D) with D = rowsum(dO O) - grad_lse from the STORED output O,
+# rounded to float16/bfloat16: dP Z - rowsum(dO O) cancels to the rounding error of O, which is far larger
+# than torch's error on this degenerate case (about 1e-3 in float16, 2e-2 in bfloat16, the same for the
+# SIMT backward).
+
+
+@pytest.mark.parametrize("case", TC_BACKWARD, ids=lambda c: f"{str(c[0])[6:]}-B{c[1]}H{c[2]}-{c[3]}x{c[4]}-D{c[5]}"
+                         f"-{c[6]}-p{c[7]}{'-lse' if c[8] else ''}")
+def test_tensor_core_attention_backward(emu, case):
+    """The tensor-core backward against float64 autograd (FlashAttention's rule: relative error < 1e-2 and at
+    most twice that of torch's own attention at the same precision, + 1e-4) and against the SIMT backward
+    (the same dropout mask: a disagreement on one element of P moves the result by far more than rounding)."""
+    dt, B, H, Sq, Sk, D, mask_kind, p, with_grad_lse = case
+    q, k, v, mask = make_inputs(B, H, Sq, Sk, D, dt, mask_kind, seed=1)
+    scale, seed, offset = D ** -0.5, 4, 9
+    out, lse = K.attention_forward(emu, q, k, v, mask, scale, p, seed, offset, K.TENSOR_CORE)
+    g = torch.Generator().manual_seed(2)
+    grad_out = torch.randn(out.shape, generator=g).to(dt)
+    grad_lse = torch.randn(lse.shape, generator=g) if with_grad_lse else None
+    args = (grad_out, q, k, v, out, lse, mask, grad_lse, scale, p, seed, offset)
+    tc = K.attention_backward(emu, *args, path=K.TENSOR_CORE)
+    simt = K.attention_backward(emu, *args, path=K.SIMT)
+    want = float64_grads(q, k, v, mask, grad_out, grad_lse, scale, p, seed, offset)
+    eager = eager_low_precision_grads(q, k, v, mask, grad_out, grad_lse, scale, p, seed, offset)
+    for name, got, ref, base, ours in zip(("dq", "dk", "dv"), tc, want, eager, simt):
+        if not ref.any():  # dQ with a single key: exactly 0 (softmax of one score), rounding aside
+            assert rel_err(got, ref)[1] < 1e-3 and rel_err(ours, ref)[1] < 1e-3, name
+            continue
+        err, torch_err = rel_err(got, ref)[0], rel_err(base, ref)[0]
+        assert err < 1e-2 and err <= 2 * torch_err + 1e-4, (name, err, torch_err)
+        assert rel_err(got, ours.double())[0] < 1e-2, name
+    if mask_kind == "all-padding":  # the rows without keys, and the padding keys, get exactly 0
+        assert all(torch.equal(t[-1], torch.zeros_like(t[-1])) for t in tc)
+    if mask is not None:
+        padded = ~mask[:, None, :, None].expand(B, H, Sk, D)
+        assert not tc[1][padded].any() and not tc[2][padded].any()
+
+
+@pytest.mark.parametrize("dt, H, Sq, Sk, D", [(F16, 2, 64, 100, 64), (BF16, 1, 100, 70, 128)])
+def test_tensor_core_backward_drops_exactly_the_forwards_elements(emu, dt, H, Sq, Sk, D):
+    """With dO = identity ([S_q, D], S_q <= D), dV[j, i] = P_ij Z_ij: zero exactly where NumPy's mask drops
+    element (b, h, i, j) of P, for every i and j (several query blocks, two heads)."""
+    q, k, v, _ = make_inputs(1, H, Sq, Sk, D, dt, "none", seed=5)
+    p, seed, offset = 0.3, 7, 3
+    out, lse = K.attention_forward(emu, q, k, v, None, D ** -0.5, p, seed, offset, K.TENSOR_CORE)
+    grad_out = torch.eye(Sq, D, dtype=dt).expand(1, H, Sq, D).contiguous()
+    _, _, dv = K.attention_backward(emu, grad_out, q, k, v, out, lse, None, None, D ** -0.5, p, seed, offset,
+                                    path=K.TENSOR_CORE)
+    keep = torch.from_numpy(rng.keep_mask((1, H, Sq, Sk), p, seed, offset))
+    assert torch.equal(dv[..., :Sq] != 0, keep.transpose(-1, -2))
+
+
+def test_attention_backward_picks_the_tensor_core_kernel_where_it_can(emu):
+    q, k, v, mask = make_inputs(1, 1, 20, 24, 32, F16, "ragged")
+    out, lse = K.attention_forward(emu, q, k, v, mask)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(F16)
+    auto, tc, simt = (K.attention_backward(emu, grad_out, q, k, v, out, lse, mask, path=path)
+                      for path in (K.AUTO, K.TENSOR_CORE, K.SIMT))
+    assert all(torch.equal(a, b) for a, b in zip(auto, tc))
+    assert not all(torch.equal(a, b) for a, b in zip(auto, simt))  # dS is rounded to half only on tensor cores
+    assert K.attention_backward_tc_supported(emu, BF16, 128) and not K.attention_backward_tc_supported(emu, F32, 64)
+    assert not K.attention_backward_tc_supported(emu, F16, 40)
+    qf, kf, vf = (t.float() for t in (q, k, v))
+    out, lse = K.attention_forward(emu, qf, kf, vf, mask)
+    gf = grad_out.float()
+    assert all(torch.equal(a, b) for a, b in zip(K.attention_backward(emu, gf, qf, kf, vf, out, lse, mask),
+                                                 K.attention_backward(emu, gf, qf, kf, vf, out, lse, mask,
+                                                                      path=K.SIMT)))
+
+
+def test_tensor_core_backward_does_not_depend_on_the_thread_order_or_alignment(emu):
+    """The same bits whatever order the fibers run in (a missing barrier would show), and when the inputs
+    are not 16-byte aligned (rows staged element by element instead of with cp.async)."""
+    q, k, v, mask = make_inputs(1, 2, 40, 70, 48, BF16, "ragged", seed=3)
+    out, lse = K.attention_forward(emu, q, k, v, mask, p=0.2, seed=1)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(BF16)
+
+    def shifted(t):
+        flat = torch.empty(t.numel() + 1, dtype=t.dtype)
+        view = flat[1:].view(t.shape)
+        view.copy_(t)
+        return view
+
+    results = []
+    for schedule in (0, 1, 5):
+        emu.schedule = schedule
+        results.append(K.attention_backward(emu, grad_out, q, k, v, out, lse, mask, p=0.2, seed=1,
+                                            path=K.TENSOR_CORE))
+    emu.schedule = 0
+    results.append(K.attention_backward(emu, shifted(grad_out), shifted(q), shifted(k), shifted(v), out, lse, mask,
+                                        p=0.2, seed=1, path=K.TENSOR_CORE))
+    assert shifted(q).data_ptr() % 16 != 0
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("dt", [F16, BF16])
+def test_tensor_core_backward_falls_back_where_its_shared_memory_does_not_fit(dt):
+    """75,264 bytes at D = 128 (32 query rows per block), 65,536 at D = 64: every head size fits an sm_86
+    GPU; on a made-up device with 56 KiB, D = 128 goes to the SIMT backward, which agrees closely."""
+    sm86, small = harness.Emulator(device=SM86), harness.Emulator(device=SMALL)
+    assert K.attention_backward_tc_supported(sm86, dt, 128) and K.attention_backward_tc_supported(small, dt, 48)
+    assert not K.attention_backward_tc_supported(small, dt, 64)
+    q, k, v, mask = make_inputs(1, 1, 9, 70, 128, dt, "ragged")
+    out, lse = K.attention_forward(sm86, q, k, v, mask, path=K.SIMT)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(dt)
+    args = (grad_out, q, k, v, out, lse, mask)
+    tc86 = K.attention_backward(sm86, *args)
+    assert all(torch.equal(a, b) for a, b in zip(tc86, K.attention_backward(sm86, *args, path=K.TENSOR_CORE)))
+    fallback = K.attention_backward(small, *args)
+    assert all(torch.equal(a, b) for a, b in zip(fallback, K.attention_backward(small, *args, path=K.SIMT)))
+    assert all(rel_err(a, b.double())[0] < 1e-2 for a, b in zip(tc86, fallback))
+    with pytest.raises(harness.EmulatedCudaError, match="cudaError 1"):
+        K.attention_backward(small, *args, path=K.TENSOR_CORE)
+
+
+def test_the_tensor_core_backward_traps_when_compiled_below_sm80():
+    emu = harness.Emulator(arch=750)
+    q, k, v, _ = make_inputs(1, 1, 3, 5, 16, F16, "none")
+    out, lse = K.attention_forward(emu, q, k, v, path=K.SIMT)
+    with pytest.raises(harness.EmulatedCudaError, match="__trap"):
+        K.attention_backward(emu, torch.ones_like(out), q, k, v, out, lse, path=K.TENSOR_CORE)
+
 # ---- sanitizer builds (std::threads): every kernel once, small ---------------------------------------------
 
 @pytest.mark.slow
@@ -318,6 +492,10 @@ def test_every_kernel_under_a_sanitizer(sanitizer):
     q64, k64, v64 = (t.double().requires_grad_() for t in (qf, kf, vf))
     ops.attention(q64, k64, v64, mask, 0.25, 0.1, 1, 2).sum().backward()
     assert max(rel_err(a, b)[0] for a, b in ((dq, q64.grad), (dk, k64.grad), (dv, v64.grad))) < 1e-5
+    out, lse = K.attention_forward(emu, q, k, v, mask, 0.25, 0.1, 1, 2, K.TENSOR_CORE)  # the tensor-core backward
+    grads = K.attention_backward(emu, torch.ones_like(out), q, k, v, out, lse, mask, None, 0.25, 0.1, 1, 2,
+                                 path=K.TENSOR_CORE)
+    assert max(rel_err(a, b)[0] for a, b in zip(grads, (q64.grad, k64.grad, v64.grad))) < 1e-2
     x, bias = torch.randn(4, 40), torch.randn(40)
     assert rel_err(K.gelu_forward(emu, x, bias), ops.bias_gelu(x, bias))[0] < 1e-6
     dx, db = K.gelu_backward(emu, torch.ones_like(x), x, bias)
