@@ -5,10 +5,11 @@
 // against a row, warp shuffles give the tile max and sum, and the output row (spread over the lanes,
 // d = lane + 32 t) is rescaled and accumulated with the probabilities broadcast lane by lane.
 // Backward (float32, head sizes the tensor cores do not take, or MINIBERT_CUDA_ATTENTION=simt; float16 and
-// bfloat16 otherwise go to attention_cuda_tc_bwd.cu): a block owns 32 keys (8 per warp) and keeps their k, v, dk, dv in registers while it streams
-// over all query rows staged in shared memory: P is recomputed from the saved log-sum-exp,
-// dS = P (dP Z - D). dQ = scale dS K: the four warps add their parts of a row in shared memory, and each
-// block adds its sum for the chunk of rows to dq_acc with one float atomic per element (not one per warp).
+// bfloat16 otherwise go to attention_cuda_tc_bwd.cu): a block owns 32 keys (8 per warp) and keeps their
+// k, v, dk, dv in registers while it streams over all query rows staged in shared memory: P is
+// recomputed from the saved log-sum-exp, dS = P (dP Z - D). dQ = scale dS K: the four warps add their
+// parts of a row in shared memory, and each block adds its sum for the chunk of rows to dq_acc with one
+// float atomic per element (not one per warp).
 // All arithmetic is float32 whatever the storage type.
 #include <cstdint>
 #include <cstdlib>
