@@ -47,3 +47,18 @@ def test_time_fn_counts_at_least_the_repeats_and_reports_the_median():
     result = _common.time_fn(lambda: calls.append(1), warmup=2, repeats=5)
     assert len(calls) == 7 and len(result["samples_s"]) == 5
     assert result["min_s"] <= result["median_s"] <= max(result["samples_s"])
+
+
+def test_cuda_check_script_parses_and_names_only_what_exists():
+    """benchmarks/cuda_check.sh runs only on a GPU, so here: valid bash, and every script and test file it
+    names is in the repository (a renamed file would otherwise surface on the next, scarce, GPU run)."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    script = root / "benchmarks" / "cuda_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    named = set(re.findall(r"((?:benchmarks|tests)/[\w/]+\.py)", script.read_text()))
+    assert {"benchmarks/attention.py", "benchmarks/gelu.py", "benchmarks/layernorm.py",
+            "tests/test_ops_attention.py"} <= named
+    assert [p for p in named if not (root / p).is_file()] == []
