@@ -341,7 +341,7 @@ TC_BACKWARD = [
     (BF16, 1, 2, 17, 64, 16, "ragged", 0.1, True),
     (F16, 2, 1, 64, 17, 48, "all-padding", 0.1, False),
     (BF16, 1, 1, 100, 130, 48, "ragged", 0.0, True),
-    (F16, 1, 2, 130, 100, 64, "none", 0.1, True),
+    (F16, 1, 1, 130, 100, 64, "none", 0.1, True),
     (BF16, 2, 1, 64, 64, 64, "all-padding", 0.0, False),
     (F16, 1, 1, 17, 130, 128, "ragged", 0.1, False),
     (BF16, 2, 1, 100, 17, 128, "all-padding", 0.1, True),
