@@ -155,14 +155,10 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
   cp_async_wait<1>();  // this thread's Q copies have landed (tile 0 may still be in flight)
   __syncthreads();     // and every thread's
 
-  // The warp's 16 query rows as A fragments, kept in registers for every key tile. Lanes 0-15 address
-  // rows 0-15 at column kd * 16, lanes 16-31 the same rows at column kd * 16 + 8: the four 8 x 8 tiles
-  // arrive as a[0] (rows 0-7, cols 0-7), a[1] (rows 8-15), a[2] (cols 8-15), a[3].
+  // The warp's 16 query rows as A fragments (ldmatrix_a), kept in registers for every key tile.
   uint32_t qa[D / kMmaK][4];
 #pragma unroll
-  for (int kd = 0; kd < D / kMmaK; ++kd) {
-    ldmatrix_x4(qa[kd], k_s + kTileElems + (warp * kTcWarpRows + lane % 16) * kLd + kd * kMmaK + (lane / 16) * 8);
-  }
+  for (int kd = 0; kd < D / kMmaK; ++kd) ldmatrix_a(qa[kd], k_s + kTileElems + warp * kTcWarpRows * kLd, kLd, kd * kMmaK);
 
   // Per lane: O[row][dn * 8 + 2t + (e & 1)] at o[dn][e], row g for e < 2 and g + 8 for e >= 2; and the
   // running max and (partial: this lane's columns only) sum of rows g (index 0) and g + 8 (index 1).
@@ -194,9 +190,8 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
     const T* k_t = k_s + stage * kTileElems;
     const T* v_t = v_s + stage * kTileElems;
 
-    // 1. S = Q K^T: s[nt] is the 16 x 8 tile of keys nt * 8 .. nt * 8 + 7. One ldmatrix.x4 brings the B
-    // fragments of two key tiles (lanes 0-7: keys 0-7 at column kd * 16, lanes 8-15: the same keys at
-    // + 8, lanes 16-31: keys 8-15 likewise).
+    // 1. S = Q K^T: s[nt] is the 16 x 8 tile of keys nt * 8 .. nt * 8 + 7. K is [key][d], so its rows
+    // are the output columns: the "col" B operand (mma_add_a_bt), one k16 step of d at a time.
     float s[kNTiles][4];
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
@@ -204,15 +199,7 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
       for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
     }
 #pragma unroll
-    for (int kd = 0; kd < D / kMmaK; ++kd) {
-#pragma unroll
-      for (int nt = 0; nt < kNTiles; nt += 2) {
-        uint32_t kb[4];
-        ldmatrix_x4(kb, k_t + (nt * 8 + lane % 8 + (lane / 16) * 8) * kLd + kd * kMmaK + ((lane / 8) % 2) * 8);
-        mma_m16n8k16<T>(s[nt], qa[kd], kb, s[nt]);
-        mma_m16n8k16<T>(s[nt + 1], qa[kd], kb + 2, s[nt + 1]);
-      }
-    }
+    for (int kd = 0; kd < D / kMmaK; ++kd) mma_add_a_bt<T>(s, qa[kd], k_t, kLd, kd * kMmaK);
 
     // 2. Online softmax on the registers. Element s[nt][e] is row g + 8 (e / 2), key c = nt * 8 + 2t + e % 2.
     // The scores are kept in base-2 units, s * scale * log2(e), so that each probability is one
@@ -273,8 +260,8 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
       pa[nt / 2][(nt % 2) * 2 + 1] = pack2(from_float<T>(pd[2]), from_float<T>(pd[3]));  // row g + 8
     }
 
-    // 4. O = alpha O + P V. One ldmatrix.x4.trans brings the B fragments of two 8-column output tiles:
-    // lanes 0-15 address keys 16 kk + 0..15 at column dn * 8, lanes 16-31 the same keys at dn * 8 + 8.
+    // 4. O = alpha O + P V. V is [key][d]: its columns are the output columns, the "row" B operand
+    // (mma_add_a_b), one k16 step of keys at a time.
 #pragma unroll
     for (int dn = 0; dn < kDTiles; ++dn) {
       o[dn][0] *= alpha[0];
@@ -283,15 +270,7 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
       o[dn][3] *= alpha[1];
     }
 #pragma unroll
-    for (int kk = 0; kk < kTcTileKeys / kMmaK; ++kk) {
-#pragma unroll
-      for (int dn = 0; dn < kDTiles; dn += 2) {
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, v_t + (kk * kMmaK + lane % 16) * kLd + dn * 8 + (lane / 16) * 8);
-        mma_m16n8k16<T>(o[dn], pa[kk], vb, o[dn]);
-        mma_m16n8k16<T>(o[dn + 1], pa[kk], vb + 2, o[dn + 1]);
-      }
-    }
+    for (int kk = 0; kk < kTcTileKeys / kMmaK; ++kk) mma_add_a_b<T>(o, pa[kk], v_t, kLd, kk * kMmaK);
   }
   // Every copy has landed by now, except with S_k = 0 (the binding never sends it): then tile 0's
   // zero-filling copies were issued and the loop never waited for them.

@@ -204,8 +204,8 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
     const float* lse_t = lse_s + stage * kQ;
     const float* dd_t = dd_s + stage * kQ;
 
-    // 1. S^T = K_w Q^T: s[nt] is keys x queries nt * 8 .. nt * 8 + 7. A from the warp's K rows (lanes 0-15
-    // rows 0-15 at column kd * 16, lanes 16-31 at + 8), B fragments of two query tiles per ldmatrix.x4.
+    // 1. S^T = K_w Q^T: s[nt] is keys x queries nt * 8 .. nt * 8 + 7. A from the warp's K rows
+    // (ldmatrix_a); Q is [query][d], its rows the output columns: the "col" B operand (mma_add_a_bt).
     float s[kQTiles][4];
 #pragma unroll
     for (int nt = 0; nt < kQTiles; ++nt) {
@@ -215,14 +215,8 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
 #pragma unroll
     for (int kd = 0; kd < D / kMmaK; ++kd) {
       uint32_t ka[4];
-      ldmatrix_x4(ka, kw_s + (lane % 16) * kLd + kd * kMmaK + (lane / 16) * 8);
-#pragma unroll
-      for (int nt = 0; nt < kQTiles; nt += 2) {
-        uint32_t qb[4];
-        ldmatrix_x4(qb, q_t + (nt * 8 + lane % 8 + (lane / 16) * 8) * kLd + kd * kMmaK + ((lane / 8) % 2) * 8);
-        mma_m16n8k16<T>(s[nt], ka, qb, s[nt]);
-        mma_m16n8k16<T>(s[nt + 1], ka, qb + 2, s[nt + 1]);
-      }
+      ldmatrix_a(ka, kw_s, kLd, kd * kMmaK);
+      mma_add_a_bt<T>(s, ka, q_t, kLd, kd * kMmaK);
     }
 
     // 2. P^T in place of S^T (float32, for dS), and (P o Z)^T rounded to T as A fragments for dV.
@@ -254,18 +248,10 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
       pa[nt / 2][(nt % 2) * 2 + 1] = pack2(from_float<T>(pd[2]), from_float<T>(pd[3]));  // key g + 8
     }
 
-    // 3. dV_w += (P o Z)^T dO: dO is [query][D] row-major, the "row" B operand: ldmatrix.trans, lanes 0-15
-    // queries 16 kk + 0..15 at column dn * 8, lanes 16-31 the same at dn * 8 + 8.
+    // 3. dV_w += (P o Z)^T dO: dO is [query][D] row-major, its columns the output columns: the "row" B
+    // operand (mma_add_a_b, through ldmatrix.trans), one k16 step of queries at a time.
 #pragma unroll
-    for (int kk = 0; kk < kQSteps; ++kk) {
-#pragma unroll
-      for (int dn = 0; dn < kDTiles; dn += 2) {
-        uint32_t ob[4];
-        ldmatrix_x4_trans(ob, do_t + (kk * kMmaK + lane % 16) * kLd + dn * 8 + (lane / 16) * 8);
-        mma_m16n8k16<T>(dv_acc[dn], pa[kk], ob, dv_acc[dn]);
-        mma_m16n8k16<T>(dv_acc[dn + 1], pa[kk], ob + 2, dv_acc[dn + 1]);
-      }
-    }
+    for (int kk = 0; kk < kQSteps; ++kk) mma_add_a_b<T>(dv_acc, pa[kk], do_t, kLd, kk * kMmaK);
 
     // 4. dP^T = V_w dO^T, as step 1 with V for K and dO for Q.
     float dp[kQTiles][4];
@@ -277,14 +263,8 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
 #pragma unroll
     for (int kd = 0; kd < D / kMmaK; ++kd) {
       uint32_t va[4];
-      ldmatrix_x4(va, vw_s + (lane % 16) * kLd + kd * kMmaK + (lane / 16) * 8);
-#pragma unroll
-      for (int nt = 0; nt < kQTiles; nt += 2) {
-        uint32_t ob[4];
-        ldmatrix_x4(ob, do_t + (nt * 8 + lane % 8 + (lane / 16) * 8) * kLd + kd * kMmaK + ((lane / 8) % 2) * 8);
-        mma_m16n8k16<T>(dp[nt], va, ob, dp[nt]);
-        mma_m16n8k16<T>(dp[nt + 1], va, ob + 2, dp[nt + 1]);
-      }
+      ldmatrix_a(va, vw_s, kLd, kd * kMmaK);
+      mma_add_a_bt<T>(dp, va, do_t, kLd, kd * kMmaK);
     }
 
     // 5. dS^T = P^T o (dP^T o Z - D), 0 wherever P was forced to 0 (even if D is NaN there), rounded to T:
@@ -308,15 +288,7 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
 
     // 6. dK_w += dS^T Q: Q is [query][D], the "row" B operand, as dO in step 3.
 #pragma unroll
-    for (int kk = 0; kk < kQSteps; ++kk) {
-#pragma unroll
-      for (int dn = 0; dn < kDTiles; dn += 2) {
-        uint32_t qb[4];
-        ldmatrix_x4_trans(qb, q_t + (kk * kMmaK + lane % 16) * kLd + dn * 8 + (lane / 16) * 8);
-        mma_m16n8k16<T>(dk_acc[dn], dsa[kk], qb, dk_acc[dn]);
-        mma_m16n8k16<T>(dk_acc[dn + 1], dsa[kk], qb + 2, dk_acc[dn + 1]);
-      }
-    }
+    for (int kk = 0; kk < kQSteps; ++kk) mma_add_a_b<T>(dk_acc, dsa[kk], q_t, kLd, kk * kMmaK);
 
     __syncthreads();  // every warp's dS^T is in ds_s
 
@@ -338,12 +310,7 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
       for (int dn = 2 * (warp / kRowTiles); dn < kDTiles; dn += 2 * kSlicesPerWarp) {
         float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
-        for (int kk = 0; kk < kBwKeys / kMmaK; ++kk) {
-          uint32_t kb[4];
-          ldmatrix_x4_trans(kb, k_s + (kk * kMmaK + lane % 16) * kLd + dn * 8 + (lane / 16) * 8);
-          mma_m16n8k16<T>(acc[0], a[kk], kb, acc[0]);
-          mma_m16n8k16<T>(acc[1], a[kk], kb + 2, acc[1]);
-        }
+        for (int kk = 0; kk < kBwKeys / kMmaK; ++kk) mma_add_a_b<T>(acc, a[kk], k_s + dn * 8, kLd, kk * kMmaK);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int i = i0 + q0 + g + 8 * h;

@@ -42,6 +42,31 @@ constexpr int64_t kWarpRowMax = 32 * kMaxPerLane;
 // grid is exactly that many blocks per SM, one full wave, each block walking its share of the rows.
 constexpr int backward_blocks_per_sm(int per_lane) { return per_lane <= 16 ? 4 : (per_lane <= 24 ? 3 : 2); }
 
+// h = residual + dropout(x) for the V elements at flat index i (residual may be null), as the CPU kernel
+// and NumPy draw the mask: element i is kept by the hash at counter i. Returns the decisions as bits (bit
+// e: element i + e kept), which the backward keeps so that it hashes each element once.
+template <typename T, int V>
+__device__ __forceinline__ uint32_t load_sum(const T* __restrict__ x, const T* __restrict__ residual, int64_t i,
+                                             const DropoutArgs& d, float inv_keep, float (&h)[V]) {
+  load_vec<T, V>(x + i, h);
+  uint32_t kept_bits = 0;
+  if (d.active) {
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const bool kept = dropout_keep(d.base, static_cast<uint64_t>(i + e), d.threshold);
+      kept_bits |= static_cast<uint32_t>(kept) << e;
+      h[e] = kept ? h[e] * inv_keep : 0.0f;
+    }
+  }
+  if (residual != nullptr) {
+    float res[V];
+    load_vec<T, V>(residual + i, res);
+#pragma unroll
+    for (int e = 0; e < V; ++e) h[e] += res[e];
+  }
+  return kept_bits;
+}
+
 template <typename T, int V, int kVecs>
 __global__ void __launch_bounds__(kWarpRowThreads)
     layernorm_forward_warp_kernel(const T* __restrict__ x, const T* __restrict__ residual,
@@ -60,19 +85,7 @@ __global__ void __launch_bounds__(kWarpRowThreads)
   for (int k = 0; k < kVecs; ++k) {
     const int c = (k * 32 + lane) * V;
     if (c < n) {  // n % V == 0: a vector is wholly inside the row or wholly outside
-      load_vec<T, V>(x + first + c, h[k]);
-      if (d.active) {
-#pragma unroll
-        for (int e = 0; e < V; ++e)
-          h[k][e] = dropout_keep(d.base, static_cast<uint64_t>(first + c + e), d.threshold) ? h[k][e] * inv_keep
-                                                                                           : 0.0f;
-      }
-      if (residual != nullptr) {
-        float res[V];
-        load_vec<T, V>(residual + first + c, res);
-#pragma unroll
-        for (int e = 0; e < V; ++e) h[k][e] += res[e];
-      }
+      load_sum<T, V>(x, residual, first + c, d, inv_keep, h[k]);
 #pragma unroll
       for (int e = 0; e < V; ++e) sum += h[k][e];
     }
@@ -136,22 +149,8 @@ __global__ void __launch_bounds__(kWarpRowThreads, backward_blocks_per_sm(V * kV
       if (c < n) {
         float dy[V], w[V];
         load_vec<T, V>(grad + first + c, dy);
-        load_vec<T, V>(x + first + c, xhat[k]);  // h, then xhat
         load_vec<T, V>(weight + c, w);
-        if (d.active) {
-#pragma unroll
-          for (int e = 0; e < V; ++e) {
-            const bool kept = dropout_keep(d.base, static_cast<uint64_t>(first + c + e), d.threshold);
-            keep |= static_cast<uint32_t>(kept) << (k * V + e);
-            xhat[k][e] = kept ? xhat[k][e] * inv_keep : 0.0f;
-          }
-        }
-        if (residual != nullptr) {
-          float res[V];
-          load_vec<T, V>(residual + first + c, res);
-#pragma unroll
-          for (int e = 0; e < V; ++e) xhat[k][e] += res[e];
-        }
+        keep |= load_sum<T, V>(x, residual, first + c, d, inv_keep, xhat[k]) << (k * V);  // h, then xhat
 #pragma unroll
         for (int e = 0; e < V; ++e) {
           xhat[k][e] = (xhat[k][e] - mean) * rstd;

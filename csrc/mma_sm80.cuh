@@ -1,11 +1,12 @@
 // Warp-level tensor-core and asynchronous-copy helpers of sm_80 (Ampere) and newer, for
-// attention_cuda_tc.cu:
+// attention_cuda_tc.cu and attention_cuda_tc_bwd.cu:
 //
 //   mma_m16n8k16<T>    mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32: D = A B + C
 //   ldmatrix_x4(_trans) ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 tiles from shared
 //                       memory straight into the register layout of an mma operand
 //   cp_async_16         cp.async.cg.shared.global, 16 bytes global -> shared without passing through
 //                       registers; cp_async_commit / cp_async_wait<N> group and retire the copies
+//   ldmatrix_a, mma_add_a_bt, mma_add_a_b  (at the end) the two product shapes of attention, from those
 //
 // On the GPU each is one inline PTX instruction. Under the CUDA emulator (csrc/emulation, which defines
 // MINIBERT_CUDA_EMULATOR) each is C++ that moves exactly the elements the PTX ISA says, lane by lane, so a
@@ -149,5 +150,51 @@ __device__ __forceinline__ void cp_async_wait() {
 
 #undef MINIBERT_SM80_ASM
 #endif
+
+// ---- Warp-tile products built from the primitives ------------------------------------------------------
+// The attention kernels' products all take one of two shapes. A is a 16 x 16 A fragment in registers; B
+// is a matrix in shared memory, row-major with a row stride of `ld` elements (16-byte aligned rows), and
+// acc holds N n8 tiles of C (N even: one ldmatrix.x4 brings the B fragments of two tiles).
+
+// The A fragment of rows 0..15, columns k0 .. k0 + 15 of a row-major shared matrix: lanes 0-15 address
+// rows 0-15 at column k0, lanes 16-31 the same rows at k0 + 8, so the four 8 x 8 tiles arrive as a[0]
+// (rows 0-7, cols 0-7), a[1] (rows 8-15), a[2] (cols 8-15) and a[3].
+template <typename T>
+__device__ __forceinline__ void ldmatrix_a(uint32_t (&a)[4], const T* rows, int ld, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4(a, rows + (lane % 16) * ld + k0 + (lane / 16) * 8);
+}
+
+// acc[n] += A (B[8 n .. 8 n + 7][k0 .. k0 + 15])^T: B's rows are the output columns, the "col" operand,
+// as K in S = Q K^T (K stored [key][d]). Lanes 0-7 address rows 0-7 of a pair of tiles at column k0,
+// lanes 8-15 the same rows at k0 + 8, lanes 16-31 rows 8-15 likewise.
+template <typename T, int N>
+__device__ __forceinline__ void mma_add_a_bt(float (&acc)[N][4], const uint32_t (&a)[4], const T* b, int ld, int k0) {
+  static_assert(N % 2 == 0, "one ldmatrix.x4 brings two n8 tiles");
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int n = 0; n < N; n += 2) {
+    uint32_t frag[4];
+    ldmatrix_x4(frag, b + (n * 8 + lane % 8 + (lane / 16) * 8) * ld + k0 + ((lane / 8) % 2) * 8);
+    mma_m16n8k16<T>(acc[n], a, frag, acc[n]);
+    mma_m16n8k16<T>(acc[n + 1], a, frag + 2, acc[n + 1]);
+  }
+}
+
+// acc[n] += A B[k0 .. k0 + 15][8 n .. 8 n + 7]: B's columns are the output columns, the "row" operand, as
+// V in O = P V (V stored [key][d]), which ldmatrix.trans delivers. Lanes 0-15 address rows k0 + 0..15
+// at column 8 n, lanes 16-31 the same rows at 8 n + 8.
+template <typename T, int N>
+__device__ __forceinline__ void mma_add_a_b(float (&acc)[N][4], const uint32_t (&a)[4], const T* b, int ld, int k0) {
+  static_assert(N % 2 == 0, "one ldmatrix.x4 brings two n8 tiles");
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int n = 0; n < N; n += 2) {
+    uint32_t frag[4];
+    ldmatrix_x4_trans(frag, b + (k0 + lane % 16) * ld + n * 8 + (lane / 16) * 8);
+    mma_m16n8k16<T>(acc[n], a, frag, acc[n]);
+    mma_m16n8k16<T>(acc[n + 1], a, frag + 2, acc[n + 1]);
+  }
+}
 
 }  // namespace minibert
