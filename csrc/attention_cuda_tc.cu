@@ -163,11 +163,7 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
   // Per lane: O[row][dn * 8 + 2t + (e & 1)] at o[dn][e], row g for e < 2 and g + 8 for e >= 2; and the
   // running max and (partial: this lane's columns only) sum of rows g (index 0) and g + 8 (index 1).
   float o[kDTiles][4];
-#pragma unroll
-  for (int dn = 0; dn < kDTiles; ++dn) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[dn][e] = 0.0f;
-  }
+  zero_tiles(o);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
   int stage = 0;  // the buffer that holds tile j0
@@ -193,11 +189,7 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
     // 1. S = Q K^T: s[nt] is the 16 x 8 tile of keys nt * 8 .. nt * 8 + 7. K is [key][d], so its rows
     // are the output columns: the "col" B operand (mma_add_a_bt), one k16 step of d at a time.
     float s[kNTiles][4];
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
-    }
+    zero_tiles(s);
 #pragma unroll
     for (int kd = 0; kd < D / kMmaK; ++kd) mma_add_a_bt<T>(s, qa[kd], k_t, kLd, kd * kMmaK);
 

@@ -179,11 +179,8 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
 
   // dK_w (before the scale) and dV_w: element [key g + 8 (e / 2)][dn * 8 + 2t + e % 2] at [dn][e].
   float dk_acc[kDTiles][4], dv_acc[kDTiles][4];
-#pragma unroll
-  for (int dn = 0; dn < kDTiles; ++dn) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk_acc[dn][e] = dv_acc[dn][e] = 0.0f;
-  }
+  zero_tiles(dk_acc);
+  zero_tiles(dv_acc);
   const float keep_scale = static_cast<float>(dropout.inv_keep);
   const T* kw_s = k_s + warp * kBwWarpKeys * kLd;  // the warp's 16 keys (A operand rows)
   const T* vw_s = v_s + warp * kBwWarpKeys * kLd;
@@ -207,11 +204,7 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
     // 1. S^T = K_w Q^T: s[nt] is keys x queries nt * 8 .. nt * 8 + 7. A from the warp's K rows
     // (ldmatrix_a); Q is [query][d], its rows the output columns: the "col" B operand (mma_add_a_bt).
     float s[kQTiles][4];
-#pragma unroll
-    for (int nt = 0; nt < kQTiles; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
-    }
+    zero_tiles(s);
 #pragma unroll
     for (int kd = 0; kd < D / kMmaK; ++kd) {
       uint32_t ka[4];
@@ -255,11 +248,7 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
 
     // 4. dP^T = V_w dO^T, as step 1 with V for K and dO for Q.
     float dp[kQTiles][4];
-#pragma unroll
-    for (int nt = 0; nt < kQTiles; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dp[nt][e] = 0.0f;
-    }
+    zero_tiles(dp);
 #pragma unroll
     for (int kd = 0; kd < D / kMmaK; ++kd) {
       uint32_t va[4];
@@ -308,7 +297,8 @@ attention_backward_tc_kernel(const T* __restrict__ grad_out, const T* __restrict
         ldmatrix_x4_trans(a[kk], ds_s + (kk * kMmaK + (lane / 16) * 8 + lane % 8) * kLdS + q0 + ((lane / 8) % 2) * 8);
       }
       for (int dn = 2 * (warp / kRowTiles); dn < kDTiles; dn += 2 * kSlicesPerWarp) {
-        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        float acc[2][4];
+        zero_tiles(acc);
 #pragma unroll
         for (int kk = 0; kk < kBwKeys / kMmaK; ++kk) mma_add_a_b<T>(acc, a[kk], k_s + dn * 8, kLd, kk * kMmaK);
 #pragma unroll

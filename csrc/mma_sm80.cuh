@@ -156,6 +156,16 @@ __device__ __forceinline__ void cp_async_wait() {
 // is a matrix in shared memory, row-major with a row stride of `ld` elements (16-byte aligned rows), and
 // acc holds N n8 tiles of C (N even: one ldmatrix.x4 brings the B fragments of two tiles).
 
+// N n8 tiles of C, all zero (an accumulator before its first product).
+template <int N>
+__device__ __forceinline__ void zero_tiles(float (&acc)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+  }
+}
+
 // The A fragment of rows 0..15, columns k0 .. k0 + 15 of a row-major shared matrix: lanes 0-15 address
 // rows 0-15 at column k0, lanes 16-31 the same rows at k0 + 8, so the four 8 x 8 tiles arrive as a[0]
 // (rows 0-7, cols 0-7), a[1] (rows 8-15), a[2] (cols 8-15) and a[3].
