@@ -77,7 +77,7 @@ constexpr int kTcBlockRows = kTcWarps * kTcWarpRows;  // 64 query rows per block
 constexpr int kTcTileKeys = 64;                        // keys per tile: 8 n8 score tiles per warp
 constexpr int kTcStages = 2;                           // K/V tiles in flight: double buffering
 constexpr int kMmaK = 16;                              // the k of mma.m16n8k16 (head size step)
-__host__ __device__ constexpr int LdKV(int D) { return D + 8; }  // padded shared row (elements)
+__host__ __device__ constexpr int LdKV(int D) { return tc_padded_row(D); }  // padded shared row (elements)
 constexpr float kLog2e = 1.4426950408889634f;  // log2(e)
 constexpr float kLn2 = 0.6931471805599453f;    // ln(2)
 
@@ -87,27 +87,6 @@ constexpr float kLn2 = 0.6931471805599453f;    // ln(2)
 template <typename T>
 constexpr size_t tc_shared_bytes(int64_t D) {
   return sizeof(T) * kTcStages * 2 * kTcTileKeys * LdKV(static_cast<int>(D));
-}
-
-// Copies rows [r0, r0 + 64) of a [rows, D] matrix into a [64, D + 8] shared tile, zero past `rows`.
-// `async` (block-uniform: `src` is 16-byte aligned) issues 16-byte cp.async copies, which land at a
-// later cp_async_wait; otherwise the rows are stored element by element at once.
-template <typename T, int D>
-__device__ __forceinline__ void stage_rows(T* dst, const T* src, int r0, int rows, bool async) {
-  constexpr int kVecs = D * static_cast<int>(sizeof(T)) / 16;  // 16-byte vectors per row
-  constexpr int kPerVec = 16 / static_cast<int>(sizeof(T));
-  if (async) {
-    for (int e = threadIdx.x; e < kTcTileKeys * kVecs; e += blockDim.x) {
-      const int r = e / kVecs, c = (e % kVecs) * kPerVec;
-      const bool in = r0 + r < rows;
-      cp_async_16(dst + r * LdKV(D) + c, in ? src + (r0 + r) * D + c : src, in);  // !in: 16 zero bytes
-    }
-  } else {
-    for (int e = threadIdx.x; e < kTcTileKeys * D; e += blockDim.x) {
-      const int r = e / D, c = e % D;
-      dst[r * LdKV(D) + c] = r0 + r < rows ? src[(r0 + r) * D + c] : from_float<T>(0.0f);
-    }
-  }
 }
 
 template <typename T, int D>
@@ -147,18 +126,19 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
   T* v_s = k_s + kTcStages * kTileElems;    // [2 stages][64 keys][D + 8]
 
   // Q through the second K buffer (group 1), while tile 0 of K and V starts into the first (group 2).
-  stage_rows<T, D>(k_s + kTileElems, q_bh, i0, Sq, q_async);
+  stage_rows<T, D, kTcTileKeys>(k_s + kTileElems, q_bh, i0, Sq, q_async);
   cp_async_commit();
-  stage_rows<T, D>(k_s, k_bh, 0, Sk, kv_async);
-  stage_rows<T, D>(v_s, v_bh, 0, Sk, kv_async);
+  stage_rows<T, D, kTcTileKeys>(k_s, k_bh, 0, Sk, kv_async);
+  stage_rows<T, D, kTcTileKeys>(v_s, v_bh, 0, Sk, kv_async);
   cp_async_commit();
   cp_async_wait<1>();  // this thread's Q copies have landed (tile 0 may still be in flight)
   __syncthreads();     // and every thread's
 
   // The warp's 16 query rows as A fragments (ldmatrix_a), kept in registers for every key tile.
   uint32_t qa[D / kMmaK][4];
+  const T* q_w = k_s + kTileElems + warp * kTcWarpRows * kLd;  // the warp's rows of the staged Q
 #pragma unroll
-  for (int kd = 0; kd < D / kMmaK; ++kd) ldmatrix_a(qa[kd], k_s + kTileElems + warp * kTcWarpRows * kLd, kLd, kd * kMmaK);
+  for (int kd = 0; kd < D / kMmaK; ++kd) ldmatrix_a(qa[kd], q_w, kLd, kd * kMmaK);
 
   // Per lane: O[row][dn * 8 + 2t + (e & 1)] at o[dn][e], row g for e < 2 and g + 8 for e >= 2; and the
   // running max and (partial: this lane's columns only) sum of rows g (index 0) and g + 8 (index 1).
@@ -170,8 +150,8 @@ attention_forward_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, co
   for (int j0 = 0; j0 < Sk; j0 += kTcTileKeys, stage ^= 1) {
     __syncthreads();  // every warp is done with the other buffer (tile j0 - 64, or Q)
     if (j0 + kTcTileKeys < Sk) {
-      stage_rows<T, D>(k_s + (stage ^ 1) * kTileElems, k_bh, j0 + kTcTileKeys, Sk, kv_async);
-      stage_rows<T, D>(v_s + (stage ^ 1) * kTileElems, v_bh, j0 + kTcTileKeys, Sk, kv_async);
+      stage_rows<T, D, kTcTileKeys>(k_s + (stage ^ 1) * kTileElems, k_bh, j0 + kTcTileKeys, Sk, kv_async);
+      stage_rows<T, D, kTcTileKeys>(v_s + (stage ^ 1) * kTileElems, v_bh, j0 + kTcTileKeys, Sk, kv_async);
     }
     cp_async_commit();  // an empty group after the last tile keeps "all but the newest" meaning tile j0
     const bool valid0 = j0 + lane < Sk && (mask_b == nullptr || mask_b[j0 + lane] != 0);

@@ -61,7 +61,7 @@ constexpr int kBwWarpKeys = 16;   // keys per warp = the mma tile height
 constexpr int kBwStages = 2;      // query blocks in flight: double buffering
 constexpr int kMmaK = 16;         // the k of mma.m16n8k16
 __host__ __device__ constexpr int bw_query_rows(int D) { return D <= 64 ? 64 : 32; }  // kQ
-__host__ __device__ constexpr int bw_ld(int D) { return D + 8; }  // padded shared row of K, V, Q, dO
+__host__ __device__ constexpr int bw_ld(int D) { return tc_padded_row(D); }  // padded row of K, V, Q, dO
 __host__ __device__ constexpr int bw_ld_ds(int D) { return bw_query_rows(D) + 8; }  // padded row of dS^T
 
 // Bytes of dynamic shared memory for head size D and a 16-bit storage type.
@@ -70,27 +70,6 @@ constexpr size_t bw_shared_bytes(int D) {
               + kBwStages * 2 * bw_query_rows(D) * bw_ld(D)     // Q, dO: two stages
               + kBwKeys * bw_ld_ds(D))                          // dS^T
          + 4 * kBwStages * 2 * bw_query_rows(D);                // L, D: two stages (float)
-}
-
-// Copies rows [r0, r0 + kRows) of a [rows, D] matrix into a [kRows, D + 8] shared tile, zero past `rows`,
-// with 16-byte cp.async copies when `async` (block-uniform: src is 16-byte aligned), element by element
-// otherwise.
-template <typename T, int D, int kRows>
-__device__ __forceinline__ void stage_rows(T* dst, const T* src, int r0, int rows, bool async) {
-  constexpr int kVecs = D * static_cast<int>(sizeof(T)) / 16;
-  constexpr int kPerVec = 16 / static_cast<int>(sizeof(T));
-  if (async) {
-    for (int e = threadIdx.x; e < kRows * kVecs; e += blockDim.x) {
-      const int r = e / kVecs, c = (e % kVecs) * kPerVec;
-      const bool in = r0 + r < rows;
-      cp_async_16(dst + r * bw_ld(D) + c, in ? src + (r0 + r) * D + c : src, in);
-    }
-  } else {
-    for (int e = threadIdx.x; e < kRows * D; e += blockDim.x) {
-      const int r = e / D, c = e % D;
-      dst[r * bw_ld(D) + c] = r0 + r < rows ? src[(r0 + r) * D + c] : from_float<T>(0.0f);
-    }
-  }
 }
 
 template <typename T, int D>

@@ -52,6 +52,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cuda_common.cuh"  // from_float
+
 namespace minibert {
 
 // Two 16-bit values in one register, `lo` (the lower row/column index) in the low half.
@@ -155,6 +157,34 @@ __device__ __forceinline__ void cp_async_wait() {
 // The attention kernels' products all take one of two shapes. A is a 16 x 16 A fragment in registers; B
 // is a matrix in shared memory, row-major with a row stride of `ld` elements (16-byte aligned rows), and
 // acc holds N n8 tiles of C (N even: one ldmatrix.x4 brings the B fragments of two tiles).
+
+// ---- Staging rows into shared memory ---------------------------------------------------------------------
+// The shared tiles of both attention kernels keep rows of D elements padded to D + 8: a row is then an odd
+// number of 16-byte units long, so the 8 rows one ldmatrix tile reads start in 8 different groups of four
+// banks (conflict-free), and every row starts 16-byte aligned, as cp.async and ldmatrix require.
+__host__ __device__ constexpr int tc_padded_row(int D) { return D + 8; }
+
+// Copies rows [r0, r0 + kRows) of a row-major [rows, D] global matrix into a [kRows, D + 8] shared tile,
+// zero past `rows`. `async` (block-uniform: `src` is 16-byte aligned) issues 16-byte cp.async copies,
+// which land at a later cp_async_wait; otherwise the rows are stored element by element at once.
+template <typename T, int D, int kRows>
+__device__ __forceinline__ void stage_rows(T* dst, const T* src, int r0, int rows, bool async) {
+  constexpr int kLd = tc_padded_row(D);
+  constexpr int kVecs = D * static_cast<int>(sizeof(T)) / 16;  // 16-byte vectors per row
+  constexpr int kPerVec = 16 / static_cast<int>(sizeof(T));
+  if (async) {
+    for (int e = threadIdx.x; e < kRows * kVecs; e += blockDim.x) {
+      const int r = e / kVecs, c = (e % kVecs) * kPerVec;
+      const bool in = r0 + r < rows;
+      cp_async_16(dst + r * kLd + c, in ? src + (r0 + r) * D + c : src, in);  // !in: 16 zero bytes
+    }
+  } else {
+    for (int e = threadIdx.x; e < kRows * D; e += blockDim.x) {
+      const int r = e / D, c = e % D;
+      dst[r * kLd + c] = r0 + r < rows ? src[(r0 + r) * D + c] : from_float<T>(0.0f);
+    }
+  }
+}
 
 // N n8 tiles of C, all zero (an accumulator before its first product).
 template <int N>
