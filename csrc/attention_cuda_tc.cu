@@ -336,20 +336,11 @@ cudaError_t launch_tc_for_head_dim(const void* q, const void* k, const void* v, 
 }  // namespace
 
 bool attention_forward_tc_supported(ScalarKind kind, int64_t head_dim) {
-  if (kind == ScalarKind::kFloat32 || head_dim % kMmaK != 0 || head_dim < kMmaK || head_dim > kCudaMaxHeadDim) {
-    return false;
-  }
-  int device = 0, major = 0, optin = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-    return false;
-  }
-  // The shared memory must fit this device (69,632 bytes at D = 128: sm_80, sm_86/sm_89 and sm_90 all
-  // have it; a device with less runs the SIMT kernel instead).
+  // 69,632 bytes of shared memory at D = 128: sm_80, sm_86/sm_89 and sm_90 all have it.
+  if (head_dim < 0 || head_dim > kCudaMaxHeadDim) return false;
   const size_t smem = kind == ScalarKind::kFloat16 ? tc_shared_bytes<__half>(head_dim)
                                                    : tc_shared_bytes<__nv_bfloat16>(head_dim);
-  return major >= 8 && smem <= static_cast<size_t>(optin);
+  return tc_attention_runs_here(kind, head_dim, smem);
 }
 
 cudaError_t attention_forward_tc_cuda(ScalarKind kind, const void* q, const void* k, const void* v,

@@ -375,16 +375,8 @@ cudaError_t launch_bw_tc_for_head_dim(const void* grad_out, const void* q, const
 }  // namespace
 
 bool attention_backward_tc_supported(ScalarKind kind, int64_t head_dim) {
-  if (kind == ScalarKind::kFloat32 || head_dim % kMmaK != 0 || head_dim < kMmaK || head_dim > kCudaMaxHeadDim) {
-    return false;
-  }
-  int device = 0, major = 0, optin = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-    return false;
-  }
-  return major >= 8 && bw_shared_bytes(static_cast<int>(head_dim)) <= static_cast<size_t>(optin);
+  if (head_dim < 0 || head_dim > kCudaMaxHeadDim) return false;
+  return tc_attention_runs_here(kind, head_dim, bw_shared_bytes(static_cast<int>(head_dim)));
 }
 
 cudaError_t attention_backward_tc_cuda(ScalarKind kind, const void* grad_out, const void* q, const void* k,

@@ -53,6 +53,7 @@
 #include <type_traits>
 
 #include "cuda_common.cuh"  // from_float
+#include "kernels_cuda.h"   // ScalarKind, kCudaMaxHeadDim
 
 namespace minibert {
 
@@ -157,6 +158,24 @@ __device__ __forceinline__ void cp_async_wait() {
 // The attention kernels' products all take one of two shapes. A is a 16 x 16 A fragment in registers; B
 // is a matrix in shared memory, row-major with a row stride of `ld` elements (16-byte aligned rows), and
 // acc holds N n8 tiles of C (N even: one ldmatrix.x4 brings the B fragments of two tiles).
+
+// ---- Where the tensor-core attention kernels run (host) ---------------------------------------------------
+// Both take float16/bfloat16 with a head size that is a multiple of the mma's k (16), up to
+// kCudaMaxHeadDim, on a device of compute capability 8.0 or newer whose opt-in shared memory per block
+// holds `smem` bytes (their tiles at that head size). Anything else, or a device that cannot be queried,
+// runs the SIMT kernels.
+inline bool tc_attention_runs_here(ScalarKind kind, int64_t head_dim, size_t smem) {
+  if (kind == ScalarKind::kFloat32 || head_dim % 16 != 0 || head_dim < 16 || head_dim > kCudaMaxHeadDim) {
+    return false;
+  }
+  int device = 0, major = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    return false;
+  }
+  return major >= 8 && smem <= static_cast<size_t>(optin);
+}
 
 // ---- Staging rows into shared memory ---------------------------------------------------------------------
 // The shared tiles of both attention kernels keep rows of D elements padded to D + 8: a row is then an odd
