@@ -308,6 +308,28 @@ template <typename T>
 inline T atomicAdd(T* p, T v) {
   return emu_atomic_update<T>(p, [](T a, T b) { return static_cast<T>(a + b); }, v);
 }
+#if __CUDA_ARCH__ >= 900
+// sm_90's vector atomicAdd on float2 / float4 (one red.global.add.v2/v4.f32): as on the GPU, each component
+// is added atomically on its own (the vector as a whole is not one atomic), and the address must be aligned
+// to the vector's size. Declared for sm_90 only, as CUDA's headers do, so an sm_80 build that calls it fails.
+template <typename V>
+inline V emu_vector_atomic_add(V* p, V v) {
+  if (reinterpret_cast<uintptr_t>(p) % sizeof(V) != 0) {
+    ::emu::fail("atomicAdd(float" + std::to_string(sizeof(V) / 4) + "*): the address is not " + std::to_string(sizeof(V)) +
+         "-byte aligned");
+  }
+  float* f = reinterpret_cast<float*>(p);
+  const float* add = reinterpret_cast<const float*>(&v);
+  V old;
+  float* o = reinterpret_cast<float*>(&old);
+  for (size_t c = 0; c < sizeof(V) / 4; ++c) {
+    o[c] = emu_atomic_update<float>(f + c, [](float a, float b) { return a + b; }, add[c]);
+  }
+  return old;
+}
+inline float2 atomicAdd(float2* p, float2 v) { return emu_vector_atomic_add(p, v); }
+inline float4 atomicAdd(float4* p, float4 v) { return emu_vector_atomic_add(p, v); }
+#endif
 template <typename T>
 inline T atomicMax(T* p, T v) {
   return emu_atomic_update<T>(p, [](T a, T b) { return a > b ? a : b; }, v);

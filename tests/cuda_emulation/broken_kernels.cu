@@ -37,6 +37,14 @@ __global__ void shifted_kernel(const float* x, float* out, int shift, int read) 
   }
 }
 
+#if __CUDA_ARCH__ >= 900
+// sm_90's vector atomic: each of 32 threads adds (1, 2, 3, 4) to out[shift .. shift + 3] with one
+// atomicAdd(float4*), which needs a 16-byte aligned address (shift a multiple of 4).
+__global__ void vector_add_kernel(float* out, int shift) {
+  atomicAdd(reinterpret_cast<float4*>(out + shift), make_float4(1.0f, 2.0f, 3.0f, 4.0f));
+}
+#endif
+
 // Sums x into out[0]: with atomicAdd (`atomic` 1) or as a plain read-modify-write (a race).
 __global__ void sum_kernel(const float* x, float* out, int n, int atomic) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -228,6 +236,18 @@ int emu_op_sum(void** b, const int64_t* i, const double*) {
   sum_kernel<<<(n + threads - 1) / threads, threads>>>(static_cast<const float*>(b[0]), static_cast<float*>(b[1]), n,
                                                         static_cast<int>(i[1]));
   return cudaGetLastError();
+}
+
+// buffers: out (16-byte aligned). ints: shift. Built below sm_90 there is no float4 atomicAdd to call.
+int emu_op_vector_add(void** b, const int64_t* i, const double*) {
+#if __CUDA_ARCH__ >= 900
+  vector_add_kernel<<<1, 32>>>(static_cast<float*>(b[0]), static_cast<int>(i[0]));
+  return cudaGetLastError();
+#else
+  (void)b;
+  (void)i;
+  return cudaErrorInvalidDeviceFunction;
+#endif
 }
 
 int emu_op_divergent(void** b, const int64_t*, const double*) {

@@ -38,11 +38,13 @@ def attention_forward_tc_supported(emu, dtype, head_dim) -> bool:
 
 
 def attention_backward(emu, grad_out, q, k, v, out, lse, key_mask=None, grad_lse=None, scale=None, p=0.0, seed=0,
-                       offset=0, path=AUTO):
+                       offset=0, path=AUTO, dq_shift=0):
     """(dq, dk, dv) as the binding computes them: dq accumulated in float32, then cast to q's dtype. path:
-    attention_backward_cuda's own choice (AUTO), the SIMT kernel or the tensor-core kernel."""
+    attention_backward_cuda's own choice (AUTO), the SIMT kernel or the tensor-core kernel. dq_shift > 0
+    starts the float32 dQ accumulator that many floats into its buffer (not 16-byte aligned, unlike the
+    binding's)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    dq_acc = torch.zeros(q.shape, dtype=torch.float32)
+    dq_acc = torch.zeros(q.numel() + dq_shift, dtype=torch.float32)[dq_shift:].view(q.shape)
     dk, dv = _nan_like(k), _nan_like(v)
     row_d = torch.full(q.shape[:3], float("nan"), dtype=torch.float32)
     mask = None if key_mask is None else key_mask.to(torch.uint8).contiguous()

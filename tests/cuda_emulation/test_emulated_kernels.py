@@ -448,6 +448,26 @@ def test_tensor_core_backward_does_not_depend_on_the_thread_order_or_alignment(e
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
+@pytest.mark.parametrize("dt, Sq, Sk, D", [(BF16, 100, 130, 64), (F16, 33, 70, 48), (BF16, 40, 17, 128)])
+def test_sm90_adds_dq_four_floats_at_a_time_with_the_same_result(emu, dt, Sq, Sk, D):
+    """Built for sm_90, the tensor-core backward adds dQ with float4 atomics (lanes swapping half rows);
+    with the accumulator 4 bytes off 16-byte alignment it takes the scalar atomics. Either way every element
+    receives the same additions in the same order as the sm_80 build (the emulator runs blocks in order),
+    so the bits agree, and dQ agrees with float64 autograd."""
+    sm90 = harness.Emulator(arch=900)
+    q, k, v, mask = make_inputs(2, 2, Sq, Sk, D, dt, "ragged", seed=6)
+    out, lse = K.attention_forward(emu, q, k, v, mask, p=0.1, seed=2)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(dt)
+    args = (grad_out, q, k, v, out, lse, mask)
+    sm80 = K.attention_backward(emu, *args, p=0.1, seed=2, path=K.TENSOR_CORE)
+    vector = K.attention_backward(sm90, *args, p=0.1, seed=2, path=K.TENSOR_CORE)
+    scalar = K.attention_backward(sm90, *args, p=0.1, seed=2, path=K.TENSOR_CORE, dq_shift=1)
+    for got in (vector, scalar):
+        assert all(torch.equal(a, b) for a, b in zip(got, sm80))
+    want = float64_grads(q, k, v, mask, grad_out, None, D ** -0.5, 0.1, 2, 0)
+    assert rel_err(vector[0], want[0])[0] < 1e-2
+
+
 @pytest.mark.parametrize("dt", [F16, BF16])
 def test_tensor_core_backward_falls_back_where_its_shared_memory_does_not_fit(dt):
     """75,264 bytes at D = 128 (32 query rows per block), 65,536 at D = 64: every head size fits an sm_86

@@ -209,6 +209,24 @@ def test_a_gpu_without_a_kernel_image_refuses_the_launch(device, runs):
             emu.call("launch_config", [torch.zeros(1)], [1, 1, 32])
 
 
+def test_vector_atomics_are_sm90_only_and_need_16_byte_alignment(emu, tmp_path):
+    """atomicAdd(float4*) adds each component atomically (32 threads: 32 x (1, 2, 3, 4)); a misaligned address
+    fails the launch, as it faults on the GPU; and CUDA declares it for sm_90 only, so an sm_80 build fails."""
+    sm90 = harness.Emulator(sources=[BROKEN], arch=900)
+    out = torch.zeros(12)
+    sm90.call("vector_add", [out], [4])
+    assert out.tolist() == [0] * 4 + [32, 64, 96, 128] + [0] * 4
+    with pytest.raises(harness.EmulatedCudaError, match=r"atomicAdd\(float4\*\): the address is not 16-byte aligned"):
+        sm90.call("vector_add", [torch.zeros(12)], [2])
+    with pytest.raises(harness.EmulatedCudaError, match="cudaError 98"):
+        emu.call("vector_add", [torch.zeros(12)], [4])
+    source = tmp_path / "add4.cu"
+    source.write_text("#include <cuda_runtime.h>\n__global__ void k(float* p) "
+                      "{ atomicAdd(reinterpret_cast<float4*>(p), make_float4(1, 2, 3, 4)); }\n")
+    with pytest.raises(harness.EmulationBuildError):
+        harness.build([source])
+
+
 def test_unemulated_cuda_is_a_clear_build_error(tmp_path):
     source = tmp_path / "uses_ldg.cu"
     source.write_text("#include <cuda_runtime.h>\n__global__ void k(const float* x, float* y) "
