@@ -12,7 +12,9 @@
 #    The benchmarks' results land in benchmarks/results/*-cuda-<gpu>.{json,png} as always.
 # Each stage has its own time limit and writes its log to LOG_DIR (default: cuda-check/) as it goes, so a
 # stage that hangs or fails leaves the logs of the others; the last lines printed are a summary. PYTHON
-# picks the interpreter (default python3).
+# picks the interpreter (default python3). ONLY="cuda-tests attention-d64" runs those stages alone (names as
+# in the summary; the build and the backend check always run): a second pass after a change, when GPU time
+# is short.
 set -u
 LOG_DIR=${1:-cuda-check}
 PY=${PYTHON:-python3}
@@ -37,6 +39,9 @@ torch.cuda.synchronize()"
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to LOG_DIR/NAME.log, note the outcome
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
+    if [ -n "${ONLY:-}" ] && [ "$name" != build ] && [ "$name" != backend ] && [[ " $ONLY " != *" $name "* ]]; then
+        return 0
+    fi
     echo "=== $name: $*"
     timeout --kill-after=10 "$limit" "$@" > "$LOG_DIR/$name.log" 2>&1
     rc=$?
@@ -73,7 +78,7 @@ assert info['cuda_kernels'] and info['cuda_device_present'], 'the extension was 
     stage attention-d128 300 $PY benchmarks/attention.py --device cuda --batch 8 --head-dim 128
     stage pretrain 300 $PY -m minibert pretrain --device cuda --amp --steps 300 --quiet --overwrite \
         --out "$LOG_DIR/pretrain-run"
-    find "$LOG_DIR/pretrain-run" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # keep the logs only
+    [ -d "$LOG_DIR/pretrain-run" ] && find "$LOG_DIR/pretrain-run" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # keep the logs only
 fi
 echo "=== summary (logs in $LOG_DIR)"
 printf '%s\n' "${summary[@]}"
