@@ -329,6 +329,7 @@ def test_sigint_saves_and_resume_continues_the_same_losses(tiny_data, tmp_path, 
     pretrain.main(tiny_args(tiny_data, full, 12, *extra))
 
     stopped = tmp_path / "stopped"
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN, not Python's default, in a shell's background job
     restore = kill_at_step(monkeypatch, 7)
     with pytest.raises(signals.Interrupted) as e:
         pretrain.main(tiny_args(tiny_data, stopped, 12, *extra))
@@ -336,7 +337,7 @@ def test_sigint_saves_and_resume_continues_the_same_losses(tiny_data, tmp_path, 
     assert e.value.exit_status == 130
     assert str(e.value).startswith("stopped at step 7 of 12; resume with: minibert pretrain --corpus ")
     assert f" --out {stopped} " in str(e.value) and str(e.value).endswith(" --lr 3e-3 --resume")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     assert torch.load(stopped / "last" / trainer_state.TRAINER_STATE, weights_only=True)["step"] == 7
 
     pretrain.main(tiny_args(tiny_data, stopped, 12, *extra, "--resume"))
@@ -539,6 +540,7 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
 
 
 def test_stop_request_first_signal_asks_a_repeat_is_ignored_a_later_one_interrupts(monkeypatch):
+    before = signal.getsignal(signal.SIGINT)
     with signals.StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C again (torchrun forwards it): ignored
@@ -546,7 +548,7 @@ def test_stop_request_first_signal_asks_a_repeat_is_ignored_a_later_one_interrup
         monkeypatch.setattr(signals, "REPEAT_SECONDS", 0.0)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     assert signals.Interrupted("x", "SIGTERM").exit_status == 143
 
 
