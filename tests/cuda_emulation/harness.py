@@ -94,8 +94,8 @@ def translate(text: str, name: str) -> str:
 
 _SANITIZER_FLAGS = {
     None: ["-O2", "-fPIC"],
-    "address": ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-DEMU_THREADS"],
-    "thread": ["-O1", "-g", "-fsanitize=thread", "-DEMU_THREADS"],
+    "address": ["-O1", "-g1", "-fsanitize=address", "-fno-omit-frame-pointer", "-DEMU_THREADS"],
+    "thread": ["-O1", "-g1", "-fsanitize=thread", "-DEMU_THREADS"],
 }
 
 
