@@ -315,8 +315,9 @@ inline T atomicAdd(T* p, T v) {
 template <typename V>
 inline V emu_vector_atomic_add(V* p, V v) {
   if (reinterpret_cast<uintptr_t>(p) % sizeof(V) != 0) {
-    ::emu::fail("atomicAdd(float" + std::to_string(sizeof(V) / 4) + "*): the address is not " + std::to_string(sizeof(V)) +
-         "-byte aligned");
+    const std::string size = std::to_string(sizeof(V));
+    ::emu::fail("atomicAdd(float" + std::to_string(sizeof(V) / 4) + "*): the address is not " + size +
+                "-byte aligned");
   }
   float* f = reinterpret_cast<float*>(p);
   const float* add = reinterpret_cast<const float*>(&v);

@@ -9,10 +9,11 @@ and bfloat16 relative error < 1e-2 and at most twice that of torch's own eager a
 precision. Dropout masks must equal the CPU kernel's and NumPy's bit for bit.
 
 The kernels: attention forward (SIMT and tensor-core) and backward, GELU and bias+GELU, dropout,
-residual + dropout + LayerNorm (layernorm_cuda.cu) and cross-entropy (cross_entropy_cuda.cu). The default slice is a few small shapes per kernel
-(under a minute on 2 cores once built); ``MINIBERT_EMU_FULL=1`` runs every head size 16-128 with ragged
-S, both attention kernels, every dtype and wider LayerNorm rows. The sanitizer builds (slow) run a small
-shape of each kernel under AddressSanitizer and ThreadSanitizer.
+residual + dropout + LayerNorm (layernorm_cuda.cu) and cross-entropy (cross_entropy_cuda.cu). The default
+slice is a few small shapes per kernel (under a minute on 2 cores once built), and the tensor-core backward
+also built for sm_90 (its float4 dQ atomics); ``MINIBERT_EMU_FULL=1`` runs every head size 16-128 with
+ragged S, both attention kernels, every dtype and wider LayerNorm rows. The sanitizer builds (slow) run a
+small shape of each kernel under AddressSanitizer and ThreadSanitizer.
 """
 import itertools
 import os
