@@ -370,11 +370,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, weight, bias, labels, ignore_index):
         logits = torch.nn.functional.linear(x, weight, bias)                      # [N, V]
         rows = (labels != ignore_index).nonzero().squeeze(1)                      # [M]: the predicted rows
-        picked, picked_labels = logits.index_select(0, rows), labels.index_select(0, rows)  # [M, V], [M]
+        every = rows.numel() == labels.numel()  # e.g. masked_positions_only: then no row copies at all
+        if every:
+            picked, picked_labels = logits, labels
+        else:
+            picked, picked_labels = logits.index_select(0, rows), labels.index_select(0, rows)  # [M, V], [M]
         loss_rows, lse = _row_losses(picked, picked_labels, ignore_index)
-        loss = loss_rows.new_zeros(labels.shape).index_copy_(0, rows, loss_rows)  # [N], 0 at ignored rows
+        loss = loss_rows if every else loss_rows.new_zeros(labels.shape).index_copy_(0, rows, loss_rows)  # [N]
         ctx.save_for_backward(x, weight, rows, picked, picked_labels, lse)
-        ctx.has_bias, ctx.ignore_index = bias is not None, ignore_index
+        ctx.has_bias, ctx.ignore_index, ctx.every = bias is not None, ignore_index, every
         ctx.set_materialize_grads(False)  # grad_logits is None unless the caller differentiates the logits
         return logits, loss
 
@@ -385,13 +389,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if grad_loss is None:  # only the logits were differentiated: a plain linear layer's backward
             d_picked = None
         else:
-            d_picked = _row_losses_backward(grad_loss.index_select(0, rows), picked, picked_labels, lse,
-                                            ctx.ignore_index)                     # [M, V]
+            d_picked = _row_losses_backward(grad_loss if ctx.every else grad_loss.index_select(0, rows), picked,
+                                            picked_labels, lse, ctx.ignore_index)  # [M, V]
         if grad_logits is not None:
             d = grad_logits if d_picked is None else grad_logits.index_add(0, rows, d_picked.to(grad_logits.dtype))
             rows, x_rows = None, x                                                # all N rows take part
         elif d_picked is not None:
-            d, x_rows = d_picked, x.index_select(0, rows)
+            d, x_rows = d_picked, x if ctx.every else x.index_select(0, rows)
+            rows = None if ctx.every else rows
         else:
             return None, None, None, None, None
         dx = dweight = dbias = None
