@@ -520,6 +520,31 @@ def test_clear_errors(tiny_data, tmp_path):
         pretrain.main(tiny_args(tiny_data, tmp_path / "d", 1, "--minutes", "1"))
 
 
+@pytest.mark.parametrize("dtype, scale, rtol", [(torch.float64, 1.0, 1e-13), (torch.float32, 1.0, 1e-5),
+                                                (torch.float32, 1e20, 1e-5)])  # 1e20: squares overflow float32
+def test_clip_and_step_matches_the_reference_global_norm_clip(dtype, scale, rtol):
+    """The global norm (BLAS dot products, summed in float64) and the clipped gradients against the NumPy
+    reference's float64 clip_by_global_norm; a norm whose squares overflow float32 is still found."""
+    from minibert.reference.optim import clip_grad_norm
+    from minibert.train.common import clip_and_step
+    model = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.LayerNorm(200)).to(dtype)
+    gen = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen, dtype=dtype) * scale
+    grads = {n: p.grad.double().numpy().copy() for n, p in model.named_parameters()}
+    want_grads, want_norm = clip_grad_norm(grads, 1.0)
+    seen = {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer.step = lambda: seen.update({n: p.grad.double().numpy() for n, p in model.named_parameters()})
+    norm = clip_and_step(model, optimizer, 0.0, 1.0)
+    assert norm == pytest.approx(want_norm, rel=rtol) and want_norm > 1.0
+    for n, g in seen.items():
+        np.testing.assert_allclose(g, want_grads[n], rtol=rtol, atol=0)
+    model[0].weight.grad = torch.full_like(model[0].weight, float("nan"))
+    with pytest.raises(FloatingPointError, match="diverged"):
+        clip_and_step(model, optimizer, 0.0, 1.0)
+
+
 def test_checkpoint_swap_recovers_from_a_crash_between_renames(tmp_path):
     """A crash after moving OUT/last aside but before renaming the new one in: the old one is recovered."""
     write = lambda d: open(os.path.join(d, "weights"), "w").write("v1")  # noqa: E731
