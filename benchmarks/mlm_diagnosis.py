@@ -9,7 +9,9 @@ before it learns to read its context, so this script splits the accuracy by kind
 attention heads look (the mean weight a head puts on the tokens 1 and 2 positions away, against the
 ``1/length`` of uniform attention) and what the context could give: a count-based oracle that predicts a
 ``[MASK]`` from its neighbours in the training documents (the most frequent token after the previous
-token, before the next one, or between both). Same held-out questions as ``minibert pretrain``'s
+token, before the next one, or between both), and the accuracy by position in the sequence (the default
+trains most of its steps on 32-token sequences, and only its last phase reaches position 127). Same
+held-out questions as ``minibert pretrain``'s
 evaluation (same documents, seed and 15% masks). Results: ``benchmarks/results/mlm_diagnosis-<machine>.{json,png}``.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from minibert.train import pretrain_args, state
 from minibert.train.data import prepare_data, read_split
 
 OFFSETS = (-2, -1, 1, 2)
+POSITION_BINS = (0, 8, 16, 32, 48, 64, 96, 128)  # [start, end) ranges of positions
 
 
 def accuracy_by_kind(model, batches: list[dict], mask_id: int) -> dict:
@@ -45,6 +48,22 @@ def accuracy_by_kind(model, batches: list[dict], mask_id: int) -> dict:
                 counts[kind][0] += int((predicted[sel] == labels[sel]).sum())
                 counts[kind][1] += int(sel.sum())
     return {kind: {"accuracy": right / max(n, 1), "count": n} for kind, (right, n) in counts.items()}
+
+
+def accuracy_by_position(model, batches: list[dict]) -> list[dict]:
+    """Held-out MLM accuracy of the predicted positions in each range of POSITION_BINS (all kinds together)."""
+    right, count = np.zeros(len(POSITION_BINS) - 1), np.zeros(len(POSITION_BINS) - 1)
+    with torch.no_grad():
+        for b in batches:
+            out = model(input_ids=torch.as_tensor(b["input_ids"]), token_type_ids=torch.as_tensor(b["token_type_ids"]),
+                        attention_mask=torch.as_tensor(b["attention_mask"]))
+            predicted = out.prediction_logits.argmax(-1).numpy()
+            rows, cols = np.nonzero(b["labels"] != -100)
+            where = np.searchsorted(POSITION_BINS, cols, side="right") - 1   # the range of each position
+            np.add.at(right, where, predicted[rows, cols] == b["labels"][rows, cols])
+            np.add.at(count, where, 1)
+    return [{"positions": f"{lo}-{hi - 1}", "accuracy": r / max(n, 1), "count": int(n)}
+            for lo, hi, r, n in zip(POSITION_BINS, POSITION_BINS[1:], right, count) if n]
 
 
 def attention_by_offset(model, batch: dict) -> list[dict]:
@@ -111,7 +130,7 @@ def plot(result: dict):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     kinds = result["accuracy_by_kind"]
     names = ["[MASK]", "random", "kept", *result["neighbour_oracle"]]
     values = [kinds["mask"]["accuracy"], kinds["random"]["accuracy"], kinds["kept"]["accuracy"],
@@ -129,6 +148,11 @@ def plot(result: dict):
     axes[1].plot(labels, [r["uniform"] for r in heads], color="black", linestyle="--", label="uniform")
     axes[1].set_title("mean attention weight on nearby tokens")
     axes[1].legend()
+    positions = result["accuracy_by_position"]
+    axes[2].bar([r["positions"] for r in positions], [100 * r["accuracy"] for r in positions], color="tab:blue")
+    axes[2].set_title("held-out MLM accuracy by position in the sequence")
+    axes[2].set_ylabel("%")
+    axes[2].tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
 
@@ -152,7 +176,8 @@ def main(argv=None) -> None:
     result = {"model": args.model, "accuracy_by_kind": accuracy_by_kind(model, data.eval_batches, mask_id),
               "unigram_baseline_mlm_acc": data.unigram_accuracy,
               "neighbour_oracle": neighbour_oracle(train_docs, tokenizer, data.eval_batches, mask_id),
-              "attention": attention_by_offset(model, data.eval_batches[0])}
+              "attention": attention_by_offset(model, data.eval_batches[0]),
+              "accuracy_by_position": accuracy_by_position(model, data.eval_batches)}
     kinds = result["accuracy_by_kind"]
     print(f"held-out MLM accuracy by what the model saw at the predicted position ({args.model}):")
     for kind, label in (("mask", "[MASK] (80%: read the context)"), ("random", "a random token (10%)"),
@@ -168,6 +193,9 @@ def main(argv=None) -> None:
     for r in result["attention"]:
         print(f"  layer {r['layer']} head {r['head']}: " + " ".join(f"{r[f'offset{o:+d}']:.3f}" for o in OFFSETS)
               + f"   uniform {r['uniform']:.3f}")
+    print("held-out MLM accuracy by position in the sequence:")
+    for r in result["accuracy_by_position"]:
+        print(f"  positions {r['positions']:8} {100 * r['accuracy']:5.1f}%  of {r['count']:,}")
     print("saved", save_json(args.name, result), save_figure(plot(result), args.name))
 
 
