@@ -164,7 +164,7 @@ def test_every_help_shows_every_default(capsys):
         main(["pretrain", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for shown in ("encoder layers (default: 2)", "peak learning rate (default: 0.0005)",
-                  "(default: linear)", "(default: runs/pretrain)", "(default: 100)"):
+                  "(default: wsd)", "(default: runs/pretrain)", "(default: 100)"):
         assert shown in text, shown
     with pytest.raises(SystemExit):
         main(["finetune", "classify", "--help"])

@@ -204,13 +204,15 @@ class FakeClock:
         return self.now
 
 
-def test_time_budget_schedule_is_a_function_of_the_time_spent(monkeypatch):
+@pytest.mark.parametrize("schedule", ["linear", "wsd"])
+def test_time_budget_schedule_is_a_function_of_the_time_spent(monkeypatch, schedule):
     """Warm-up over the first --warmup-ratio of the time, then linear decay reaching 0 when the time for
-    steps runs out (the budget less the measured final evaluation + checkpoint + one step + finish)."""
+    steps runs out (the budget less the measured final evaluation + checkpoint + one step + finish):
+    from the end of the warm-up (linear), or over the last --decay-ratio after holding the peak (wsd)."""
     clock = FakeClock()
     monkeypatch.setattr(budget, "clock", clock)
     plan = budget.TimeBudget(100.0, peak_lr=1.0, warmup_ratio=0.1, eval_every_s=60, save_every_s=60,
-                             evaluates=True)
+                             evaluates=True, schedule=schedule, decay_ratio=0.3)
     plan.start()
     assert plan.after_step(1) == {"eval": 1.0, "save": 1.0}  # never measured: right after the first step
     plan.measured("eval", 5.0)
@@ -218,10 +220,10 @@ def test_time_budget_schedule_is_a_function_of_the_time_spent(monkeypatch):
     plan.measured("step", 2.0)
     assert plan.after_step(2) == {"eval": 0.0, "save": 0.0}
     available = 100.0 - (5.0 + 3.0 + 2.0 + budget.FINISH_SECONDS)  # 89 s of stepping
-    for t in (0.0, 4.45, 8.9, 20.0, 44.5, 80.0, 88.9):
+    for t in (0.0, 4.45, 8.9, 20.0, 44.5, 62.3, 70.0, 80.0, 88.9):
         clock.now = t
         f = t / available
-        expected = f / 0.1 if f < 0.1 else 1.0 - f
+        expected = f / 0.1 if f < 0.1 else 1.0 - f if schedule == "linear" else min(1.0, (1.0 - f) / 0.3)
         decision = plan.before_step(0)
         assert decision["lr"] == pytest.approx(expected, abs=1e-12), t
         assert decision["finished"] == 0.0 and decision["progress"] == pytest.approx(f, abs=1e-12)
@@ -278,14 +280,17 @@ def minutes_args(tiny_data, out, minutes, *extra):
     return args
 
 
-def test_minutes_run_ends_on_time_with_the_rate_decayed_under_slow_uneven_steps(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("schedule, decay_ratio", [("wsd", 0.5), ("linear", 1.0)])
+def test_minutes_run_ends_on_time_with_the_rate_decayed_under_slow_uneven_steps(tiny_data, tmp_path, monkeypatch,
+                                                                                schedule, decay_ratio):
     """A 1.5-minute budget on a machine whose steps take 0.5-12 s: the run ends within the budget (+ at
     most one step longer than any seen before it), the rate decays to ~0 at the last step, and the final
     evaluation and checkpoint are inside. Every step logs its lr and elapsed seconds."""
     clock = FakeClock()
     durations = slow_uneven_machine(monkeypatch, clock)
     out = tmp_path / "run"
-    summary = pretrain.main(minutes_args(tiny_data, out, 1.5, "--lr", "1e-3"))
+    summary = pretrain.main(minutes_args(tiny_data, out, 1.5, "--lr", "1e-3", "--schedule", schedule,
+                                         "--decay-ratio", str(decay_ratio)))
     rows, evals = read_rows(out), read_rows(out, "eval")
     assert len(rows) == summary["steps"] == len(durations) >= 10
     assert clock.now == pytest.approx(summary["seconds"])
@@ -300,7 +305,10 @@ def test_minutes_run_ends_on_time_with_the_rate_decayed_under_slow_uneven_steps(
     assert lrs[peak:] == sorted(lrs[peak:], reverse=True)                   # then decay ...
     # ... to zero at the end of the stepping time: the last step starts within one step (and a checkpoint
     # or evaluation that fell between) of it, so its rate is that share of the peak.
-    assert lrs[-1] <= 1e-3 * (max(durations) + 5.0 + 2.0) / 90.0
+    # (wsd decays over the last decay_ratio of the time, so 1/decay_ratio times as steeply.)
+    assert lrs[-1] <= 1e-3 * (max(durations) + 5.0 + 2.0) / (90.0 * decay_ratio)
+    if schedule == "wsd":  # the peak is held between the warm-up and the decay
+        assert sum(lr == pytest.approx(1e-3, rel=1e-12) for lr in lrs) >= 2
     assert "time budget" in summary["stopped"]
     saved = torch.load(out / "last" / trainer_state.TRAINER_STATE, weights_only=True)
     assert saved["finished"] and saved["budget"]["seconds"] == 90.0
@@ -384,13 +392,13 @@ def test_resuming_a_minutes_run_continues_with_the_budget_left(tiny_data, tmp_pa
     out = tmp_path / "run"
     restore = kill_at_step(monkeypatch, 12)
     with pytest.raises(signals.Interrupted, match=r"stopped at step 12 \(0\.\d\d of 1 min spent"):
-        pretrain.main(minutes_args(tiny_data, out, 1))
+        pretrain.main(minutes_args(tiny_data, out, 1, "--schedule", "linear"))  # linear: decays from the start
     restore()
     monkeypatch.undo()
     spent = read_rows(out)[-1]["elapsed"]
     clock.now = 1000.0  # a new process: its clock starts anywhere
     durations = slow_uneven_machine(monkeypatch, clock, seed=2)
-    summary = pretrain.main(minutes_args(tiny_data, out, 1, "--resume"))
+    summary = pretrain.main(minutes_args(tiny_data, out, 1, "--schedule", "linear", "--resume"))
     assert f"resuming {out} at step 12: " in capsys.readouterr().out
     rows = read_rows(out)
     assert [r["step"] for r in rows] == list(range(1, summary["steps"] + 1)) and summary["steps"] > 12
@@ -400,11 +408,26 @@ def test_resuming_a_minutes_run_continues_with_the_budget_left(tiny_data, tmp_pa
 
 
 def test_schedules_of_a_steps_run(tiny_data, tmp_path):
-    """--schedule noam: warm-up to --lr, then 1/sqrt(step); constant: --lr throughout."""
+    """--schedule wsd (the default): warm-up, the peak, a linear decay to 0 over the last --decay-ratio of the
+    steps; linear: BERT's; noam: warm-up to --lr, then 1/sqrt(step); constant: --lr throughout."""
+    lr = pretrain_args.DEFAULT_LR
+    wsd = tmp_path / "wsd"
+    pretrain.main(tiny_args(tiny_data, wsd, 10, "--eval-every", "0", "--warmup-steps", "2", "--decay-ratio", "0.4"))
+    expected = [0.0, 0.5 * lr, lr, lr, lr, lr, lr, 0.75 * lr, 0.5 * lr, 0.25 * lr]  # 4 decay steps: 10 - s of 4
+    np.testing.assert_allclose([r["lr"] for r in read_rows(wsd)], expected, rtol=1e-12, atol=0)
+    linear = tmp_path / "linear"
+    pretrain.main(tiny_args(tiny_data, linear, 10, "--eval-every", "0", "--warmup-steps", "2", "--schedule", "linear"))
+    expected = [0.0, 0.5 * lr] + [lr * (1 - s / 10) for s in range(2, 10)]
+    np.testing.assert_allclose([r["lr"] for r in read_rows(linear)], expected, rtol=1e-12, atol=0)
+    for bad, message in ((["--decay-ratio", "0"], "--decay-ratio must be in"),
+                         (["--warmup-steps", "7", "--decay-ratio", "0.4"], "exceed --steps 10")):
+        with pytest.raises(ValueError, match=message):
+            pretrain.main(tiny_args(tiny_data, tmp_path / "bad", 10, *bad))
+    with pytest.raises(ValueError, match="sum must be at most 1"):
+        pretrain.main(minutes_args(tiny_data, tmp_path / "bad", 1, "--warmup-ratio", "0.5", "--decay-ratio", "0.6"))
     noam = tmp_path / "noam"
     pretrain.main(tiny_args(tiny_data, noam, 8, "--eval-every", "0", "--schedule", "noam", "--warmup-steps", "4"))
     lrs = [r["lr"] for r in read_rows(noam)]
-    lr = pretrain_args.DEFAULT_LR
     expected = [lr * min((4 / (s + 1)) ** 0.5, (s + 1) / 4) for s in range(8)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-12)
     assert max(lrs) == pytest.approx(lr) and lrs[3] == pytest.approx(lr)

@@ -33,6 +33,27 @@ def linear_warmup_decay(step: int, base_lr: float, warmup_steps: int, total_step
     return base_lr * max(0.0, 1.0 - step / total_steps)
 
 
+def warmup_stable_decay(step: int, base_lr: float, warmup_steps: int, decay_steps: int, total_steps: int) -> float:
+    """Warm-up, stable, decay ("WSD"; Hu et al., 2024, MiniCPM; Hägele et al., 2024):
+
+        lr = base_lr * step / warmup_steps                        while step < warmup_steps,
+        lr = base_lr                                              until total_steps - decay_steps,
+        lr = base_lr * max(0, (total_steps - step) / decay_steps)  after: linear to 0 at total_steps.
+
+    BERT's schedule spends the whole run decaying, so its average rate is half the peak; this one holds
+    the peak and anneals only at the end, which is where the loss of a WSD run drops. ``minibert pretrain``
+    uses it with the decay on its last, 128-token phase. Steps and totals may be fractions of a time
+    budget instead of step counts (``step`` = the fraction spent, ``total_steps`` = 1.0).
+    """
+    _check_step(step)
+    if warmup_steps < 0 or decay_steps <= 0 or warmup_steps + decay_steps > total_steps:
+        raise ValueError(f"need warmup_steps >= 0, decay_steps > 0 and warmup_steps + decay_steps <= total_steps, "
+                         f"got {warmup_steps}, {decay_steps}, {total_steps}")
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    return base_lr * min(1.0, max(0.0, (total_steps - step) / decay_steps))
+
+
 def inverse_sqrt(step: int, d_model: int, warmup_steps: int, factor: float = 1.0) -> float:
     """The Transformer's schedule (Vaswani et al., 2017, eq. 3), with step_num = step + 1 (1-based there):
 

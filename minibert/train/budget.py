@@ -1,13 +1,16 @@
 """The run's clock: what the loop should do before and after each step of a ``--steps`` or ``--minutes`` run.
 
-``--steps N`` (:class:`StepPlan`): the learning rate is a function of the step, BERT's linear warm-up then
-linear decay (or ``--schedule noam|constant``); an evaluation every ``--eval-every`` steps and a
-checkpoint every ``--save-every`` steps. Nothing depends on the clock, so the run is exactly reproducible.
+``--steps N`` (:class:`StepPlan`): the learning rate is a function of the step: warm-up, the peak held,
+then a linear decay to zero over the last ``--decay-ratio`` of the steps (``--schedule wsd``, the
+default), or BERT's warm-up then linear decay over the whole run (``linear``), or ``noam`` / ``constant``;
+an evaluation every ``--eval-every`` steps and a checkpoint every ``--save-every`` steps. Nothing depends
+on the clock, so the run is exactly reproducible.
 
 ``--minutes N`` (:class:`TimeBudget`): the learning rate is a function of the *fraction of the budget
 spent*, as in budgeted pretraining (Cramming, Geiping & Goldstein 2022, ties its one-cycle schedule to
-the elapsed time): warm-up over the first ``--warmup-ratio`` of the time, then a linear decay that
-reaches zero exactly when the time for training steps runs out. No step count is planned up front, so a
+the elapsed time): warm-up over the first ``--warmup-ratio`` of the time, then (``wsd``) the peak until
+the last ``--decay-ratio`` of the time or (``linear``) a decay from the start, reaching zero exactly
+when the time for training steps runs out. No step count is planned up front, so a
 machine that slows down in mid-run (other jobs start) gets fewer steps, each at the right point of the
 schedule, and the run still ends on time with the rate decayed. What must be left at the end is
 measured, not guessed: right after the first step the loop evaluates and checkpoints once (real,
@@ -24,21 +27,26 @@ from __future__ import annotations
 import collections
 import time
 
-from minibert.reference.schedules import constant, inverse_sqrt, linear_warmup_decay
+from minibert.reference.schedules import constant, inverse_sqrt, linear_warmup_decay, warmup_stable_decay
 from minibert.train import distributed
+from minibert.train.pretrain_args import decay_steps, warmup_steps
 
 clock = time.perf_counter  # seconds; tests replace it (budget.clock = fake)
 STEP_WINDOW = 10        # the step-time estimate is the slowest of the last this-many steps
 FINISH_SECONDS = 1.0    # after the final checkpoint: summary, curves, a few fill-mask examples
-SCHEDULES = ("linear", "noam", "constant")
+SCHEDULES = ("wsd", "linear", "noam", "constant")
+TIME_SCHEDULES = ("wsd", "linear")  # those that decay to zero at the end, so a --minutes run can follow them
 
 
-def step_schedule(kind: str, peak_lr: float, warmup_steps: int, total_steps: int):
+def step_schedule(kind: str, peak_lr: float, warmup_steps: int, total_steps: int, decay_steps: int = 0):
     """``lr(step)`` of a ``--steps`` run, peaking at ``peak_lr`` (``minibert.reference.schedules``).
 
-    linear: BERT's warm-up then linear decay to 0 at ``total_steps``; noam: the Transformer's warm-up then
-    1/sqrt(step) decay (``inverse_sqrt`` with its d_model^-0.5 folded into the peak); constant: flat.
+    wsd: warm-up, the peak held, then a linear decay to 0 over the last ``decay_steps``; linear: BERT's
+    warm-up then linear decay to 0 at ``total_steps``; noam: the Transformer's warm-up then 1/sqrt(step)
+    decay (``inverse_sqrt`` with its d_model^-0.5 folded into the peak); constant: flat.
     """
+    if kind == "wsd":
+        return lambda step: warmup_stable_decay(step, peak_lr, warmup_steps, decay_steps, total_steps)
     if kind == "linear":
         return lambda step: linear_warmup_decay(step, peak_lr, warmup_steps, total_steps)
     if kind == "noam":  # inverse_sqrt peaks at factor * warmup^-0.5 (d_model = 1), at step_num = warmup
@@ -108,9 +116,13 @@ class TimeBudget(_Clocked):
 
     def __init__(self, seconds: float, peak_lr: float, warmup_ratio: float, eval_every_s: float,
                  save_every_s: float, evaluates: bool, spent: float = 0.0, slowest: dict | None = None,
-                 fraction: float = 0.0, recent_steps: list | None = None):
+                 fraction: float = 0.0, recent_steps: list | None = None, schedule: str = "linear",
+                 decay_ratio: float = 1.0):
         super().__init__(spent)
+        if schedule not in TIME_SCHEDULES:
+            raise ValueError(f"a --minutes run follows one of {TIME_SCHEDULES}, got {schedule!r}")
         self.seconds, self.peak_lr, self.warmup_ratio = seconds, peak_lr, warmup_ratio
+        self.schedule, self.decay_ratio = schedule, decay_ratio
         self.every = {"eval": eval_every_s if evaluates else None, "save": save_every_s}
         self.slowest = dict(slowest or {})           # "eval", "save": the slowest one seen, in seconds
         self.recent_steps = collections.deque(recent_steps or (), maxlen=STEP_WINDOW)
@@ -137,8 +149,11 @@ class TimeBudget(_Clocked):
 
     def before_step(self, step: int) -> dict:
         f = self.fraction()
-        return {"finished": float(f >= 1.0), "lr": linear_warmup_decay(f, self.peak_lr, self.warmup_ratio, 1.0),
-                "progress": f}
+        if self.schedule == "wsd":
+            lr = warmup_stable_decay(f, self.peak_lr, self.warmup_ratio, self.decay_ratio, 1.0)
+        else:
+            lr = linear_warmup_decay(f, self.peak_lr, self.warmup_ratio, 1.0)
+        return {"finished": float(f >= 1.0), "lr": lr, "progress": f}
 
     def after_step(self, step: int) -> dict:
         """Evaluate / checkpoint when one was never measured (right after the first step) or is due by time."""
@@ -217,10 +232,10 @@ def make_plan(args, saved: dict | None, start_step: int, evaluates: bool):
         b = saved["budget"]
         return TimeBudget(b["seconds"], args.lr, args.warmup_ratio, every["eval"], every["save"], evaluates,
                           spent=b["elapsed"], slowest=b["slowest"], fraction=b["fraction"],
-                          recent_steps=b.get("recent_steps"))
+                          recent_steps=b.get("recent_steps"), schedule=args.schedule, decay_ratio=args.decay_ratio)
     if saved is None and args.steps is None:
-        return TimeBudget(minutes * 60.0, args.lr, args.warmup_ratio, every["eval"], every["save"], evaluates)
+        return TimeBudget(minutes * 60.0, args.lr, args.warmup_ratio, every["eval"], every["save"], evaluates,
+                          schedule=args.schedule, decay_ratio=args.decay_ratio)
     total = saved["total_steps"] if saved is not None else args.steps
-    warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * total)
-    return StepPlan(total, step_schedule(args.schedule, args.lr, warmup, total), args.eval_every, args.save_every,
-                    start_step, spent)
+    schedule = step_schedule(args.schedule, args.lr, warmup_steps(args, total), total, decay_steps(args, total))
+    return StepPlan(total, schedule, args.eval_every, args.save_every, start_step, spent)

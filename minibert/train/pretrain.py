@@ -11,9 +11,10 @@ The loop, in the order it happens (options and defaults: ``minibert.train.pretra
    AdamW (``--backend numpy``) driven by the very same loop: same batches, schedule, logging, checkpoints.
 3. **Steps.** Gradients accumulate over ``--grad-accum`` micro-batches, the loss normalised by the whole
    global batch; then the global gradient norm is clipped and AdamW steps at the learning rate the plan
-   gives (``minibert.train.budget``): with ``--steps N`` a function of the step (BERT's linear warm-up and
-   decay, ``--schedule``), exactly reproducible; with ``--minutes M`` a function of the fraction of the
-   time budget spent, and the run stops stepping when what is left is what the final evaluation and
+   gives (``minibert.train.budget``): warm-up, the peak held, then a linear decay to zero over the last,
+   128-token phase (``--schedule wsd``; ``linear`` is BERT's decay over the whole run). With ``--steps N``
+   it is a function of the step, exactly reproducible; with ``--minutes M`` a function of the fraction of
+   the time budget spent, and the run stops stepping when what is left is what the final evaluation and
    checkpoint need.
 4. **Watching** (``minibert.train.report``). A progress bar (loss, MLM / NSP accuracy, tokens/s, lr); every
    step appended to ``OUT/metrics.jsonl`` with its ``lr`` and ``elapsed`` seconds; evaluation on the

@@ -124,6 +124,13 @@ def test_schedules_match_their_formulas():
     assert schedules.linear_warmup_decay(55, lr, warm, total) == pytest.approx(lr * 0.45)
     assert schedules.linear_warmup_decay(100, lr, warm, total) == 0.0
     assert schedules.linear_warmup_decay(150, lr, warm, total) == 0.0
+    # warm-up 10, the peak until step 80, then 20 steps of linear decay to 0 (also on fractions of a budget)
+    wsd = [schedules.warmup_stable_decay(step, lr, warm, 20, total) for step in (0, 5, 10, 50, 80, 85, 95, 100, 120)]
+    np.testing.assert_allclose(wsd, [0.0, 0.5 * lr, lr, lr, lr, 0.75 * lr, 0.25 * lr, 0.0, 0.0], rtol=1e-12, atol=0)
+    assert schedules.warmup_stable_decay(0.9, lr, 0.06, 0.2, 1.0) == pytest.approx(0.5 * lr)
+    for bad in ((5, lr, 10, 0, 100), (5, lr, 60, 50, 100), (-1, lr, 10, 20, 100)):
+        with pytest.raises(ValueError):
+            schedules.warmup_stable_decay(*bad)
     d, w = 512, 4000
     for step in (0, 1, 999, 3998, 3999, 4000, 20000):
         n = step + 1
