@@ -1,6 +1,6 @@
 """What to pretrain in a fixed wall-clock budget: recipe variants of ``minibert pretrain --minutes N``.
 
-    python benchmarks/pretrain_budget.py                       # round 3's variants, 5 minutes each
+    python benchmarks/pretrain_budget.py                       # round 4's variants, 5 minutes each
     python benchmarks/pretrain_budget.py --minutes 2 --variants default round1 seq64 lr1e-3
 
 Each variant is one ``minibert pretrain`` run on the built-in corpus with the same time budget, the same
@@ -26,6 +26,7 @@ Two ways to spend the budget:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -67,6 +68,10 @@ ROUND2 = ["--vocab", "{vocab8k}", "--masked-lm-prob", "0.15"]
 # short phase: its sequence length and its share of the budget. Its result is today's default: 32 tokens for
 # 80% of the budget, then 128.
 ROUND3 = ["--vocab", "{vocab4k}", "--masked-lm-prob", "0.4", "--short-seq-length", "64", "--short-seq-ratio", "0.9"]
+# Round 4 varied round 3's result (32 tokens for 80% of the budget, then 128) in its learning-rate schedule:
+# BERT's linear decay over the whole run against warm-up, the peak held, and a decay to 0 over the 128-token
+# phase (wsd), then the share of that phase. Its result is today's default: wsd, 32 tokens for 60%.
+ROUND4 = ["--schedule", "linear", "--short-seq-ratio", "0.8"]
 VARIANTS = {
     "default": [],
     # round 1
@@ -107,15 +112,24 @@ VARIANTS = {
     "r3-seq32": recipe(ROUND3, "--short-seq-length", "32"),
     "r3-seq32-r80": recipe(ROUND3, "--short-seq-length", "32", "--short-seq-ratio", "0.8"),
     "r3-seq16": recipe(ROUND3, "--short-seq-length", "16"),
+    # round 4: the schedule, from round 3's result (linear decay)
+    "round4": ROUND4,
+    "r4-wsd": ["--schedule", "wsd", "--short-seq-ratio", "0.8"],
+    "r4-wsd-r70": ["--schedule", "wsd", "--short-seq-ratio", "0.7"],  # a longer 128-token phase, all of it decay
+    "r4-wsd-lr1e-3": ["--schedule", "wsd", "--short-seq-ratio", "0.8", "--lr", "1e-3"],
+    "r4-wsd-r60": ["--schedule", "wsd", "--short-seq-ratio", "0.6"],   # today's default
+    "r4-wsd-r50": ["--schedule", "wsd", "--short-seq-ratio", "0.5"],
 }
 ROUND2_VARIANTS = ["default", *(n for n in VARIANTS if n == "round2" or n.startswith("r2-"))]
 ROUND3_VARIANTS = [n for n in VARIANTS if n == "round3" or n.startswith("r3-")]
+ROUND4_VARIANTS = [n for n in VARIANTS if n == "round4" or n.startswith("r4-")]
 VOCABULARIES = {"vocab4k": 4000, "vocab8k": 8000}  # placeholder -> size
 
 
 # Variants that change only the arithmetic's values, not its amount, run at the speed of another one.
 TIMED_AS = {"lr1e-3": "round1", "lr1e-3-warm15": "round1", "no-dropout": "round1",
-            "2x256-seq64-128-nodrop-lr2e-3": "2x256-seq64-128-nodrop-lr1e-3", "r2-lr1e-3": "round2"}
+            "2x256-seq64-128-nodrop-lr2e-3": "2x256-seq64-128-nodrop-lr1e-3", "r2-lr1e-3": "round2",
+            "r4-wsd": "round4", "r4-wsd-lr1e-3": "round4"}
 CALIBRATION_STEPS = (10, 50)  # a variant's two short timing runs (calibrated mode); their difference is 40 steps
 
 
@@ -203,8 +217,8 @@ def plot(rows: list[dict], minutes: float):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="budget of every run (default 5)")
-    parser.add_argument("--variants", nargs="+", default=ROUND3_VARIANTS, choices=list(VARIANTS),
-                        help="variants to train (default: round 3's: %(default)s)")
+    parser.add_argument("--variants", nargs="+", default=ROUND4_VARIANTS, choices=list(VARIANTS),
+                        help="variants to train (default: round 4's: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     parser.add_argument("--name", default="pretrain_budget",
                         help="results file name, before -calibrated and the machine (default: %(default)s)")
@@ -218,11 +232,17 @@ def main(argv=None) -> None:
     parser.add_argument("--timings", default=None,
                         help="calibrated mode: a JSON file of CPU seconds per step by variant, read if it exists "
                              "and extended with what is measured (default: measure every variant)")
+    parser.add_argument("--work", default=None,
+                        help="keep every variant's run folder (checkpoint, metrics, summary) under this folder "
+                             "(default: a temporary folder, deleted at the end)")
     args = parser.parse_args(argv)
     if args.mode == "calibrated" and (args.default_steps is None or args.default_steps < 1):
         parser.error("--mode calibrated needs --default-steps N (measure it with --mode wallclock --variants "
                      "default on an idle machine)")
-    with tempfile.TemporaryDirectory(prefix="minibert-budget-") as work:
+    if args.work:
+        os.makedirs(args.work, exist_ok=True)
+    with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="minibert-budget-")
+          ) as work:
         used = " ".join(o for n in {"default", *args.variants} for o in VARIANTS[n])
         for placeholder, size in VOCABULARIES.items():
             if "{" + placeholder + "}" in used:
