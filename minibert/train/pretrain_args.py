@@ -61,8 +61,8 @@ SUMMARY_FILE = "summary.json"
 TRAJECTORY_ARGS = ("corpus", "shards", "held_out_every", "max_seq_length", "short_seq_length", "short_seq_ratio",
                    "dupe_factor", "masked_lm_prob", "whole_word_mask",
                    "dynamic_masking", "config", "layers", "hidden", "heads", "intermediate", "init_from",
-                   "lr", "schedule", "warmup_steps", "warmup_ratio", "decay_ratio", "weight_decay", "clip_grad_norm", "steps",
-                   "minutes", "seed", "backend", "dtype", "dropout")
+                   "lr", "schedule", "warmup_steps", "warmup_ratio", "decay_ratio", "weight_decay", "clip_grad_norm",
+                   "steps", "minutes", "seed", "backend", "dtype", "dropout")
 SIZE_OPTIONS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
                 "intermediate": "intermediate_size"}
 
