@@ -65,8 +65,8 @@ ROUND1 = ["--layers", "4", "--short-seq-length", "0", "--vocab", "{vocab8k}", "-
 # and 15% masked. Its result is today's default (`default`: 4,000 tokens, 40% masked).
 ROUND2 = ["--vocab", "{vocab8k}", "--masked-lm-prob", "0.15"]
 # Round 3 varied round 2's result (4,000 tokens, 40% masked, 64 tokens for 90% of the budget then 128) in the
-# short phase: its sequence length and its share of the budget. Its result is today's default: 32 tokens for
-# 80% of the budget, then 128.
+# short phase: its sequence length and its share of the budget. Its result, round 4's starting point: 32 tokens
+# for 80% of the budget, then 128.
 ROUND3 = ["--vocab", "{vocab4k}", "--masked-lm-prob", "0.4", "--short-seq-length", "64", "--short-seq-ratio", "0.9"]
 # Round 4 varied round 3's result (32 tokens for 80% of the budget, then 128) in its learning-rate schedule:
 # BERT's linear decay over the whole run against warm-up, the peak held, and a decay to 0 over the 128-token
@@ -241,8 +241,9 @@ def main(argv=None) -> None:
                      "default on an idle machine)")
     if args.work:
         os.makedirs(args.work, exist_ok=True)
-    with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="minibert-budget-")
-          ) as work:
+    work_dir = (contextlib.nullcontext(args.work) if args.work
+                else tempfile.TemporaryDirectory(prefix="minibert-budget-"))
+    with work_dir as work:
         used = " ".join(o for n in {"default", *args.variants} for o in VARIANTS[n])
         for placeholder, size in VOCABULARIES.items():
             if "{" + placeholder + "}" in used:
