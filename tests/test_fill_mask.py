@@ -163,8 +163,8 @@ def test_held_out_needs_a_pretraining_checkpoint(overfit_dir):
 
 
 def test_mlm_diagnosis_splits_the_held_out_accuracy_the_run_reported(tiny_data, tmp_path, monkeypatch):
-    """benchmarks/mlm_diagnosis.py: its accuracies by kind ([MASK] / random / kept) recombine to the held-out
-    MLM accuracy `minibert pretrain` reported, the kinds come in BERT's 80/10/10 proportions, the attention
+    """benchmarks/mlm_diagnosis.py: its accuracies by kind ([MASK] / random / kept) and by position recombine to
+    the held-out MLM accuracy `minibert pretrain` reported, the kinds come in BERT's 80/10/10 proportions, the attention
     rows are weights of a softmax, and the neighbour oracle answers the question it was built on."""
     import importlib.util
     import json
@@ -202,6 +202,11 @@ def test_mlm_diagnosis_splits_the_held_out_accuracy_the_run_reported(tiny_data, 
     hidden_right = sum(kinds[k]["accuracy"] * kinds[k]["count"] for k in ("mask", "random"))
     assert abs(hidden_right - summary["eval_mlm_acc_hidden"] * hidden_n) < 0.5
     assert 0.7 < kinds["mask"]["count"] / n < 0.9 and kinds["kept"]["count"] < 0.2 * n
+    # by position: every question in exactly one range, and the ranges recombine to the run's accuracy too
+    positions = diagnosis.accuracy_by_position(model, data.eval_batches)
+    assert sum(r["count"] for r in positions) == n
+    assert [r["positions"] for r in positions] == ["0-7", "8-15", "16-31"]  # 32-token sequences: no later range
+    assert abs(sum(r["accuracy"] * r["count"] for r in positions) - summary["eval_mlm_acc"] * n) < 0.5
 
     for row in diagnosis.attention_by_offset(model, data.eval_batches[0]):
         assert all(0.0 <= row[f"offset{o:+d}"] <= 1.0 for o in diagnosis.OFFSETS)
