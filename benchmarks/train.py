@@ -22,9 +22,12 @@ step to every torch row. Rows, all in ONE run:
   at the labelled rows, the only ones with a non-zero gradient) add on their own. With dropout on, minibert's sdpa backend runs
   the eager attention (SDPA's dropout RNG cannot reproduce our hash masks), so that row is eager attention.
   Each appears twice: ``full logits`` projects all B x S positions onto the vocabulary as transformers and
-  the NumPy reference do; ``masked only`` passes ``masked_positions_only=True`` and projects only the ~15%
-  of positions that have an MLM label (what ``minibert pretrain`` does). Same loss either way, so this is a
-  fair algorithmic saving, but it is a separate row so the comparison stays transparent.
+  the NumPy reference do; ``masked only`` passes ``masked_positions_only=True`` (what ``minibert pretrain``
+  does): it projects only the ~15% of positions that have an MLM label, and runs the last layer after its
+  attention only at those positions and [CLS], the only rows the losses read. One more row,
+  ``fused, masked only, full last layer``, adds ``full_last_layer=True``: the head's saving without the last
+  layer's. Same loss and gradients every way, so these are fair algorithmic savings, but each is a
+  separate row so the comparison stays transparent.
 
 Before timing, every implementation computes the loss on the same weights (one checkpoint) and batch with
 dropout off; the run stops unless all agree with transformers to 1e-4. Each timed round then runs one step
@@ -76,8 +79,9 @@ LR, WEIGHT_DECAY, MAX_GRAD_NORM = 1e-4, 0.01, 1.0
 LOSS_TOLERANCE = 1e-4  # float32 losses of ~9 that agree to 1e-4 come from the same computation
 CHECK_AGAINST = "transformers eager"  # the loss every other implementation must reproduce
 NOTES = ("minibert sdpa runs eager attention while dropout is on (SDPA's dropout RNG is not the hash "
-         "contract); 'masked only' = masked_positions_only=True, the MLM head only at labelled positions; "
-         "speedup_vs_hf is against the faster transformers row of the config")
+         "contract); 'masked only' = masked_positions_only=True, the MLM head only at labelled positions and "
+         "the last layer after attention only there and at [CLS]; 'full last layer' adds full_last_layer=True "
+         "(the head's saving alone); speedup_vs_hf is against the faster transformers row of the config")
 # name -> (attn_implementation, gelu_implementation, layernorm_implementation, loss_implementation)
 MINIBERT_BACKENDS = {"eager": ("eager", "eager", "eager", "eager"), "sdpa": ("sdpa", "eager", "eager", "eager"),
                      "fused, eager LN": ("fused", "fused", "eager", "fused"),
@@ -100,12 +104,13 @@ def make_batch(gen, batch, seq, vocab):
 class TorchRow:
     """One torch model (transformers' or minibert's) and its AdamW: ``loss()`` for the check, ``step()``."""
 
-    def __init__(self, model, batch: dict, minibert: bool, masked_positions_only: bool = False):
+    def __init__(self, model, batch: dict, minibert: bool, masked_positions_only: bool = False,
+                 full_last_layer: bool = False):
         import torch
         self.model = model
         self.inputs = {k: torch.as_tensor(v) for k, v in batch.items()}
         if minibert:
-            self.inputs["masked_positions_only"] = masked_positions_only
+            self.inputs.update(masked_positions_only=masked_positions_only, full_last_layer=full_last_layer)
         self.minibert = minibert
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
         self.seeds = iter(range(10 ** 9))
@@ -162,13 +167,15 @@ def build_rows(spec: dict, batch_size: int) -> tuple[dict, int]:
         for attn in ("eager", "sdpa"):
             hf = transformers.BertForPreTraining.from_pretrained(directory, attn_implementation=attn)
             rows[f"transformers {attn}"] = TorchRow(hf, batch, minibert=False)
-        for logits, masked_only in (("full logits", False), ("masked only", True)):
-            for name, (attn, gelu, layernorm, loss) in MINIBERT_BACKENDS.items():
-                model = BertForPreTraining.from_pretrained(directory, attn_implementation=attn,
-                                                           gelu_implementation=gelu,
-                                                           layernorm_implementation=layernorm,
-                                                           loss_implementation=loss)
-                rows[f"minibert {name}, {logits}"] = TorchRow(model, batch, True, masked_only)
+        variants = [(f"{name}, {logits}", backend, masked_only, False)
+                    for logits, masked_only in (("full logits", False), ("masked only", True))
+                    for name, backend in MINIBERT_BACKENDS.items()]
+        variants.append(("fused, masked only, full last layer", MINIBERT_BACKENDS["fused"], True, True))
+        for name, (attn, gelu, layernorm, loss), masked_only, full_last_layer in variants:
+            model = BertForPreTraining.from_pretrained(directory, attn_implementation=attn,
+                                                       gelu_implementation=gelu, layernorm_implementation=layernorm,
+                                                       loss_implementation=loss)
+            rows[f"minibert {name}"] = TorchRow(model, batch, True, masked_only, full_last_layer)
     return rows, seq
 
 

@@ -21,6 +21,8 @@ Shapes: B batch, S sequence, H heads, D head size (E / H), E hidden size, F inte
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +48,18 @@ def resolve_implementation(requested: str, choices: tuple[str, ...], what: str) 
     return requested
 
 
+@dataclasses.dataclass(frozen=True)
+class PositionRows:
+    """Some of a batch's B*S positions: ``index`` [R], flat row-major indices ``b * S + s``, ascending.
+
+    The last encoder layer can run at these positions only (``BertLayer.forward``): the ones the losses
+    read, when nothing else reads the layer's output. ``count`` is B*S, which the dropout counters need.
+    """
+
+    index: torch.Tensor
+    count: int
+
+
 class DropoutPlan:
     """Counter-hash dropout for one forward pass.
 
@@ -67,6 +81,20 @@ class DropoutPlan:
         if not self.active or p == 0.0:
             return x
         return ops.dropout(x, p, self.seed, dropout_site_offset(layer, site, x.numel()))
+
+    def apply_rows(self, x: torch.Tensor, p: float, layer: int, site: int, rows: PositionRows) -> torch.Tensor:
+        """``apply`` for the rows ``rows`` of a [B*S, E] tensor, given only those rows ``x`` [R, E].
+
+        Each element keeps the counter of its place in the whole tensor, so it is dropped exactly when the
+        whole tensor's dropout would drop it: the keep-mask of all B*S rows is drawn (the dropout of a
+        tensor of ones: 0 or 1/(1-p)) and the rows are picked from it. Drawing hashes is cheap next to the
+        work the rows save.
+        """
+        if not self.active or p == 0.0:
+            return x
+        keep = ops.dropout(x.new_ones(rows.count, x.shape[-1]), p, self.seed,
+                           dropout_site_offset(layer, site, rows.count * x.shape[-1]))
+        return x * keep[rows.index]
 
 
 class BertLayerNorm(nn.LayerNorm):
@@ -189,9 +217,15 @@ class BertResidualOutput(nn.Module):
         self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = BertLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden, residual, dropout: DropoutPlan) -> torch.Tensor:
-        return self.LayerNorm.residual_forward(self.dense(hidden), residual, dropout, self.config.hidden_dropout_prob,
-                                               self.layer_index, self.site)
+    def forward(self, hidden, residual, dropout: DropoutPlan, rows: PositionRows | None = None) -> torch.Tensor:
+        """``LayerNorm(residual + dropout(dense(hidden)))``. With ``rows``, ``hidden`` and ``residual`` are
+        those rows of the whole [B*S, ...] tensors and dropout drops what it would drop there."""
+        p = self.config.hidden_dropout_prob
+        if rows is None:
+            return self.LayerNorm.residual_forward(self.dense(hidden), residual, dropout, p, self.layer_index,
+                                                   self.site)
+        dropped = dropout.apply_rows(self.dense(hidden), p, self.layer_index, self.site, rows)
+        return self.LayerNorm.residual_forward(dropped, residual, dropout, 0.0, self.layer_index, self.site)
 
 
 class BertAttention(nn.Module):
@@ -248,9 +282,22 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config, gelu_implementation)
         self.output = BertResidualOutput(config, layer_index, config.intermediate_size, SITE_FFN_OUTPUT)
 
-    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
-        attention_output = self.attention(hidden_states, mask, dropout)
-        return self.output(self.intermediate(attention_output), attention_output, dropout)
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan,
+                rows: PositionRows | None = None) -> torch.Tensor:
+        """[B, S, E] -> [B, S, E]; with ``rows``, -> [R, E]: the output at those positions only.
+
+        Everything after attention works on each position alone (a dense layer, GELU, dropout, LayerNorm),
+        so when only some positions of the output are read, only they need it. Attention itself still runs
+        at every position, since every position is a key the kept rows attend to.
+        """
+        if rows is None:
+            attention_output = self.attention(hidden_states, mask, dropout)
+            return self.output(self.intermediate(attention_output), attention_output, dropout)
+        context = self.attention.self(hidden_states, mask, dropout)                 # [B, S, E]
+        width = hidden_states.shape[-1]
+        attention_output = self.attention.output(context.reshape(-1, width)[rows.index],
+                                                 hidden_states.reshape(-1, width)[rows.index], dropout, rows)
+        return self.output(self.intermediate(attention_output), attention_output, dropout, rows)  # [R, E]
 
 
 class BertEncoder(nn.Module):
@@ -262,9 +309,12 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config, i, attn_implementation, gelu_implementation)
                                    for i in range(config.num_hidden_layers))
 
-    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan) -> torch.Tensor:
-        for layer in self.layer:
-            hidden_states = layer(hidden_states, mask, dropout)
+    def forward(self, hidden_states, mask: AttentionMask | None, dropout: DropoutPlan,
+                rows: PositionRows | None = None) -> torch.Tensor:
+        """[B, S, E] -> [B, S, E], or [R, E] with ``rows``: the last layer at those positions only."""
+        last = len(self.layer) - 1  # a config has at least one layer
+        for i, layer in enumerate(self.layer):
+            hidden_states = layer(hidden_states, mask, dropout, rows if i == last else None)
         return hidden_states
 
 
@@ -276,7 +326,11 @@ class BertPooler(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden_states[:, 0]))
+        return self.pool(hidden_states[:, 0])
+
+    def pool(self, cls_states: torch.Tensor) -> torch.Tensor:
+        """tanh(dense(h)) of the [CLS] states alone: [B, E] -> [B, E]."""
+        return torch.tanh(self.dense(cls_states))
 
 
 class BertPredictionHeadTransform(DenseGelu):

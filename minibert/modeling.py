@@ -31,7 +31,7 @@ from minibert.blocks import (ATTN_IMPLEMENTATIONS, GELU_IMPLEMENTATIONS, LAYERNO
                              LOSS_IMPLEMENTATIONS, BertEmbeddings,
                              BertEncoder, BertIntermediate, BertLayerNorm, BertLMPredictionHead, BertOnlyMLMHead,
                              BertPooler, BertPreTrainingHeads, BertSelfAttention, DenseGelu, DropoutPlan,
-                             resolve_implementation)
+                             PositionRows, resolve_implementation)
 from minibert.config import BertConfig
 from minibert.files import atomic_write_text
 from minibert.ops.eager import AttentionMask
@@ -72,7 +72,8 @@ def _check_ids(name: str, ids: torch.Tensor, shape, low: int, high: int, what_to
 class BertModelOutput:
     """What a forward pass returns; fields a model does not compute are None."""
 
-    last_hidden_state: torch.Tensor                        # [B, S, E]
+    last_hidden_state: torch.Tensor | None                 # [B, S, E]; None if the last layer ran at the
+                                                           # masked positions only (masked_positions_only)
     pooler_output: torch.Tensor | None = None              # [B, E]
     prediction_logits: torch.Tensor | None = None          # [B, S, V], or [M, V] (masked_positions_only)
     seq_relationship_logits: torch.Tensor | None = None    # [B, 2]
@@ -272,8 +273,10 @@ class BertPreTrainedModel(nn.Module):
                 if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
                     raise ValueError("attention_mask must hold 1 (real token) or 0 (padding) only")
 
-    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, dropout_seed):
-        """Check the inputs and run the encoder: (BertModelOutput, the pass's DropoutPlan)."""
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, dropout_seed,
+                rows: PositionRows | None = None):
+        """Check the inputs and run the encoder: (BertModelOutput, the pass's DropoutPlan). With ``rows`` the
+        last layer runs at those positions only and ``last_hidden_state`` is [R, E] (``BertModel.encode``)."""
         self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         bert = getattr(self, self.base_model_prefix) if self.base_model_prefix else self
         if not self.training:
@@ -282,7 +285,16 @@ class BertPreTrainedModel(nn.Module):
             plan = DropoutPlan(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
         else:
             plan = DropoutPlan(int(dropout_seed))
-        return bert.encode(input_ids, attention_mask, token_type_ids, position_ids, plan), plan
+        return bert.encode(input_ids, attention_mask, token_type_ids, position_ids, plan, rows), plan
+
+    def _loss_rows(self, input_ids, attention_mask, token_type_ids, position_ids, labels,
+                   wanted: bool) -> PositionRows | None:
+        """The positions the pretraining losses read (``_loss_rows``) when ``wanted``, else None."""
+        if not wanted:
+            return None
+        self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)  # the shape labels need
+        bert = getattr(self, self.base_model_prefix) if self.base_model_prefix else self
+        return _loss_rows(labels, tuple(input_ids.shape), self.config.vocab_size, bert.pooler is not None)
 
 
 class BertModel(BertPreTrainedModel):
@@ -314,9 +326,13 @@ class BertModel(BertPreTrainedModel):
         """
         return self._encode(input_ids, attention_mask, token_type_ids, position_ids, dropout_seed)[0]
 
-    def encode(self, input_ids, attention_mask, token_type_ids, position_ids,
-               dropout: DropoutPlan) -> BertModelOutput:
-        """The encoder on checked inputs (``_encode`` checks them): [B, S] ids -> hidden states."""
+    def encode(self, input_ids, attention_mask, token_type_ids, position_ids, dropout: DropoutPlan,
+               rows: PositionRows | None = None) -> BertModelOutput:
+        """The encoder on checked inputs (``_encode`` checks them): [B, S] ids -> hidden states.
+
+        With ``rows`` (which must hold every [CLS] position when there is a pooler) the last layer runs at
+        those positions only: ``last_hidden_state`` is [R, E], the rows in ``rows.index`` order.
+        """
         batch, seq = input_ids.shape
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -324,12 +340,18 @@ class BertModel(BertPreTrainedModel):
             position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
         mask = None if attention_mask is None else AttentionMask(attention_mask)
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, dropout)
-        hidden = self.encoder(hidden, mask, dropout)                         # [B, S, E]
-        pooled = self.pooler(hidden) if self.pooler is not None else None    # [B, E]
+        hidden = self.encoder(hidden, mask, dropout, rows)                   # [B, S, E], or [R, E]
+        if self.pooler is None:
+            pooled = None
+        elif rows is None:
+            pooled = self.pooler(hidden)                                     # [B, E]
+        else:
+            pooled = self.pooler.pool(hidden[rows.index % seq == 0])         # the [CLS] rows, in batch order
         return BertModelOutput(last_hidden_state=hidden, pooler_output=pooled)
 
 
 _MLM_LABELS_HELP = "MLM labels are token ids of the original tokens, or -100 where nothing is predicted"
+_NEEDS_LABELS = "masked_positions_only=True needs labels: they say which positions to predict"
 
 
 def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -344,20 +366,36 @@ def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> to
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def _loss_rows(labels, shape: tuple[int, int], vocab_size: int, with_cls: bool) -> PositionRows:
+    """The positions the losses read, for ``masked_positions_only``: every position with an MLM label, and
+    each sequence's [CLS] (position 0) when the NSP head reads it. Checks the labels first."""
+    if labels is None:
+        raise ValueError(_NEEDS_LABELS)
+    _check_ids("labels", labels, shape, 0, vocab_size, _MLM_LABELS_HELP, ignore=IGNORE_INDEX)
+    kept = labels != IGNORE_INDEX                                   # [B, S]
+    if with_cls:
+        kept[:, 0] = True
+    return PositionRows(kept.reshape(-1).nonzero().squeeze(1), kept.numel())  # row-major (b, s) order
+
+
 def _masked_lm(predictions: BertLMPredictionHead, hidden: torch.Tensor, labels: torch.Tensor | None,
-               vocab_size: int, masked_positions_only: bool):
-    """(MLM logits, MLM loss or None) from the last hidden states [B, S, E].
+               vocab_size: int, masked_positions_only: bool, rows: PositionRows | None = None):
+    """(MLM logits, MLM loss or None) from the last hidden states [B, S, E] (or their rows ``rows``, [R, E]).
 
     With ``masked_positions_only`` the vocabulary projection runs only at the M positions whose label is
     not -100 and the logits are [M, V] in row-major (b, s) order, as Google's BERT gathers
     ``masked_lm_positions``: with 15% masking and V ~ 30k this skips most of the head's matmul and the
     largest activation of the model. The loss is the same either way.
     """
-    if masked_positions_only:
+    if masked_positions_only and rows is None:  # the whole last layer ran: pick its predicted positions
         if labels is None:
-            raise ValueError("masked_positions_only=True needs labels: they say which positions to predict")
+            raise ValueError(_NEEDS_LABELS)
         _check_ids("labels", labels, hidden.shape[:2], 0, vocab_size, _MLM_LABELS_HELP, ignore=IGNORE_INDEX)
         predicted = labels != IGNORE_INDEX                     # [B, S]
+        hidden, labels = hidden[predicted], labels[predicted]  # [M, E], [M]
+    elif masked_positions_only:  # hidden holds the rows `rows` only: the predicted ones and [CLS]
+        labels = labels.reshape(-1)[rows.index]                # [R]
+        predicted = labels != IGNORE_INDEX
         hidden, labels = hidden[predicted], labels[predicted]  # [M, E], [M]
     if labels is not None and _fused_loss(predictions, hidden):
         return _fused_masked_lm(predictions, hidden, labels, vocab_size)
@@ -402,17 +440,25 @@ class BertForPreTraining(BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 next_sentence_label=None, dropout_seed: int | None = None,
-                masked_positions_only: bool = False) -> BertModelOutput:
+                masked_positions_only: bool = False, full_last_layer: bool = False) -> BertModelOutput:
         """Run BERT on ``input_ids [B, S]`` and both heads.
 
         ``labels [B, S]`` holds the original token id at masked positions and -100 elsewhere;
         ``next_sentence_label [B]`` is 0 (IsNext) or 1 (random). ``loss`` = MLM loss + NSP loss over
-        whichever labels are given. ``dropout_seed``: see ``BertModel.forward``. ``masked_positions_only``:
-        ``prediction_logits`` only where ``labels != -100``, shape [M, V] (faster pretraining; same loss).
+        whichever labels are given. ``dropout_seed``: see ``BertModel.forward``.
+
+        ``masked_positions_only=True`` computes only what the losses read (faster pretraining; the same
+        loss and gradients): ``prediction_logits`` only where ``labels != -100``, shape [M, V], and the
+        last layer after its attention only at those positions and [CLS], so ``last_hidden_state`` is
+        None. ``full_last_layer=True`` keeps the last layer at every position (and ``last_hidden_state``).
         """
-        out, _ = self._encode(input_ids, attention_mask, token_type_ids, position_ids, dropout_seed)
+        rows = self._loss_rows(input_ids, attention_mask, token_type_ids, position_ids, labels,
+                               masked_positions_only and not full_last_layer)
+        out, _ = self._encode(input_ids, attention_mask, token_type_ids, position_ids, dropout_seed, rows)
         out.prediction_logits, out.mlm_loss = _masked_lm(self.cls.predictions, out.last_hidden_state, labels,
-                                                         self.config.vocab_size, masked_positions_only)
+                                                         self.config.vocab_size, masked_positions_only, rows)
+        if rows is not None:
+            out.last_hidden_state = None  # only some rows were computed
         out.seq_relationship_logits = self.cls.seq_relationship(out.pooler_output)   # [B, 2]
         if next_sentence_label is not None:
             _check_ids("next_sentence_label", next_sentence_label, out.seq_relationship_logits.shape[:1], 0, 2,
@@ -442,14 +488,19 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                dropout_seed: int | None = None, masked_positions_only: bool = False) -> BertModelOutput:
+                dropout_seed: int | None = None, masked_positions_only: bool = False,
+                full_last_layer: bool = False) -> BertModelOutput:
         """Masked-LM logits ``[B, S, V]`` and, given ``labels`` (-100 = not predicted), the MLM loss.
 
         Arguments as in ``BertForPreTraining.forward``.
         """
-        out, _ = self._encode(input_ids, attention_mask, token_type_ids, position_ids, dropout_seed)
+        rows = self._loss_rows(input_ids, attention_mask, token_type_ids, position_ids, labels,
+                               masked_positions_only and not full_last_layer)
+        out, _ = self._encode(input_ids, attention_mask, token_type_ids, position_ids, dropout_seed, rows)
         out.prediction_logits, out.mlm_loss = _masked_lm(self.cls.predictions, out.last_hidden_state, labels,
-                                                         self.config.vocab_size, masked_positions_only)
+                                                         self.config.vocab_size, masked_positions_only, rows)
+        if rows is not None:
+            out.last_hidden_state = None  # only some rows were computed
         out.loss = out.mlm_loss
         return out
 

@@ -316,21 +316,66 @@ def test_losses_are_mean_cross_entropies_over_predicted_positions():
     assert mlm_model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss.item() > 0
 
 
+@pytest.mark.parametrize("implementation", ["eager", "fused"])
+@pytest.mark.parametrize("full_last_layer", [False, True])
 @pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM])
-def test_masked_positions_only_gives_the_same_loss_gradients_and_logits(cls):
-    model = make_model(cls=cls, dtype=torch.float64).train()
+def test_masked_positions_only_gives_the_same_loss_gradients_and_logits(cls, full_last_layer, implementation):
+    # With dropout on: the last layer at the kept rows must drop exactly what the whole layer drops there.
+    model = make_model(cls=cls, dtype=torch.float64, attn_implementation=implementation,
+                       gelu_implementation=implementation, layernorm_implementation=implementation,
+                       loss_implementation=implementation).train()
     batch = random_batch(model.config)
     if cls is BertForMaskedLM:
         del batch["next_sentence_label"]
     full, full_grads = _forward_and_grads(model, batch, dropout_seed=4)
-    gathered, grads = _forward_and_grads(model, batch, dropout_seed=4, masked_positions_only=True)
+    gathered, grads = _forward_and_grads(model, batch, dropout_seed=4, masked_positions_only=True,
+                                         full_last_layer=full_last_layer)
     predicted = batch["labels"] != -100
     assert gathered.prediction_logits.shape == (int(predicted.sum()), model.config.vocab_size)
     assert torch.allclose(gathered.prediction_logits, full.prediction_logits[predicted], rtol=0, atol=1e-12)
     assert abs(gathered.loss.item() - full.loss.item()) < 1e-12
     assert _grads_rel(grads, full_grads) < 1e-12
+    if cls is BertForPreTraining:  # the pooler read the [CLS] rows of a last layer that ran only there
+        assert torch.allclose(gathered.pooler_output, full.pooler_output, rtol=0, atol=1e-12)
+    if full_last_layer:
+        assert torch.equal(gathered.last_hidden_state, full.last_hidden_state)
+    else:
+        assert gathered.last_hidden_state is None  # only the rows the losses read were computed
     with pytest.raises(ValueError, match="needs labels"):
-        model(batch["input_ids"], masked_positions_only=True)
+        model(batch["input_ids"], masked_positions_only=True, full_last_layer=full_last_layer)
+
+
+def test_last_layer_at_some_positions_drops_what_the_whole_layer_drops():
+    # PositionRows through one layer: each kept row equals that row of the whole layer's output, dropout on.
+    from minibert.blocks import DropoutPlan, PositionRows
+    model = make_model(dtype=torch.float64).train()
+    layer, (batch, seq, width) = model.bert.encoder.layer[-1], (3, 11, model.config.hidden_size)
+    hidden = torch.randn(batch, seq, width, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    plan = DropoutPlan(9)
+    whole = layer(hidden, None, plan).reshape(-1, width)
+    index = torch.tensor([0, 4, 11, 12, 30, 32])
+    rows = layer(hidden, None, plan, PositionRows(index, batch * seq))
+    assert torch.allclose(rows, whole[index], rtol=0, atol=1e-13)
+    # and dropout really acted: without it the rows differ
+    assert not torch.allclose(rows, layer(hidden, None, DropoutPlan(None)).reshape(-1, width)[index], atol=1e-3)
+
+
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM])
+def test_masked_positions_only_with_nothing_to_predict(cls):
+    # No labelled position: the MLM rows are empty (loss 0, zero logits rows), NSP still reads [CLS].
+    model = make_model(cls=cls).train()
+    batch = random_batch(model.config)
+    batch["labels"] = torch.full_like(batch["labels"], -100)
+    if cls is BertForMaskedLM:
+        del batch["next_sentence_label"]
+    full, full_grads = _forward_and_grads(model, batch, dropout_seed=2)
+    out, grads = _forward_and_grads(model, batch, dropout_seed=2, masked_positions_only=True)
+    assert out.prediction_logits.shape == (0, model.config.vocab_size)
+    assert abs(out.loss.item() - full.loss.item()) < 1e-6
+    if cls is BertForMaskedLM:  # no loss at all: every gradient is exactly zero, as in the full pass
+        assert out.loss.item() == 0.0 and all(torch.equal(g, torch.zeros_like(g)) for g in grads.values())
+    else:
+        assert _grads_rel(grads, full_grads) < 1e-5
 
 
 def test_batch_with_nothing_to_predict_has_zero_mlm_loss_and_gradient():

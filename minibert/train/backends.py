@@ -51,8 +51,8 @@ class TorchBackend:
     """Pretraining on ``minibert.modeling.BertForPreTraining`` with ``torch.optim.AdamW``.
 
     The model's own forward computes the losses with ``masked_positions_only=True``: the vocabulary
-    projection runs only at the ~15% of positions that are scored (about a third of a small BERT's
-    training FLOPs saved, the same loss). ``ddp=True`` wraps the model in ``DistributedDataParallel``
+    projection runs only at the positions that are scored, and the last layer after its attention only
+    there and at [CLS] (the same loss and gradients, in a fraction of the time). ``ddp=True`` wraps the model in ``DistributedDataParallel``
     (the process group must already exist): gradients are averaged over ranks during the last
     micro-batch's backward.
     """
