@@ -35,6 +35,8 @@ from minibert.data.masking import DEFAULT_MASKED_LM_PROB, DEFAULT_MAX_PREDICTION
 # over the 128-token phase ("WSD", warm-up/stable/decay) gave 20.5% instead of 17.5% in the same study run;
 # with the decaying 128-token phase grown to 40% of the budget (the positions beyond 32 were the weak ones),
 # 23.2% held-out MLM accuracy, 14.8% where the input hides the answer. 50% in that phase was no better.
+# Later the step got faster (the last layer runs only where the losses read), so the same 5 minutes hold
+# 3,800 steps instead of 3,245 and the recipe reaches 26.6%.
 DEFAULT_VOCAB_SIZE = 4000
 DEFAULT_MASKED_LM_PROB_TRAIN = 0.4
 DEFAULT_LAYERS = 2
