@@ -1,21 +1,22 @@
 """GELU and bias + GELU: minibert's fused ops vs torch eager, with achieved GB/s against a plain copy.
 
-    python benchmarks/gelu.py            # 1M, 4M and 16M elements ([rows, 3072] like BERT-base's FFN)
-    python benchmarks/gelu.py --quick    # 1M and 4M
-    python benchmarks/gelu.py --reuse-memory # outputs in memory that is already mapped (no page faults)
-    python benchmarks/gelu.py --huge-pages   # torch's CPU allocator on 2 MB pages (THP_MEM_ALLOC_ENABLE=1)
-    python benchmarks/gelu.py --device cuda  # the GPU only (float32 and bfloat16; 64M elements too)
+    python benchmarks/gelu.py                 # 1M, 4M and 16M elements ([rows, 3072] like BERT-base's FFN)
+    python benchmarks/gelu.py --quick         # 1M and 4M
+    python benchmarks/gelu.py --fresh-pages   # outputs of 32 MB and more in fresh pages (page faults)
+    python benchmarks/gelu.py --huge-pages    # fresh pages on 2 MB pages (THP_MEM_ALLOC_ENABLE=1)
+    python benchmarks/gelu.py --device cuda   # the GPU only (float32 and bfloat16; 64M elements too)
 
 GELU is memory bound, so the honest unit is bytes moved per second: forward reads x and writes y
 (2 N elements; the bias is negligible), backward reads dy and x and writes dx (3 N). The ceiling is a
-tensor copy (read N, write N) measured in the same run. Eager bias+GELU moves 4 N (x + b is written and
-read back), which is what fusing removes. Results: benchmarks/results/gelu-<machine>.json and .png.
+tensor copy (read N, write N) into a buffer that is already mapped, measured in the same run. Eager
+bias+GELU moves 4 N (x + b is written and read back), which is what fusing removes.
 
-Every op here allocates its output (as in a model), and at 16M elements a fresh allocation is fresh pages,
-whose faults can cost more than the arithmetic (benchmarks/_allocator.py). ``--reuse-memory`` hands each
-call memory that is already mapped, as a caching allocator would, so the numbers show the kernels rather
-than the page faults; ``--huge-pages`` takes the fresh pages 2 MB at a time. Results:
-``gelu-reuse-memory-<machine>.*`` and ``gelu-huge-pages-<machine>.*``.
+Every op here allocates its output (as in a model). By default a freed output is handed to the next call
+already mapped (``--reuse-memory``, the steady state of a training loop, as below 32 MB anyway), so the
+numbers show the kernels; with ``--fresh-pages`` the 64 MB outputs are fresh pages, whose faults can cost
+more than the arithmetic, the same for every op that allocates (benchmarks/_allocator.py). Results:
+benchmarks/results/gelu-<machine>.{json,png}, and ``gelu-fresh-pages-<machine>.*`` /
+``gelu-huge-pages-<machine>.*`` for the other modes.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import argparse
 
 import _allocator
 
-ALLOCATOR = _allocator.restart_if_requested()  # before torch allocates anything
+ALLOCATOR = _allocator.restart_in_mode()  # before torch allocates anything
 
 import _common  # noqa: E402
 import torch  # noqa: E402
@@ -48,7 +49,7 @@ def cases(x, approximate):
 
     return {
         # The ceiling: a copy into memory that is already mapped. "clone" also allocates its output, as
-        # every out-of-place op here does (fresh pages cost page faults on the CPU).
+        # every out-of-place op here does (with --fresh-pages, that costs page faults on the CPU).
         "copy": (lambda: out.copy_(x), 2),
         "clone": (lambda: x.clone(), 2),
         "gelu eager": (lambda: F.gelu(x, approximate=approximate), 2),
@@ -69,7 +70,7 @@ def main():
     _allocator.add_arguments(parser)
     _common.add_device_argument(parser)
     args = parser.parse_args()
-    name = f"gelu-{ALLOCATOR}" if ALLOCATOR else "gelu"
+    name = _allocator.result_name("gelu", ALLOCATOR)
     rows, key = _common.memory_bound_rows(cases, ("none", "tanh"), "form", COLS, EAGER_PEER, args.quick,
                                           copy_ops=("copy", "clone"), device=args.device)
     for device, dtype in sorted({(r["device"], r["dtype"]) for r in rows}):
@@ -88,12 +89,12 @@ def main():
             ratios = ", ".join(f"{op} {key[(device, dtype, smallest, form, op)]['speedup_vs_eager']:.2f}x"
                                for op in EAGER_PEER)
             print(f"{where} ({form}) at {smallest} elements, fused vs eager: {ratios}")
-    path = _common.save_json(name, {"cols": COLS, "allocator": ALLOCATOR or "fresh-pages", "rows": rows})
+    path = _common.save_json(name, {"cols": COLS, "allocator": ALLOCATOR, "rows": rows})
     print("saved", path, "and", plot(rows, name))
 
 
 def plot(rows, name: str) -> str:
-    title = "GELU and bias+GELU (erf form) vs a copy" + (f", {ALLOCATOR}" if ALLOCATOR else "")
+    title = "GELU and bias+GELU (erf form) vs a copy" + f", {ALLOCATOR.replace('-', ' ')}"
     return _common.plot_gb_per_s(rows, name, title, lambda r: r["op"], keep=lambda r: r["form"] in ("-", "none"))
 
 

@@ -1,10 +1,10 @@
 """Residual + dropout + LayerNorm: minibert's fused op vs torch's ``x + r`` then ``layer_norm``, in GB/s
 against a plain copy measured in the same run.
 
-    python benchmarks/layernorm.py            # [rows, 768] (BERT-base hidden size): 1M, 4M and 16M elements
-    python benchmarks/layernorm.py --quick    # 1M and 4M
-    python benchmarks/layernorm.py --reuse-memory   # outputs in memory already mapped (benchmarks/_allocator.py)
-    python benchmarks/layernorm.py --device cuda    # the GPU only (float32 and bfloat16; 64M elements too)
+    python benchmarks/layernorm.py                 # [rows, 768] (BERT-base hidden size): 1M, 4M and 16M elements
+    python benchmarks/layernorm.py --quick         # 1M and 4M
+    python benchmarks/layernorm.py --fresh-pages   # outputs of 32 MB and more in fresh pages (page faults)
+    python benchmarks/layernorm.py --device cuda   # the GPU only (float32 and bfloat16; 64M elements too)
 
 LayerNorm is memory bound, so the honest unit is bytes that must move per second. Forward: read x and the
 residual, write y (3 N elements; the parameters and per-row statistics are negligible). Backward alone:
@@ -13,7 +13,9 @@ The eager form is what ``layernorm_implementation="eager"`` runs (minibert's dro
 ``x + r``, then ``torch.nn.functional.layer_norm``); it moves more than that (the dropped x and the sum are written and read back, and layer_norm
 reads its input twice); that surplus is what fusing removes. The ceiling is a tensor copy (read N, write N)
 in the same run. Each case is timed with and without dropout (p = 0.1, BERT's hidden dropout), whose
-hash mask costs arithmetic per element. Results: benchmarks/results/layernorm-<machine>.json and .png.
+hash mask costs arithmetic per element. Outputs reuse freed memory by default, as in a training loop
+(``--fresh-pages`` and ``--huge-pages``: see benchmarks/_allocator.py). Results:
+benchmarks/results/layernorm-<machine>.{json,png}, and ``layernorm-<mode>-<machine>.*`` for the other modes.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import argparse
 
 import _allocator
 
-ALLOCATOR = _allocator.restart_if_requested()  # before torch allocates anything
+ALLOCATOR = _allocator.restart_in_mode()  # before torch allocates anything
 
 import _common  # noqa: E402
 import torch  # noqa: E402
@@ -69,7 +71,7 @@ def main():
     _allocator.add_arguments(parser)
     _common.add_device_argument(parser)
     args = parser.parse_args()
-    name = f"layernorm-{ALLOCATOR}" if ALLOCATOR else "layernorm"
+    name = _allocator.result_name("layernorm", ALLOCATOR)
     rows, key = _common.memory_bound_rows(cases, (0.0, 0.1), "p", COLS, EAGER_PEER, args.quick, device=args.device)
     for device, dtype, n in sorted({(r["device"], r["dtype"], r["elements"]) for r in rows}):
         for p in (0.0, 0.1):
@@ -77,12 +79,12 @@ def main():
             print(f"{device.upper()} {dtype} {n} elements, p={p}: fused forward {fwd['of_copy_bw']:.2f} of copy "
                   f"bandwidth, {fwd['speedup_vs_eager']:.2f}x eager; forward+backward "
                   f"{both['speedup_vs_eager']:.2f}x eager")
-    path = _common.save_json(name, {"cols": COLS, "eps": EPS, "allocator": ALLOCATOR or "fresh-pages", "rows": rows})
+    path = _common.save_json(name, {"cols": COLS, "eps": EPS, "allocator": ALLOCATOR, "rows": rows})
     print("saved", path, "and", plot(rows, name))
 
 
 def plot(rows, name: str) -> str:
-    title = f"residual + dropout + LayerNorm vs a copy, rows of {COLS}" + (f", {ALLOCATOR}" if ALLOCATOR else "")
+    title = f"residual + dropout + LayerNorm vs a copy, rows of {COLS}" + f", {ALLOCATOR.replace('-', ' ')}"
     return _common.plot_gb_per_s(rows, name, title,
                                  lambda r: f"{r['op']} (p={r['p']})")
 

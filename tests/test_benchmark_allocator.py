@@ -1,4 +1,5 @@
-"""benchmarks/_allocator.py: the memory-bound benchmarks' --reuse-memory / --huge-pages restart."""
+"""benchmarks/_allocator.py: the memory-bound benchmarks' restart in their allocator mode (--reuse-memory by
+default, --fresh-pages, --huge-pages)."""
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ PROBE = """
 import os, sys
 sys.path.insert(0, {benchmarks!r})
 import _allocator
-mode = _allocator.restart_if_requested()
+mode = _allocator.restart_in_mode()
 print(mode, os.environ.get("GLIBC_TUNABLES"), os.environ.get("THP_MEM_ALLOC_ENABLE"))
 """
 
@@ -31,19 +32,23 @@ def _probe(tmp_path, *flags, tunables=None):
     return out.stdout.split()
 
 
-def test_each_flag_restarts_once_with_its_environment(tmp_path):
-    assert _probe(tmp_path) == ["None", "None", "None"]
-    mode, tunables, thp = _probe(tmp_path, "--quick", "--reuse-memory")
-    assert (mode, thp) == ("reuse-memory", "None")
-    assert tunables == "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+def test_each_mode_restarts_once_with_its_environment(tmp_path):
+    reuse = _allocator.MODES["--reuse-memory"]["GLIBC_TUNABLES"]
+    assert reuse == "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+    assert _probe(tmp_path) == ["reuse-memory", reuse, "None"]  # the default
+    assert _probe(tmp_path, "--quick", "--reuse-memory") == ["reuse-memory", reuse, "None"]
+    assert _probe(tmp_path, "--fresh-pages") == ["fresh-pages", "None", "None"]
     assert _probe(tmp_path, "--huge-pages") == ["huge-pages", "None", "1"]
     # tunables the user set already are kept (ours replace theirs of the same name), and it restarts once
-    _, tunables, _ = _probe(tmp_path, "--reuse-memory",
-                            tunables="glibc.malloc.mmap_max=5:glibc.malloc.arena_max=2")
-    assert tunables == "glibc.malloc.arena_max=2:" + _allocator.MODES["--reuse-memory"]["GLIBC_TUNABLES"]
+    _, tunables, _ = _probe(tmp_path, tunables="glibc.malloc.mmap_max=5:glibc.malloc.arena_max=2")
+    assert tunables == "glibc.malloc.arena_max=2:" + reuse
+    # --fresh-pages leaves the user's tunables alone
+    assert _probe(tmp_path, "--fresh-pages", tunables="glibc.malloc.arena_max=2")[1] == "glibc.malloc.arena_max=2"
 
 
-def test_both_flags_are_refused():
-    with pytest.raises(SystemExit, match="not both"):
-        _allocator.requested(["--huge-pages", "--quick", "--reuse-memory"])
-    assert _allocator.requested(["--quick"]) is None
+def test_two_modes_are_refused_and_results_are_named_by_mode():
+    with pytest.raises(SystemExit, match="not more"):
+        _allocator.requested(["--huge-pages", "--quick", "--fresh-pages"])
+    assert _allocator.requested(["--quick"]) == "--reuse-memory"
+    assert _allocator.result_name("gelu", "reuse-memory") == "gelu"
+    assert _allocator.result_name("gelu", "fresh-pages") == "gelu-fresh-pages"
