@@ -94,7 +94,7 @@ def main():
 
 
 def plot(rows, name: str) -> str:
-    title = "GELU and bias+GELU (erf form) vs a copy" + f", {ALLOCATOR.replace('-', ' ')}"
+    title = f"GELU and bias+GELU (erf form) vs a copy, {ALLOCATOR.replace('-', ' ')}"
     return _common.plot_gb_per_s(rows, name, title, lambda r: r["op"], keep=lambda r: r["form"] in ("-", "none"))
 
 

@@ -84,7 +84,7 @@ def main():
 
 
 def plot(rows, name: str) -> str:
-    title = f"residual + dropout + LayerNorm vs a copy, rows of {COLS}" + f", {ALLOCATOR.replace('-', ' ')}"
+    title = f"residual + dropout + LayerNorm vs a copy, rows of {COLS}, {ALLOCATOR.replace('-', ' ')}"
     return _common.plot_gb_per_s(rows, name, title,
                                  lambda r: f"{r['op']} (p={r['p']})")
 
