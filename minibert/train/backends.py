@@ -52,9 +52,9 @@ class TorchBackend:
 
     The model's own forward computes the losses with ``masked_positions_only=True``: the vocabulary
     projection runs only at the positions that are scored, and the last layer after its attention only
-    there and at [CLS] (the same loss and gradients, in a fraction of the time). ``ddp=True`` wraps the model in ``DistributedDataParallel``
-    (the process group must already exist): gradients are averaged over ranks during the last
-    micro-batch's backward.
+    there and at [CLS] (the same loss and gradients, with less work). ``ddp=True`` wraps the model in
+    ``DistributedDataParallel`` (the process group must already exist): gradients are averaged over ranks
+    during the last micro-batch's backward.
     """
 
     def __init__(self, model, *, device, lr: float, weight_decay: float, clip_grad_norm: float,
