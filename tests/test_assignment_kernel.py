@@ -2,9 +2,10 @@
 
 Fast tests check the handout's cut and the C++ integrity rules; the slow ones build three files (20-60 s
 each, cached by content under $MINIBERT_EXT_CACHE/assignments, so a second run is quick; the `prebuilt`
-fixture compiles the three side by side first): the library's own kernel scores full marks, the handout's skeleton compiles and scores 0, and a kernel that
-forgets to rescale the running sum loses the correctness points (and with them memory and speed, which
-count only for a correct kernel). The CUDA task is skipped where there is no GPU.
+fixture compiles the three side by side first): the library's own kernel scores full marks, the
+handout's skeleton compiles and scores 0, and a kernel that forgets to rescale the running sum loses the
+correctness points (and with them memory and speed, which count only for a correct kernel). The CUDA
+task is skipped where there is no GPU.
 """
 import shutil
 import subprocess
