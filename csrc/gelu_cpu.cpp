@@ -6,7 +6,7 @@
 //
 // GELU reads and writes each element once, so it should run at the speed of a memory copy. What keeps
 // it from that is the arithmetic per element: libm's erf/tanh are scalar calls. math_cpu.h's float32
-// normal_tail_approx / sigmoid2_approx are branch-free (one division, one exp, one polynomial), so the
+// normal_tail_approx / sigmoid2_sides are branch-free (one division, one exp, one polynomial), so the
 // loops below compile to vector code; Phi and phi share their exp, so the backward costs no more than
 // the forward. float64 calls libm's erfc / exp / tanh (the 1e-10 contract of docs/design.md).
 //
@@ -55,9 +55,11 @@ MB_INLINE T times_probability(T x, T p, T q) {
 template <typename T, bool kTanh>
 MB_INLINE T gelu_value(T x) {
   if (kTanh) {
-    T one_minus;
-    const T s = sigmoid2_approx(T(kSqrt2OverPi) * (x + T(kTanhCubic) * x * x * x), one_minus);
-    return times_probability(x, s, one_minus);  // u has x's sign, so s < 1/2 exactly when x < 0
+    // u has x's sign, so the side of sigmoid(2u) that times_probability wants (sigmoid(2u) for x < 0, its
+    // complement for x >= 0) is always the small one, sigmoid(-2|u|): no selects on u's sign.
+    T small;
+    sigmoid2_sides(T(kSqrt2OverPi) * (x + T(kTanhCubic) * x * x * x), small);
+    return times_probability(x, small, small);
   }
   T gauss;
   const T tail = normal_tail_approx(x, gauss);  // Phi(x) for x < 0, 1 - Phi(x) for x >= 0

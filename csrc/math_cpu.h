@@ -176,23 +176,30 @@ inline double normal_tail_approx(double x, double& gauss) {
 }
 
 // sigmoid(2u) = (1 + tanh(u)) / 2 = 1 / (1 + exp(-2u)), which the tanh-form GELU x (1 + tanh u) / 2
-// needs. Written this way there is no 1 + tanh(u) to cancel for negative u. Also sets `one_minus` =
-// 1 - sigmoid(2u) without a subtraction (the backward's (1 - tanh^2) / 4 is sigmoid * (1 - sigmoid)).
-// Both come from e = exp(-2|u|), which lies in [0, 1]: r = 1 / (1 + e) is sigmoid(2|u|) and e * r is
-// sigmoid(-2|u|) = 1 - r, and u's sign says which is which. So the exponent is never positive, e can
-// neither overflow nor need a clamp, and the cheap 2^y of the Gaussian above serves (y = -2|u| log2(e)).
-// Far tails: where 2|u| > 87.3, e is 0: the result is exactly 1 (u > 0) or 0 (u < 0), and one_minus the
-// other (the true values are below 1.2e-38 there).
-MB_INLINE float sigmoid2_approx(float u, float& one_minus) {
+// needs, and 1 - sigmoid(2u) (the backward's (1 - tanh^2) / 4 is sigmoid * (1 - sigmoid)), both without a
+// subtraction, so nothing cancels for negative u. Both come from e = exp(-2|u|), which lies in [0, 1]:
+// sigmoid2_sides returns r = 1 / (1 + e) = sigmoid(2|u|), in [1/2, 1], and sets `small` = e * r =
+// sigmoid(-2|u|) = 1 - r, in [0, 1/2]; u's sign says which side is sigmoid(2u). So the exponent is never
+// positive, e can neither overflow nor need a clamp, and the cheap 2^y of the Gaussian above serves
+// (y = -2|u| log2(e)). Far tails: where 2|u| > 87.3, e is 0, so r is exactly 1 and `small` 0 (the true
+// value is below 1.2e-38 there).
+MB_INLINE float sigmoid2_sides(float u, float& small) {
   const float e = exp2_nonpositive_or_zero(std::fabs(u) * -2.88539008177792681472f);  // -2 log2(e)
-  const float r = 1.0f / (1.0f + e);  // sigmoid(2|u|), in [1/2, 1]
-  const float er = e * r;             // sigmoid(-2|u|), in [0, 1/2]
-  one_minus = u < 0.0f ? r : er;
-  return u < 0.0f ? er : r;
+  const float r = 1.0f / (1.0f + e);
+  small = e * r;
+  return r;
 }
-inline double sigmoid2_approx(double u, double& one_minus) {
-  one_minus = 1.0 / (1.0 + std::exp(2.0 * u));  // two exps: each side without cancellation or inf * 0
-  return 1.0 / (1.0 + std::exp(-2.0 * u));
+inline double sigmoid2_sides(double u, double& small) {
+  small = 1.0 / (1.0 + std::exp(2.0 * std::fabs(u)));  // two exps: each side without cancellation
+  return 1.0 / (1.0 + std::exp(-2.0 * std::fabs(u)));
+}
+// sigmoid(2u) itself, with `one_minus` = 1 - sigmoid(2u).
+template <typename T>
+MB_INLINE T sigmoid2_approx(T u, T& one_minus) {
+  T small;
+  const T r = sigmoid2_sides(u, small);
+  one_minus = u < T(0) ? r : small;
+  return u < T(0) ? small : r;
 }
 
 }  // namespace minibert
