@@ -132,10 +132,14 @@ class BertPreTrainedModel(nn.Module):
                 module.decoder.weight = self.get_input_embeddings().weight
                 module.decoder.bias = module.bias
 
+    @property
+    def base_model(self) -> "BertModel":
+        """The encoder: ``self.bert`` in the wrapping models, the model itself for BertModel (as in HF)."""
+        return getattr(self, self.base_model_prefix) if self.base_model_prefix else self
+
     def get_input_embeddings(self) -> nn.Embedding:
         """The word-embedding table ``[V, E]``."""
-        base = getattr(self, self.base_model_prefix) if self.base_model_prefix else self
-        return base.embeddings.word_embeddings
+        return self.base_model.embeddings.word_embeddings
 
     # --- backends -----------------------------------------------------------------------------------
     def set_attn_implementation(self, attn_implementation: str) -> None:
@@ -278,14 +282,13 @@ class BertPreTrainedModel(nn.Module):
         """Check the inputs and run the encoder: (BertModelOutput, the pass's DropoutPlan). With ``rows`` the
         last layer runs at those positions only and ``last_hidden_state`` is [R, E] (``BertModel.encode``)."""
         self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
-        bert = getattr(self, self.base_model_prefix) if self.base_model_prefix else self
         if not self.training:
             plan = DropoutPlan(None)
         elif dropout_seed is None:  # drawn from torch's RNG, so torch.manual_seed makes runs reproducible
             plan = DropoutPlan(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
         else:
             plan = DropoutPlan(int(dropout_seed))
-        return bert.encode(input_ids, attention_mask, token_type_ids, position_ids, plan, rows), plan
+        return self.base_model.encode(input_ids, attention_mask, token_type_ids, position_ids, plan, rows), plan
 
     def _loss_rows(self, input_ids, attention_mask, token_type_ids, position_ids, labels,
                    wanted: bool) -> PositionRows | None:
@@ -293,8 +296,8 @@ class BertPreTrainedModel(nn.Module):
         if not wanted:
             return None
         self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)  # the shape labels need
-        bert = getattr(self, self.base_model_prefix) if self.base_model_prefix else self
-        return _loss_rows(labels, tuple(input_ids.shape), self.config.vocab_size, bert.pooler is not None)
+        return _loss_rows(labels, tuple(input_ids.shape), self.config.vocab_size,
+                          self.base_model.pooler is not None)
 
 
 class BertModel(BertPreTrainedModel):
